@@ -32,8 +32,8 @@ from urllib.parse import quote, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from lxml import etree  # type: ignore[import-untyped]
-from lxml.builder import ElementMaker  # type: ignore[import-untyped]
+from lxml import etree
+from lxml.builder import ElementMaker
 
 __all__ = [
     "PROFILES",
