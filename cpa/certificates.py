@@ -61,4 +61,3 @@ def facts(cert: x509.Certificate) -> CertificateFacts:
         oin=oin_of(cert),
         sha256=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
     )
-

@@ -92,8 +92,12 @@ def read_document(xml: bytes) -> etree._ElementTree:
     root = tree.getroot()
     if root.tag != f"{{{TNS}}}CollaborationProtocolAgreement":
         raise CpaReadError(
-            [XmlProblem(root.sourceline, f"root element is {root.tag}, not a CPPA 2.0 "
-                        "CollaborationProtocolAgreement")]
+            [
+                XmlProblem(
+                    root.sourceline,
+                    f"root element is {root.tag}, not a CPPA 2.0 CollaborationProtocolAgreement",
+                )
+            ]
         )
     schema = cpa_schema()
     if not schema.validate(tree):
@@ -276,8 +280,7 @@ def _channel(el: etree._Element) -> DeliveryChannel:
             ack_requested=_attr(mc, "ackRequested", "perMessage") or "perMessage",
             ack_signature_requested=_attr(mc, "ackSignatureRequested", "perMessage")
             or "perMessage",
-            duplicate_elimination=_attr(mc, "duplicateElimination", "perMessage")
-            or "perMessage",
+            duplicate_elimination=_attr(mc, "duplicateElimination", "perMessage") or "perMessage",
             actor=_attr(mc, "actor"),
             line=_line(mc),
         ),
@@ -285,9 +288,9 @@ def _channel(el: etree._Element) -> DeliveryChannel:
     )
 
 
-def _transport_security(el: etree._Element | None, cert_ref: str, details_ref: str) -> (
-    TransportSecurity | None
-):
+def _transport_security(
+    el: etree._Element | None, cert_ref: str, details_ref: str
+) -> TransportSecurity | None:
     if el is None:
         return None
     proto = _child(el, "TransportSecurityProtocol")
@@ -318,8 +321,11 @@ def _transport(el: etree._Element) -> Transport:
         receiver_protocol=_text(r_proto),
         receiver_protocol_version=_attr(r_proto, "version") if r_proto is not None else None,
         endpoints=tuple(
-            Endpoint(uri=_req(e, "uri"), type=_attr(e, "type", "allPurpose") or "allPurpose",
-                     line=_line(e))
+            Endpoint(
+                uri=_req(e, "uri"),
+                type=_attr(e, "type", "allPurpose") or "allPurpose",
+                line=_line(e),
+            )
             for e in (_children(receiver, "Endpoint") if receiver is not None else iter(()))
         ),
         server_security=_transport_security(

@@ -33,8 +33,9 @@ class CpaInvalid(RegistryError):
 
     def __init__(self, report: ValidationReport) -> None:
         first = report.errors[0] if report.errors else None
-        super().__init__(f"invalid CPA ({len(report.errors)} errors)"
-                         + (f"; first: {first}" if first else ""))
+        super().__init__(
+            f"invalid CPA ({len(report.errors)} errors)" + (f"; first: {first}" if first else "")
+        )
         self.report = report
 
 
@@ -85,31 +86,48 @@ _COLUMNS = "cpa_id, status, start_at, end_at, sha256, summary, created_at, updat
 
 def _row(row: tuple[Any, ...]) -> StoredCpa:
     cpa_id, status, start, end, sha, summary, created, updated = row
-    return StoredCpa(cpa_id, status, from_db(start), from_db(end), sha, json.loads(summary),
-                     from_db(created), from_db(updated))
+    return StoredCpa(
+        cpa_id,
+        status,
+        from_db(start),
+        from_db(end),
+        sha,
+        json.loads(summary),
+        from_db(created),
+        from_db(updated),
+    )
 
 
-def insert_row(cur: Cursor, cpa: Cpa, xml: bytes, summary: dict[str, Any],
-               *, overwrite: bool) -> bool:
+def insert_row(
+    cur: Cursor, cpa: Cpa, xml: bytes, summary: dict[str, Any], *, overwrite: bool
+) -> bool:
     """Store ``xml`` under ``cpa.cpa_id``; returns True when an existing row was replaced.
 
     Raises :class:`CpaExists` when the id is taken and ``overwrite`` is false.
     """
     now = to_db(utcnow())
-    values = (cpa.status, to_db(cpa.start), to_db(cpa.end), hashlib.sha256(xml).hexdigest(),
-              json.dumps(summary, sort_keys=True))
+    values = (
+        cpa.status,
+        to_db(cpa.start),
+        to_db(cpa.end),
+        hashlib.sha256(xml).hexdigest(),
+        json.dumps(summary, sort_keys=True),
+    )
     if overwrite:
-        cur.execute("UPDATE cpa SET xml = ?, status = ?, start_at = ?, end_at = ?, sha256 = ?, "
-                    "summary = ?, updated_at = ? WHERE cpa_id = ?",
-                    (xml, *values, now, cpa.cpa_id))
+        cur.execute(
+            "UPDATE cpa SET xml = ?, status = ?, start_at = ?, end_at = ?, sha256 = ?, "
+            "summary = ?, updated_at = ? WHERE cpa_id = ?",
+            (xml, *values, now, cpa.cpa_id),
+        )
         if cur.rowcount == 1:
             return True
     try:
-        cur.execute(f"INSERT INTO cpa ({_COLUMNS}, xml) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (cpa.cpa_id, *values, now, now, xml))
+        cur.execute(
+            f"INSERT INTO cpa ({_COLUMNS}, xml) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (cpa.cpa_id, *values, now, now, xml),
+        )
     except IntegrityConflict:
-        raise CpaExists(f"CPA {cpa.cpa_id!r} already exists; use overwrite to replace it") \
-            from None
+        raise CpaExists(f"CPA {cpa.cpa_id!r} already exists; use overwrite to replace it") from None
     return False
 
 
@@ -131,8 +149,7 @@ def select_xml(cur: Cursor, cpa_id: str) -> bytes:
 
 def select_all(cur: Cursor) -> list[StoredCpa]:
     """Every stored CPA, ordered by id."""
-    return [_row(r) for r in cur.execute(f"SELECT {_COLUMNS} FROM cpa ORDER BY cpa_id")
-            .fetchall()]
+    return [_row(r) for r in cur.execute(f"SELECT {_COLUMNS} FROM cpa ORDER BY cpa_id").fetchall()]
 
 
 def delete_row(cur: Cursor, cpa_id: str) -> None:
@@ -154,8 +171,9 @@ class CpaRegistry:
         """Validate without storing."""
         return validate_cpa(xml, self.options)
 
-    def insert(self, xml: bytes, *, overwrite: bool = False) -> tuple[StoredCpa, bool,
-                                                                       ValidationReport]:
+    def insert(
+        self, xml: bytes, *, overwrite: bool = False
+    ) -> tuple[StoredCpa, bool, ValidationReport]:
         """Validate and store; returns the row, whether it replaced one, and the report.
 
         Raises :class:`CpaInvalid` or :class:`CpaExists`; nothing is stored then.

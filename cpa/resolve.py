@@ -292,8 +292,9 @@ def resolve(
             "Inconsistent", "//Header/MessageHeader/To/PartyId", "From and To are the same party."
         )
     if service.value == MSH_SERVICE and service.type is None:
-        return Route(cpa, service, action, msh_channel(sender, action),
-                     msh_channel(receiver, action))
+        return Route(
+            cpa, service, action, msh_channel(sender, action), msh_channel(receiver, action)
+        )
     if from_role is None:
         raise ResolutionError("Inconsistent", "//Header/MessageHeader/From/Role", "Invalid value.")
     if to_role is None:
@@ -301,8 +302,9 @@ def resolve(
     send = _find_binding(sender, from_role, service, action, sends=True)
     receive = _find_binding(receiver, to_role, service, action, sends=False)
     if send is None or receive is None or not send.channel_ids or not receive.channel_ids:
-        raise ResolutionError("ValueNotRecognized", "//Header/MessageHeader/Action",
-                              "Value not found.")
+        raise ResolutionError(
+            "ValueNotRecognized", "//Header/MessageHeader/Action", "Value not found."
+        )
     return Route(
         cpa,
         service,

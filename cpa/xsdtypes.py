@@ -24,7 +24,8 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"not an xsd:duration: {text!r}")
     parts = {k: v for k, v in m.groupdict().items() if v is not None and k != "sign"}
     delta = timedelta(
-        days=int(parts.get("years", 0)) * 365 + int(parts.get("months", 0)) * 30
+        days=int(parts.get("years", 0)) * 365
+        + int(parts.get("months", 0)) * 30
         + int(parts.get("days", 0)),
         hours=int(parts.get("hours", 0)),
         minutes=int(parts.get("minutes", 0)),

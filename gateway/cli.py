@@ -32,11 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dkgw", description="Digikoppeling ebMS2 gateway for iWmo/iJw message exchange."
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=None,
+        "--data-dir",
+        type=Path,
+        default=None,
         help="state directory (default: $DKGW_DATA_DIR or ./var)",
     )
     parser.add_argument(
-        "--store", default=os.environ.get("DKGW_STORE"),
+        "--store",
+        default=os.environ.get("DKGW_STORE"),
         help="store URL, sqlite:///path or postgresql://... "
         "(default: $DKGW_STORE or sqlite in the data directory)",
     )

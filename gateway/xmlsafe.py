@@ -9,6 +9,8 @@ in one rule (research notes §1.3 "Reject DTDs / external entities outright").
 
 from __future__ import annotations
 
+import re
+
 from lxml import etree
 
 #: Default ceiling for one XML document (bytes).  Callers with a tighter or
@@ -37,8 +39,31 @@ def _parser() -> etree.XMLParser:
         dtd_validation=False,
         huge_tree=False,
         remove_blank_text=False,
-        collect_ids=False,
+        # Not collect_ids=False: with libxml2 2.14 that option makes the parser
+        # load a DOCTYPE's external subset from disk despite load_dtd=False.
     )
+
+
+class _RefuseExternal(etree.Resolver):  # type: ignore[misc]
+    """Defence in depth: no external resource is ever fetched while parsing."""
+
+    def resolve(self, url: str, pubid: str, context: object) -> None:
+        raise UnsafeXmlError(f"external resource {url!r} refused")
+
+
+# The prolog may hold an XML declaration, comments, processing instructions
+# and white space; a DOCTYPE is refused before the parser ever sees it.
+_PROLOG_ITEM = re.compile(rb"\s+|<\?.*?\?>|<!--.*?-->", re.DOTALL)
+
+
+def _check_prolog(data: bytes) -> None:
+    if data.startswith((b"\xfe\xff", b"\xff\xfe")) or b"\x00" in data[:4]:
+        raise UnsafeXmlError("only UTF-8 documents are accepted")
+    pos = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    while m := _PROLOG_ITEM.match(data, pos):
+        pos = m.end()
+    if data.startswith(b"<!DOCTYPE", pos):
+        raise UnsafeXmlError("a DOCTYPE is not allowed")
 
 
 def parse_xml(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._ElementTree:
@@ -49,8 +74,11 @@ def parse_xml(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Elem
     """
     if len(data) > max_bytes:
         raise UnsafeXmlError(f"document is {len(data)} bytes, the limit is {max_bytes}")
+    _check_prolog(data)
+    parser = _parser()
+    parser.resolvers.add(_RefuseExternal())
     try:
-        tree = etree.ElementTree(etree.fromstring(data, _parser()))
+        tree = etree.ElementTree(etree.fromstring(data, parser))
     except etree.XMLSyntaxError as exc:
         line = exc.lineno if exc.lineno else None
         raise UnsafeXmlError(f"not well-formed XML: {exc.msg}", line) from None

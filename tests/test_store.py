@@ -12,75 +12,20 @@ import random
 import sqlite3
 import stat
 import threading
-import uuid
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
 import psycopg.errors
 import pytest
-from psycopg import sql as pgsql
-from psycopg.conninfo import make_conninfo
 
 from gateway.store.database import Database, IntegrityConflict, StoreError, qmark_to_format
 from gateway.store.migrate import Migration, apply_migrations, load_migrations
 from gateway.store.timeutil import from_db, to_db, utcnow
-
-PG_DSN = os.environ.get("DKGW_TEST_PG_DSN")
-
-DIALECTS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "postgresql",
-        id="postgresql",
-        marks=pytest.mark.skipif(
-            not PG_DSN, reason="DKGW_TEST_PG_DSN is not set: no PostgreSQL server to test on"
-        ),
-    ),
-]
+from tests.conftest import DIALECTS, PG_DSN, StoreFactory
 
 # Errors the drivers raise for SQL on a table that does not exist.
 NO_SUCH_TABLE = (sqlite3.OperationalError, psycopg.errors.UndefinedTable)
-
-StoreFactory = Callable[[], Database]
-
-
-@pytest.fixture(params=DIALECTS)
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """A fresh, empty store; each call opens another Database object on it (another node)."""
-    opened: list[Database] = []
-    if request.param == "sqlite":
-        path = tmp_path / "var" / "gateway.sqlite"
-
-        def open_sqlite() -> Database:
-            opened.append(Database.sqlite(path))
-            return opened[-1]
-
-        try:
-            yield open_sqlite
-        finally:
-            for db in opened:
-                db.close()
-        return
-
-    assert PG_DSN is not None
-    schema = f"dkgw_test_{uuid.uuid4().hex}"
-    with psycopg.connect(PG_DSN, autocommit=True) as admin:
-        admin.execute(pgsql.SQL("CREATE SCHEMA {}").format(pgsql.Identifier(schema)))
-    conninfo = make_conninfo(PG_DSN, options=f"-csearch_path={schema}")
-
-    def open_postgresql() -> Database:
-        opened.append(Database.postgresql(conninfo))
-        return opened[-1]
-
-    try:
-        yield open_postgresql
-    finally:
-        for db in opened:
-            db.close()
-        with psycopg.connect(PG_DSN, autocommit=True) as admin:
-            admin.execute(pgsql.SQL("DROP SCHEMA {} CASCADE").format(pgsql.Identifier(schema)))
 
 
 @pytest.fixture
@@ -534,7 +479,7 @@ def test_sqlite_existing_file_mode_is_left_alone(tmp_path: Path) -> None:
 def test_sqlite_connection_settings(tmp_path: Path) -> None:
     with Database.sqlite(tmp_path / "s.sqlite") as db, db.transaction() as cur:
         assert cur.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert cur.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+        assert cur.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
         assert cur.execute("PRAGMA busy_timeout").fetchone() == (5000,)
         assert cur.execute("PRAGMA foreign_keys").fetchone() == (1,)
 

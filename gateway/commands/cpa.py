@@ -26,10 +26,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmds = cpa.add_subparsers(dest="cpa_command", required=True, metavar="SUBCOMMAND")
 
     def validation_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--allow-insecure", action="store_true",
-                       help="accept plain http endpoints (tests only)")
-        p.add_argument("--legacy-crypto", action="store_true",
-                       help="accept SHA-1, RSA-SHA1 and AES-CBC found in old CPAs")
+        p.add_argument(
+            "--allow-insecure", action="store_true", help="accept plain http endpoints (tests only)"
+        )
+        p.add_argument(
+            "--legacy-crypto",
+            action="store_true",
+            help="accept SHA-1, RSA-SHA1 and AES-CBC found in old CPAs",
+        )
 
     p = cmds.add_parser("validate", help="validate a CPA file without storing it")
     p.add_argument("file", help="CPA XML file, or - for standard input")
@@ -58,7 +62,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_delete)
 
     p = cmds.add_parser(
-        "make", help="write a Digikoppeling CPA for two parties",
+        "make",
+        help="write a Digikoppeling CPA for two parties",
         description="Write a CPA for parties A and B. Certificate directories hold "
         "tls-client.pem, tls-server.pem and, for signed/encrypted profiles, signing.pem and "
         "encryption.pem (the layout certs-example/make-pki writes).",
@@ -70,12 +75,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument(f"--{side}-id-type", default="urn:osb:oin", help="PartyId type")
         p.add_argument(f"--{side}-role", required=True, help=f"party {up} role")
         p.add_argument(f"--{side}-endpoint", required=True, help=f"party {up} https endpoint")
-        p.add_argument(f"--{side}-certs", required=True, type=Path,
-                       help=f"party {up} certificate directory")
+        p.add_argument(
+            f"--{side}-certs", required=True, type=Path, help=f"party {up} certificate directory"
+        )
     p.add_argument("--service", required=True, help="service, e.g. GGK:iWmo:3.2")
     p.add_argument("--service-type", default="urn:osb:services")
-    p.add_argument("--action", action="append", required=True, metavar="SIDE:ACTION",
-                   help="an action and its sender, e.g. a:WMO301 (repeatable)")
+    p.add_argument(
+        "--action",
+        action="append",
+        required=True,
+        metavar="SIDE:ACTION",
+        help="an action and its sender, e.g. a:WMO301 (repeatable)",
+    )
     p.add_argument("--profile", choices=PROFILES, default="osb-rm")
     p.add_argument("--cpa-id", help="default: service_partyA_partyB_uuid")
     p.add_argument("--days", type=int, default=365, help="validity from now (default 365)")
@@ -105,8 +116,10 @@ def _report_text(report: ValidationReport) -> str:
     if report.actions:
         lines.append("actions:")
         for a in report.actions:
-            lines.append(f"  {a.from_party} ({a.from_role}) -> {a.to_party} ({a.to_role})  "
-                         f"{a.service}  {a.action}  {a.profile}")
+            lines.append(
+                f"  {a.from_party} ({a.from_role}) -> {a.to_party} ({a.to_role})  "
+                f"{a.service}  {a.action}  {a.profile}"
+            )
     return "\n".join(lines)
 
 
@@ -115,8 +128,10 @@ def _report_json(report: ValidationReport) -> dict[str, Any]:
         "cpaId": report.cpa.cpa_id if report.cpa else None,
         "valid": report.ok,
         "profiles": report.profiles,
-        "findings": [{"severity": f.severity, "line": f.line, "location": f.location,
-                      "message": f.message} for f in report.findings],
+        "findings": [
+            {"severity": f.severity, "line": f.line, "location": f.location, "message": f.message}
+            for f in report.findings
+        ],
         "actions": [vars(a) for a in report.actions],
     }
 
@@ -151,8 +166,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         return fail(str(exc))
     for finding in report.warnings:
         print(f"  {finding}", file=sys.stderr)
-    print(f"{'replaced' if replaced else 'imported'} {row.cpa_id} "
-          f"({', '.join(report.profiles) or 'no actions'}; valid until {row.end:%Y-%m-%d})")
+    print(
+        f"{'replaced' if replaced else 'imported'} {row.cpa_id} "
+        f"({', '.join(report.profiles) or 'no actions'}; valid until {row.end:%Y-%m-%d})"
+    )
     return 0
 
 
@@ -181,17 +198,24 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         state = "EXPIRED" if row.end <= now else f"{_days_left(row.end, now)}d left"
-        print(f"{row.cpa_id}  {row.status}  until {row.end:%Y-%m-%d} ({state})  "
-              f"{','.join(row.summary.get('profiles', []))}  {_parties_text(row)}")
+        print(
+            f"{row.cpa_id}  {row.status}  until {row.end:%Y-%m-%d} ({state})  "
+            f"{','.join(row.summary.get('profiles', []))}  {_parties_text(row)}"
+        )
     return 0
 
 
 def _row_json(row: StoredCpa, now: datetime) -> dict[str, Any]:
     return {
-        "cpaId": row.cpa_id, "status": row.status, "start": row.start.isoformat(),
-        "end": row.end.isoformat(), "daysLeft": _days_left(row.end, now),
-        "sha256": row.sha256, "created": row.created_at.isoformat(),
-        "updated": row.updated_at.isoformat(), **row.summary,
+        "cpaId": row.cpa_id,
+        "status": row.status,
+        "start": row.start.isoformat(),
+        "end": row.end.isoformat(),
+        "daysLeft": _days_left(row.end, now),
+        "sha256": row.sha256,
+        "created": row.created_at.isoformat(),
+        "updated": row.updated_at.isoformat(),
+        **row.summary,
     }
 
 
@@ -204,10 +228,14 @@ def certificate_uses(party: PartyInfo) -> dict[str, list[str]]:
             uses[cert_id].append(use)
 
     for transport in party.transports.values():
-        add(transport.client_security.certificate_id if transport.client_security else None,
-            "TLS client")
-        add(transport.server_security.certificate_id if transport.server_security else None,
-            "TLS server")
+        add(
+            transport.client_security.certificate_id if transport.client_security else None,
+            "TLS client",
+        )
+        add(
+            transport.server_security.certificate_id if transport.server_security else None,
+            "TLS server",
+        )
     for doc in party.doc_exchanges.values():
         if doc.sender and doc.sender.non_repudiation:
             add(doc.sender.non_repudiation.certificate_id, "signing")
@@ -226,37 +254,43 @@ def _cert_facts(party: PartyInfo, cert_id: str) -> CertificateFacts | None:
         return None
 
 
-def _show_data(row: StoredCpa, cpa: Cpa, report: ValidationReport,
-               now: datetime) -> dict[str, Any]:
+def _show_data(row: StoredCpa, cpa: Cpa, report: ValidationReport, now: datetime) -> dict[str, Any]:
     parties = []
     for party in cpa.parties:
         certs = []
         for cert_id, used_for in certificate_uses(party).items():
             info = _cert_facts(party, cert_id)
-            certs.append({
-                "certId": cert_id, "uses": used_for,
-                "subject": info.subject if info else None,
-                "oin": info.oin if info else None,
-                "notAfter": info.not_after.isoformat() if info else None,
-                "daysLeft": _days_left(info.not_after, now) if info else None,
-            })
+            certs.append(
+                {
+                    "certId": cert_id,
+                    "uses": used_for,
+                    "subject": info.subject if info else None,
+                    "oin": info.oin if info else None,
+                    "notAfter": info.not_after.isoformat() if info else None,
+                    "daysLeft": _days_left(info.not_after, now) if info else None,
+                }
+            )
         endpoints = sorted({ep.uri for t in party.transports.values() for ep in t.endpoints})
-        reliability = sorted({
-            (rm.retries, str(rm.retry_interval), str(doc.sender.persist_duration))
-            for doc in party.doc_exchanges.values()
-            if doc.sender and (rm := doc.sender.reliable_messaging)
-        })
-        parties.append({
-            "name": party.party_name,
-            "partyIds": [p.key() for p in party.party_ids],
-            "roles": sorted({r.role for r in party.roles}),
-            "endpoints": endpoints,
-            "certificates": certs,
-            "reliableMessaging": [
-                {"retries": r, "retryInterval": i, "persistDuration": d}
-                for r, i, d in reliability
-            ],
-        })
+        reliability = sorted(
+            {
+                (rm.retries, str(rm.retry_interval), str(doc.sender.persist_duration))
+                for doc in party.doc_exchanges.values()
+                if doc.sender and (rm := doc.sender.reliable_messaging)
+            }
+        )
+        parties.append(
+            {
+                "name": party.party_name,
+                "partyIds": [p.key() for p in party.party_ids],
+                "roles": sorted({r.role for r in party.roles}),
+                "endpoints": endpoints,
+                "certificates": certs,
+                "reliableMessaging": [
+                    {"retries": r, "retryInterval": i, "persistDuration": d}
+                    for r, i, d in reliability
+                ],
+            }
+        )
     return {
         **_row_json(row, now),
         "parties": parties,
@@ -281,8 +315,10 @@ def _show_text(data: dict[str, Any]) -> str:
         for ep in party["endpoints"]:
             out.append(f"  endpoint   {ep}")
         for rm in party["reliableMessaging"]:
-            out.append(f"  reliable   retries {rm['retries']}, interval {rm['retryInterval']}, "
-                       f"persist {rm['persistDuration']}")
+            out.append(
+                f"  reliable   retries {rm['retries']}, interval {rm['retryInterval']}, "
+                f"persist {rm['persistDuration']}"
+            )
         for cert in party["certificates"]:
             uses = ", ".join(cert["uses"]) or "unused"
             if cert["subject"] is None:
@@ -290,13 +326,17 @@ def _show_text(data: dict[str, Any]) -> str:
                 continue
             out.append(f"  cert {cert['certId']} ({uses})")
             out.append(f"       {cert['subject']}")
-            out.append(f"       OIN {cert['oin'] or '-'}, expires {cert['notAfter'][:10]} "
-                       f"({cert['daysLeft']} days)")
+            out.append(
+                f"       OIN {cert['oin'] or '-'}, expires {cert['notAfter'][:10]} "
+                f"({cert['daysLeft']} days)"
+            )
     out.append("")
     out.append("Actions")
     for a in data["actions"]:
-        out.append(f"  {a['from_party']} ({a['from_role']}) -> {a['to_party']} ({a['to_role']})"
-                   f"  {a['service']}  {a['action']}  {a['profile']}")
+        out.append(
+            f"  {a['from_party']} ({a['from_role']}) -> {a['to_party']} ({a['to_role']})"
+            f"  {a['service']}  {a['action']}  {a['profile']}"
+        )
     if data["warnings"]:
         out.append("")
         out.append("Warnings")
@@ -347,8 +387,9 @@ def _party_spec(args: argparse.Namespace, side: str, profile: str) -> PartySpec:
     optional: dict[str, x509.Certificate | None] = {}
     for name in ("signing", "encryption"):
         path = certs / f"{name}.pem"
-        optional[name] = _load_cert(path) if path.exists() and profile.endswith(("-s", "-e")) \
-            else None
+        optional[name] = (
+            _load_cert(path) if path.exists() and profile.endswith(("-s", "-e")) else None
+        )
     return PartySpec(
         name=getattr(args, f"{side}_name"),
         party_id=getattr(args, f"{side}_id"),
@@ -407,7 +448,8 @@ def cmd_make(args: argparse.Namespace) -> int:
     else:
         Path(args.output).write_bytes(xml)
         assert report.cpa is not None
-        print(f"wrote {args.output}: {report.cpa.cpa_id} ({', '.join(report.profiles)})",
-              file=sys.stderr)
+        print(
+            f"wrote {args.output}: {report.cpa.cpa_id} ({', '.join(report.profiles)})",
+            file=sys.stderr,
+        )
     return 0
-

@@ -23,10 +23,20 @@ from gateway.store.migrate import apply_migrations
 REPO = Path(__file__).resolve().parents[2]
 PKI_SCRIPT = REPO / "certs-example" / "make-pki"
 
-MUNICIPALITY = ("gemeente-voorbeeld", "Gemeente Voorbeeld", "00000001001234567000", "Gemeente",
-                "https://localhost:18443/ebms")
-NODE = ("ggk-rinis-test", "GGk/RINIS test", "00000001007654321000", "GGk",
-        "https://localhost:18444/ebms")
+MUNICIPALITY = (
+    "gemeente-voorbeeld",
+    "Gemeente Voorbeeld",
+    "00000001001234567000",
+    "Gemeente",
+    "https://localhost:18443/ebms",
+)
+NODE = (
+    "ggk-rinis-test",
+    "GGk/RINIS test",
+    "00000001007654321000",
+    "GGk",
+    "https://localhost:18444/ebms",
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,16 +49,22 @@ def _party(pki: Path, slug: str, name: str, oin: str, role: str, endpoint: str) 
     def cert(kind: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate((pki / slug / f"{kind}.pem").read_bytes())
 
-    return PartySpec(name=name, party_id=oin, role=role, endpoint=endpoint,
-                     tls_client_cert=cert("tls-client"), tls_server_cert=cert("tls-server"),
-                     signing_cert=cert("signing"), encryption_cert=cert("encryption"))
+    return PartySpec(
+        name=name,
+        party_id=oin,
+        role=role,
+        endpoint=endpoint,
+        tls_client_cert=cert("tls-client"),
+        tls_server_cert=cert("tls-server"),
+        signing_cert=cert("signing"),
+        encryption_cert=cert("encryption"),
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate PKI and CPA, import it into a municipality and a node store."""
     if not PKI_SCRIPT.exists():
-        print("dkgw demo runs from a source checkout (certs-example/ is missing)",
-              file=sys.stderr)
+        print("dkgw demo runs from a source checkout (certs-example/ is missing)", file=sys.stderr)
         return 1
     base = Path(args.data_dir) / "demo"
     pki = base / "pki"
@@ -57,9 +73,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     start = datetime.now(UTC).replace(microsecond=0)
     spec = CpaSpec(
-        a=_party(pki, *MUNICIPALITY), b=_party(pki, *NODE), service="GGK:iWmo:3.2",
+        a=_party(pki, *MUNICIPALITY),
+        b=_party(pki, *NODE),
+        service="GGK:iWmo:3.2",
         actions=(ActionSpec("WMO301", "a"), ActionSpec("WMO302", "b")),
-        profile="osb-rm-s", start=start, end=start + timedelta(days=365),
+        profile="osb-rm-s",
+        start=start,
+        end=start + timedelta(days=365),
         cpa_id="GGK_iWmo_3_2_00000001001234567000_00000001007654321000_demo",
     )
     cpa_file = base / "cpa.xml"
@@ -71,13 +91,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         apply_migrations(db)
         row, replaced, report = CpaRegistry(db).insert(cpa_file.read_bytes(), overwrite=True)
         db.close()
-        print(f"3. {side}: {'replaced' if replaced else 'imported'} {row.cpa_id}, valid until "
-              f"{row.end:%Y-%m-%d}, {len(report.warnings)} warnings")
+        print(
+            f"3. {side}: {'replaced' if replaced else 'imported'} {row.cpa_id}, valid until "
+            f"{row.end:%Y-%m-%d}, {len(report.warnings)} warnings"
+        )
         for action in report.actions:
-            print(f"     {action.from_party} -> {action.to_party}  {action.service}  "
-                  f"{action.action}  {action.profile}  to {action.endpoint}")
-    print("4. the two-gateway ebMS exchange (Ping/Pong, reliable messaging over mutual TLS) "
-          "is not there yet: it arrives with the message service handler.")
-    print(f"   inspect: dkgw --store sqlite:///{(base / 'gemeente.sqlite3').resolve()} "
-          f"cpa show {spec.cpa_id}")
+            print(
+                f"     {action.from_party} -> {action.to_party}  {action.service}  "
+                f"{action.action}  {action.profile}  to {action.endpoint}"
+            )
+    print(
+        "4. the two-gateway ebMS exchange (Ping/Pong, reliable messaging over mutual TLS) "
+        "is not there yet: it arrives with the message service handler."
+    )
+    print(
+        f"   inspect: dkgw --store sqlite:///{(base / 'gemeente.sqlite3').resolve()} "
+        f"cpa show {spec.cpa_id}"
+    )
     return 0

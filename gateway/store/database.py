@@ -22,6 +22,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
@@ -405,6 +406,25 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """Set WAL mode, retrying while another connection holds the file.
+
+    Changing the journal mode of a new database takes an exclusive lock and SQLite
+    returns SQLITE_BUSY for it at once, without consulting the busy handler, when
+    another node opens the same file at that moment.  Once the file is in WAL mode
+    (a persistent property) the pragma needs no lock.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            return str(mode)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _connect_sqlite(path: Path) -> sqlite3.Connection:
     # isolation_level=None: the sqlite3 module must not open transactions behind our back;
     # transaction() issues BEGIN/COMMIT itself. check_same_thread=False: close() may run in
@@ -419,14 +439,15 @@ def _connect_sqlite(path: Path) -> sqlite3.Connection:
         # busy_timeout first: switching to WAL needs a lock, and another node or thread may
         # be opening the same file right now.
         conn.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
-        (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        mode = _switch_to_wal(conn)
         if str(mode).lower() != "wal":
             # Without WAL readers block the writer; some file systems (network mounts) cannot
             # do it, and such a place is not fit for this store anyway.
             raise StoreError(f"SQLite could not switch {path} to WAL mode (got {mode!r})")
-        # NORMAL is durable across process crashes in WAL mode; only a power loss can drop
-        # the last commits, at a fraction of FULL's fsync cost.
-        conn.execute("PRAGMA synchronous=NORMAL")
+        # FULL, not NORMAL: the gateway acknowledges a message once it is committed, so a
+        # commit must survive a power loss too, not only a process crash (ebMS 2.0 §6.5:
+        # persist before acknowledging).
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
     except BaseException:
         conn.close()
