@@ -18,15 +18,16 @@ from cryptography import x509
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from cpa.generate import ActionSpec, CpaSpec, PartySpec, make_cpa
+from cpa.generate import ActionSpec, CpaSpec, make_cpa
+from gateway.commands.demo import MUNICIPALITY, NODE, example_party
 from gateway.store.database import Database
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MAKE_PKI = REPO / "certs-example" / "make-pki"
 
-GEMEENTE_OIN = "00000001001234567000"
-NODE_OIN = "00000001007654321000"
+GEMEENTE_OIN = MUNICIPALITY[2]
+NODE_OIN = NODE[2]
 
 
 @pytest.fixture(scope="session")
@@ -42,30 +43,14 @@ def load_cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
-def party_spec(pki: Path, slug: str, name: str, oin: str, role: str, port: int) -> PartySpec:
-    """A PartySpec using the example PKI's certificates for ``slug``."""
-    return PartySpec(
-        name=name,
-        party_id=oin,
-        role=role,
-        endpoint=f"https://localhost:{port}/ebms",
-        tls_client_cert=load_cert(pki / slug / "tls-client.pem"),
-        tls_server_cert=load_cert(pki / slug / "tls-server.pem"),
-        signing_cert=load_cert(pki / slug / "signing.pem"),
-        encryption_cert=load_cert(pki / slug / "encryption.pem"),
-    )
-
-
 SpecFactory = Callable[..., CpaSpec]
 
 
 @pytest.fixture(scope="session")
 def make_spec(pki: Path) -> SpecFactory:
     """Build a CpaSpec for municipality (a) and node (b); keyword overrides apply."""
-    gemeente = party_spec(
-        pki, "gemeente-voorbeeld", "Gemeente Voorbeeld", GEMEENTE_OIN, "Gemeente", 18443
-    )
-    node = party_spec(pki, "ggk-rinis-test", "GGk/RINIS test", NODE_OIN, "GGk", 18444)
+    gemeente = example_party(pki, *MUNICIPALITY)
+    node = example_party(pki, *NODE)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
     def factory(**overrides: Any) -> CpaSpec:

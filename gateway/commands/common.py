@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from cryptography import x509
+
+from cpa.generate import PartySpec
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 
@@ -37,3 +40,40 @@ def fail(message: str) -> int:
     """Print an operator-facing error and return the 'invalid input' exit code."""
     print(f"dkgw: {message}", file=sys.stderr)
     return 1
+
+
+def load_party(
+    cert_dir: Path,
+    *,
+    name: str,
+    party_id: str,
+    role: str,
+    endpoint: str,
+    party_id_type: str = "urn:osb:oin",
+) -> PartySpec:
+    """A party for the CPA generator, with certificates from ``cert_dir``.
+
+    The directory has the layout certs-example/make-pki writes: ``tls-client.pem``,
+    ``tls-server.pem`` and, when present, ``signing.pem`` and ``encryption.pem``.
+    The generator leaves out certificates the profile does not use.
+    """
+
+    def cert(kind: str, *, required: bool) -> x509.Certificate | None:
+        path = cert_dir / f"{kind}.pem"
+        if not required and not path.exists():
+            return None
+        return x509.load_pem_x509_certificate(path.read_bytes())
+
+    client, server = cert("tls-client", required=True), cert("tls-server", required=True)
+    assert client is not None and server is not None
+    return PartySpec(
+        name=name,
+        party_id=party_id,
+        party_id_type=party_id_type,
+        role=role,
+        endpoint=endpoint,
+        tls_client_cert=client,
+        tls_server_cert=server,
+        signing_cert=cert("signing", required=False),
+        encryption_cert=cert("encryption", required=False),
+    )

@@ -9,15 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from cpa.certificates import CertificateFacts, facts, load_der
 from cpa.generate import PROFILES, ActionSpec, CpaSpec, CpaSpecError, PartySpec, make_cpa
 from cpa.model import Cpa, PartyInfo
 from cpa.registry import CpaExists, CpaInvalid, CpaNotFound, CpaRegistry, StoredCpa
 from cpa.validate import ValidationOptions, ValidationReport, validate_cpa
 from cpa.xsdtypes import parse_duration
-from gateway.commands.common import fail, open_store, read_input
+from gateway.commands.common import fail, load_party, open_store, read_input
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -378,28 +376,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
 # -- make --------------------------------------------------------------------
 
 
-def _load_cert(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
-
-
-def _party_spec(args: argparse.Namespace, side: str, profile: str) -> PartySpec:
-    certs: Path = getattr(args, f"{side}_certs")
-    optional: dict[str, x509.Certificate | None] = {}
-    for name in ("signing", "encryption"):
-        path = certs / f"{name}.pem"
-        optional[name] = (
-            _load_cert(path) if path.exists() and profile.endswith(("-s", "-e")) else None
-        )
-    return PartySpec(
+def _party_spec(args: argparse.Namespace, side: str) -> PartySpec:
+    return load_party(
+        getattr(args, f"{side}_certs"),
         name=getattr(args, f"{side}_name"),
         party_id=getattr(args, f"{side}_id"),
         party_id_type=getattr(args, f"{side}_id_type"),
         role=getattr(args, f"{side}_role"),
         endpoint=getattr(args, f"{side}_endpoint"),
-        tls_client_cert=_load_cert(certs / "tls-client.pem"),
-        tls_server_cert=_load_cert(certs / "tls-server.pem"),
-        signing_cert=optional["signing"],
-        encryption_cert=optional["encryption"] if profile.endswith("-e") else None,
     )
 
 
@@ -418,8 +402,8 @@ def cmd_make(args: argparse.Namespace) -> int:
     try:
         start = datetime.now(UTC).replace(microsecond=0)
         spec = CpaSpec(
-            a=_party_spec(args, "a", args.profile),
-            b=_party_spec(args, "b", args.profile),
+            a=_party_spec(args, "a"),
+            b=_party_spec(args, "b"),
             service=args.service,
             service_type=args.service_type,
             actions=_actions(args.action),

@@ -13,10 +13,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography import x509
-
 from cpa.generate import ActionSpec, CpaSpec, PartySpec, make_cpa
 from cpa.registry import CpaRegistry
+from gateway.commands.common import load_party
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 
@@ -45,20 +44,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
-def _party(pki: Path, slug: str, name: str, oin: str, role: str, endpoint: str) -> PartySpec:
-    def cert(kind: str) -> x509.Certificate:
-        return x509.load_pem_x509_certificate((pki / slug / f"{kind}.pem").read_bytes())
-
-    return PartySpec(
-        name=name,
-        party_id=oin,
-        role=role,
-        endpoint=endpoint,
-        tls_client_cert=cert("tls-client"),
-        tls_server_cert=cert("tls-server"),
-        signing_cert=cert("signing"),
-        encryption_cert=cert("encryption"),
-    )
+def example_party(pki: Path, slug: str, name: str, oin: str, role: str, endpoint: str) -> PartySpec:
+    """A party of the example PKI (``MUNICIPALITY`` or ``NODE``) for the CPA generator."""
+    return load_party(pki / slug, name=name, party_id=oin, role=role, endpoint=endpoint)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -73,8 +61,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     start = datetime.now(UTC).replace(microsecond=0)
     spec = CpaSpec(
-        a=_party(pki, *MUNICIPALITY),
-        b=_party(pki, *NODE),
+        a=example_party(pki, *MUNICIPALITY),
+        b=example_party(pki, *NODE),
         service="GGK:iWmo:3.2",
         actions=(ActionSpec("WMO301", "a"), ActionSpec("WMO302", "b")),
         profile="osb-rm-s",
