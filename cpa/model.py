@@ -267,6 +267,8 @@ class Cpa:
     end: datetime
     parties: tuple[PartyInfo, ...]
     has_conversation_constraints: bool = False
+    #: Source lines of the top-level elements ("root", "Status", "Start", "End").
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     def party_by_ids(self, ids: tuple[PartyId, ...] | list[PartyId]) -> PartyInfo | None:
         """The PartyInfo holding all of ``ids``, or None."""

@@ -169,6 +169,15 @@ def build_cpa(tree: etree._ElementTree) -> Cpa:
         end=parse_datetime(end),
         parties=tuple(_party(p) for p in _children(root, "PartyInfo")),
         has_conversation_constraints=_child(root, "ConversationConstraints") is not None,
+        lines={
+            "root": _line(root),
+            "Status": _line(status),
+            **{
+                n: _line(e)
+                for n in ("Start", "End", "ConversationConstraints")
+                if (e := _child(root, n)) is not None
+            },
+        },
     )
 
 

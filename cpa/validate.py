@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -82,6 +82,10 @@ ENCRYPTION_LEGACY = frozenset(
         "http://www.w3.org/2001/04/xmlenc#tripledes-cbc",
     }
 )
+
+#: More resends than this is a typo, not a reliability setting (DK-BP uses 8).
+MAX_RETRIES = 1000
+ZERO = timedelta(0)
 
 _OIN_PARTY_ID = re.compile(r"^\d{20}(_[OTA]{1,3})?$")
 _WHITESPACE = re.compile(r"\s")
@@ -216,28 +220,40 @@ class _Checker:
 
     def check_agreement(self) -> None:
         cpa, where = self.cpa, "CollaborationProtocolAgreement"
+        line = cpa.lines.get
         if cpa.status == "proposed":
             self.error(
-                f"{where}/Status/@value", "status is 'proposed'; only an agreed CPA may be used"
+                f"{where}/Status/@value",
+                "status is 'proposed'; only an agreed CPA may be used",
+                line("Status"),
             )
         elif cpa.status not in ("agreed", "signed"):
-            self.error(f"{where}/Status/@value", f"unknown status {cpa.status!r}")
+            self.error(f"{where}/Status/@value", f"unknown status {cpa.status!r}", line("Status"))
         if cpa.start >= cpa.end:
             self.error(
                 f"{where}/End",
                 f"End {cpa.end:%Y-%m-%d %H:%M:%SZ} is not after "
                 f"Start {cpa.start:%Y-%m-%d %H:%M:%SZ}",
+                line("End"),
             )
         elif cpa.end <= self.now:
-            self.error(f"{where}/End", f"the CPA expired on {cpa.end:%Y-%m-%d %H:%M:%SZ}")
+            self.error(
+                f"{where}/End", f"the CPA expired on {cpa.end:%Y-%m-%d %H:%M:%SZ}", line("End")
+            )
         elif cpa.start > self.now:
             self.warn(
-                f"{where}/Start", f"the CPA is not valid before {cpa.start:%Y-%m-%d %H:%M:%SZ}"
+                f"{where}/Start",
+                f"the CPA is not valid before {cpa.start:%Y-%m-%d %H:%M:%SZ}",
+                line("Start"),
             )
         if _WHITESPACE.search(cpa.cpa_id):
-            self.error(f"{where}/@cpaid", "the CPA id contains whitespace")
+            self.error(f"{where}/@cpaid", "the CPA id contains whitespace", line("root"))
         if cpa.has_conversation_constraints:
-            self.warn(f"{where}/ConversationConstraints", "not supported; ignored")
+            self.warn(
+                f"{where}/ConversationConstraints",
+                "not supported; ignored",
+                line("ConversationConstraints"),
+            )
 
     # -- parties -------------------------------------------------------------
 
@@ -555,6 +571,20 @@ class _Checker:
         sender = doc.sender
         if business and reliable:
             rm = sender.reliable_messaging if sender else None
+            if rm is not None and rm.retries is not None and not 0 <= rm.retries <= MAX_RETRIES:
+                self.error(
+                    f"{dx}/ebXMLSenderBinding/ReliableMessaging/Retries",
+                    f"Retries {rm.retries} is outside 0..{MAX_RETRIES}",
+                    rm.line,
+                )
+                return
+            if rm is not None and rm.retry_interval is not None and rm.retry_interval <= ZERO:
+                self.error(
+                    f"{dx}/ebXMLSenderBinding/ReliableMessaging/RetryInterval",
+                    "RetryInterval must be positive",
+                    rm.line,
+                )
+                return
             if rm is None or rm.retries is None or rm.retry_interval is None:
                 self.error(
                     f"{dx}/ebXMLSenderBinding/ReliableMessaging",

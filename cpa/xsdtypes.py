@@ -23,7 +23,15 @@ def parse_duration(text: str) -> timedelta:
     if not m:
         raise ValueError(f"not an xsd:duration: {text!r}")
     parts = {k: v for k, v in m.groupdict().items() if v is not None and k != "sign"}
-    delta = timedelta(
+    try:
+        delta = _delta(parts)
+    except OverflowError:
+        raise ValueError(f"xsd:duration out of range: {text!r}") from None
+    return -delta if m.group("sign") else delta
+
+
+def _delta(parts: dict[str, str]) -> timedelta:
+    return timedelta(
         days=int(parts.get("years", 0)) * 365
         + int(parts.get("months", 0)) * 30
         + int(parts.get("days", 0)),
@@ -31,7 +39,6 @@ def parse_duration(text: str) -> timedelta:
         minutes=int(parts.get("minutes", 0)),
         seconds=float(parts.get("seconds", 0)),
     )
-    return -delta if m.group("sign") else delta
 
 
 _DATETIME = re.compile(

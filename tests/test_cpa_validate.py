@@ -102,9 +102,9 @@ def test_compliance_cpa_needs_legacy_crypto_and_has_all_six_profiles() -> None:
     legacy = validate_cpa(xml, ValidationOptions(now=FIXTURE_NOW, legacy_crypto=True))
     assert legacy.ok, "\n".join(map(str, legacy.errors))
     assert legacy.profiles == ["osb-be", "osb-be-e", "osb-be-s", "osb-rm", "osb-rm-e", "osb-rm-s"]
-    by_service = {(a.service.split(":")[2], a.action): a.profile for a in legacy.actions}
-    assert by_service[("rm", "EchoRequest")] == "osb-rm"
-    assert by_service[("be", "EchoResponse")] == "osb-be"
+    by_service = {(a.service.split("$")[0], a.action): a.profile for a in legacy.actions}
+    assert by_service[("urn:cv:rm:services:EchoService", "EchoRequest")] == "osb-rm"
+    assert by_service[("urn:cv:be:encrypted:services:EchoService", "EchoResponse")] == "osb-be-e"
 
 
 def test_sync_fixture_is_refused_for_signals_and_response() -> None:
@@ -248,6 +248,7 @@ def test_untyped_service_must_be_a_uri(cpa_xml) -> None:
     def change(root: etree._Element) -> None:
         for s in root.xpath("//tns:Service", namespaces=NS):
             del s.attrib[t("type")]
+            s.text = "iWmo_3_2"  # "GGK:iWmo:3.2" would be a (scheme "GGK") URI
 
     assert_error(validate_cpa(mutate(cpa_xml(), change)), "must be a URI")
 
@@ -367,7 +368,7 @@ def _mc(**attrs: str) -> Callable[[etree._Element], None]:
         ("osb-rm", {"ackRequested": ""}, "'perMessage' is not a Digikoppeling setting"),
         ("osb-rm", {"duplicateElimination": "never"}, "must both be 'always'"),
         ("osb-rm", {"actor": "urn:oasis:names:tc:ebxml-msg:actor:nextMSH"}, "nextMSH"),
-        ("osb-rm", {"actor": "urn:example:actor"}, "unknown actor"),
+        ("osb-rm", {"actor": "urn:example:actor"}, "is not an element of the set"),
     ],
 )
 def test_channel_settings_outside_the_profiles_are_refused(cpa_xml, profile, attrs, text) -> None:
@@ -404,6 +405,23 @@ def test_short_persist_duration_is_a_warning(cpa_xml) -> None:
         persist_duration=timedelta(hours=2),
     )
     assert_only_warning(validate_cpa(xml), "shorter than the retry window")
+
+
+@pytest.mark.parametrize(
+    ("element", "value", "text"),
+    [
+        ("Retries", "-1", "outside 0..1000"),
+        ("Retries", "9999999999999999999999", "outside 0..1000"),
+        ("RetryInterval", "-PT5M", "must be positive"),
+        ("RetryInterval", "P99999999999D", "out of range"),
+    ],
+)
+def test_unreasonable_reliability_values_are_refused(cpa_xml, element, value, text) -> None:
+    def change(root: etree._Element) -> None:
+        for el in root.xpath(f"//tns:{element}", namespaces=NS):
+            el.text = value
+
+    assert_error(validate_cpa(mutate(cpa_xml(profile="osb-rm"), change)), text)
 
 
 def test_guaranteed_order_is_a_warning(cpa_xml) -> None:
