@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 _OIN = re.compile(r"^\d{20}$")
+#: RFC 4514 has no short name for serialNumber; spell it out rather than "2.5.4.5".
+_NAMES = {NameOID.SERIAL_NUMBER: "serialNumber"}
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,8 @@ def oin_of(cert: x509.Certificate) -> str | None:
 def facts(cert: x509.Certificate) -> CertificateFacts:
     """Summarise a certificate."""
     return CertificateFacts(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
+        subject=cert.subject.rfc4514_string(_NAMES),
+        issuer=cert.issuer.rfc4514_string(_NAMES),
         serial_number=cert.serial_number,
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,

@@ -104,7 +104,7 @@ def test_full_cpa_lifecycle(dkgw, pki: Path, tmp_path: Path) -> None:
         "Party 'Gemeente Voorbeeld'  role Gemeente",
         f"party ids  urn:osb:oin:{NODE_OIN}",
         "endpoint   https://localhost:18444/ebms",
-        "reliable   retries 8, interval 3:00:00, persist 1 day, 0:00:00",
+        "reliable   retries 8, interval PT3H, persist P1D",
         "(TLS client)",
         "(signing)",
         f"OIN {GEMEENTE_OIN}, expires ",

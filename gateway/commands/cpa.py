@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from cpa.certificates import CertificateFacts, facts, load_der
-from cpa.generate import PROFILES, ActionSpec, CpaSpec, CpaSpecError, PartySpec, make_cpa
+from cpa.generate import (
+    PROFILES,
+    ActionSpec,
+    CpaSpec,
+    CpaSpecError,
+    PartySpec,
+    format_duration,
+    make_cpa,
+)
 from cpa.model import Cpa, PartyInfo
 from cpa.registry import CpaExists, CpaInvalid, CpaNotFound, CpaRegistry, StoredCpa
 from cpa.validate import ValidationOptions, ValidationReport, validate_cpa
@@ -271,7 +279,13 @@ def _show_data(row: StoredCpa, cpa: Cpa, report: ValidationReport, now: datetime
         endpoints = sorted({ep.uri for t in party.transports.values() for ep in t.endpoints})
         reliability = sorted(
             {
-                (rm.retries, str(rm.retry_interval), str(doc.sender.persist_duration))
+                (
+                    rm.retries,
+                    format_duration(rm.retry_interval) if rm.retry_interval else "-",
+                    format_duration(doc.sender.persist_duration)
+                    if doc.sender.persist_duration
+                    else "-",
+                )
                 for doc in party.doc_exchanges.values()
                 if doc.sender and (rm := doc.sender.reliable_messaging)
             }
