@@ -60,21 +60,22 @@ def write_migrations(directory: Path, files: dict[str, str]) -> Path:
 
 def test_migrations_apply_once_and_are_recorded(db: Database) -> None:
     before = utcnow()
-    assert apply_migrations(db) == ["0001_cpa"]
+    shipped = load_migrations(db.dialect)
+    assert apply_migrations(db) == [m.name for m in shipped]
+    assert shipped[0].name == "0001_cpa"
     assert apply_migrations(db) == []
 
     with db.transaction() as cur:
         rows = cur.execute(
             "SELECT version, name, checksum, applied_at FROM schema_migration"
         ).fetchall()
-    shipped = load_migrations(db.dialect)
     assert [(r[0], r[1], r[2]) for r in rows] == [(m.version, m.name, m.checksum) for m in shipped]
     assert before <= from_db(rows[0][3]) <= utcnow()
     assert count(db, "cpa") == 0
 
 
 def test_each_dialect_uses_its_own_cpa_migration(db: Database) -> None:
-    (migration,) = load_migrations(db.dialect)
+    migration = load_migrations(db.dialect)[0]
     expected = "0001_cpa.postgresql.sql" if db.dialect == "postgresql" else "0001_cpa.sql"
     assert migration.filename == expected
     binary_type = "BYTEA" if db.dialect == "postgresql" else "BLOB"
@@ -82,7 +83,8 @@ def test_each_dialect_uses_its_own_cpa_migration(db: Database) -> None:
 
 
 def test_second_node_sees_migrations_applied_by_first(open_store: StoreFactory) -> None:
-    assert apply_migrations(open_store()) == ["0001_cpa"]
+    first = apply_migrations(open_store())
+    assert first[0] == "0001_cpa"
     assert apply_migrations(open_store()) == []
 
 
@@ -173,7 +175,7 @@ def test_dialect_specific_file_replaces_common_one(db: Database, tmp_path: Path)
 
 
 def test_migration_statements_split_on_semicolon_at_line_end() -> None:
-    (migration,) = load_migrations("sqlite", None)  # the shipped one: one statement
+    migration = load_migrations("sqlite", None)[0]  # the shipped one: one statement
     assert len(migration.statements()) == 1
     text = (
         "-- a comment; not the end of a statement\n"

@@ -1,0 +1,517 @@
+"""Messages, payloads, delivery tasks and events in the store.
+
+Every function takes a :class:`~gateway.store.database.Cursor` and runs inside
+the caller's transaction.  That is how the gateway keeps its promise to
+persist before acting: a received message, its acknowledgment and the task
+that sends the acknowledgment are written in one transaction before anything
+is answered, and an outbound message is stored with its delivery task before
+the first attempt (research notes §4.2-§4.3).
+
+Delivery tasks are claimed with a lease.  On PostgreSQL the claim skips rows
+other nodes hold (``FOR UPDATE SKIP LOCKED``), so several nodes share one
+queue without blocking each other; on SQLite ``BEGIN IMMEDIATE`` serialises
+claimers.  A node that dies with a lease loses it when the lease runs out and
+another node takes the task over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from gateway.store.database import Cursor, Row
+from gateway.store.timeutil import from_db, to_db
+
+__all__ = [
+    "AttachmentRecord",
+    "Direction",
+    "EventType",
+    "InboundStatus",
+    "MessageRecord",
+    "OutboundStatus",
+    "StoredMessage",
+    "Task",
+    "TaskOutcome",
+    "add_event",
+    "claim_due_tasks",
+    "find_message",
+    "find_reply",
+    "fingerprint",
+    "finish_attempt",
+    "insert_message",
+    "insert_task",
+    "load_attachments",
+    "message_by_pk",
+    "release_task",
+    "set_status",
+    "task_for_message",
+]
+
+
+class Direction(StrEnum):
+    """Which way a message travelled."""
+
+    IN = "in"
+    OUT = "out"
+
+
+class OutboundStatus(StrEnum):
+    """Status of a message we send; the names and meanings are ebms-core's."""
+
+    CREATED = "CREATED"
+    DELIVERED = "DELIVERED"
+    DELIVERY_FAILED = "DELIVERY_FAILED"
+    EXPIRED = "EXPIRED"
+
+
+class InboundStatus(StrEnum):
+    """Status of a message we received; the names and meanings are ebms-core's."""
+
+    RECEIVED = "RECEIVED"
+    PROCESSED = "PROCESSED"
+    FAILED = "FAILED"
+
+
+class EventType(StrEnum):
+    """Events the back office can read (ebms-core's message events)."""
+
+    RECEIVED = "RECEIVED"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
+
+
+class TaskOutcome(StrEnum):
+    """What one delivery attempt leads to."""
+
+    DONE = "done"  # delivered (best effort: 2xx; reliable: acknowledged)
+    RETRY = "retry"  # try again after the retry interval, if attempts and time remain
+    FAILED = "failed"  # final failure: never try again
+    EXPIRED = "expired"  # TimeToLive passed or attempts used up
+
+
+@dataclass(frozen=True)
+class AttachmentRecord:
+    """One payload part as stored."""
+
+    content_id: str
+    content_type: str
+    content: bytes
+    filename: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the content."""
+        return hashlib.sha256(self.content).hexdigest()
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """The row to store for one message (signals included)."""
+
+    message_id: str
+    direction: Direction
+    cpa_id: str
+    conversation_id: str
+    from_party: str
+    to_party: str
+    service: str
+    action: str
+    sent_at: datetime
+    content_type: str
+    envelope: bytes
+    ref_to_message_id: str | None = None
+    from_role: str | None = None
+    to_role: str | None = None
+    time_to_live: datetime | None = None
+    persist_until: datetime | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A stored message without its payloads."""
+
+    pk: int
+    message_id: str
+    direction: Direction
+    cpa_id: str
+    conversation_id: str
+    ref_to_message_id: str | None
+    from_party: str
+    from_role: str | None
+    to_party: str
+    to_role: str | None
+    service: str
+    action: str
+    sent_at: datetime
+    time_to_live: datetime | None
+    persist_until: datetime | None
+    status: str | None
+    status_at: datetime | None
+    content_type: str
+    envelope: bytes
+    fingerprint: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Task:
+    """A claimed delivery task."""
+
+    id: int
+    message_pk: int
+    url: str
+    attempts: int  # including the one just claimed
+    max_attempts: int
+    retry_interval: timedelta | None
+    expires_at: datetime | None
+    lease_until: datetime
+
+
+def _opt(value: datetime | None) -> str | None:
+    return None if value is None else to_db(value)
+
+
+def _opt_from(value: str | None) -> datetime | None:
+    return None if value is None else from_db(value)
+
+
+def fingerprint(envelope: bytes, attachments: Iterable[AttachmentRecord]) -> str:
+    """SHA-256 over the envelope and every payload, in order.
+
+    Tells a true duplicate (the sender's resend, same bytes) from a MessageId
+    reused for different content (research notes §4.3 step 2).
+    """
+    digest = hashlib.sha256()
+    for chunk in (envelope, *(a.content for a in attachments)):
+        digest.update(len(chunk).to_bytes(8, "big"))
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+_MESSAGE_COLUMNS = (
+    "id, message_id, direction, cpa_id, conversation_id, ref_to_message_id, from_party, "
+    "from_role, to_party, to_role, service, action, sent_at, time_to_live, persist_until, "
+    "status, status_at, content_type, envelope, fingerprint, created_at"
+)
+
+
+def _message(row: Row) -> StoredMessage:
+    return StoredMessage(
+        pk=int(row[0]),
+        message_id=row[1],
+        direction=Direction(row[2]),
+        cpa_id=row[3],
+        conversation_id=row[4],
+        ref_to_message_id=row[5],
+        from_party=row[6],
+        from_role=row[7],
+        to_party=row[8],
+        to_role=row[9],
+        service=row[10],
+        action=row[11],
+        sent_at=from_db(row[12]),
+        time_to_live=_opt_from(row[13]),
+        persist_until=_opt_from(row[14]),
+        status=row[15],
+        status_at=_opt_from(row[16]),
+        content_type=row[17],
+        envelope=bytes(row[18]),
+        fingerprint=row[19],
+        created_at=from_db(row[20]),
+    )
+
+
+def insert_message(
+    cur: Cursor, record: MessageRecord, attachments: Sequence[AttachmentRecord], *, now: datetime
+) -> int:
+    """Store a message and its payloads; returns its primary key.
+
+    Raises :class:`~gateway.store.database.IntegrityConflict` when a message
+    with this MessageId and direction is already stored.
+    """
+    cur.execute(
+        "INSERT INTO ebms_message (message_id, direction, cpa_id, conversation_id, "
+        "ref_to_message_id, from_party, from_role, to_party, to_role, service, action, sent_at, "
+        "time_to_live, persist_until, status, status_at, content_type, envelope, fingerprint, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.message_id,
+            record.direction.value,
+            record.cpa_id,
+            record.conversation_id,
+            record.ref_to_message_id,
+            record.from_party,
+            record.from_role,
+            record.to_party,
+            record.to_role,
+            record.service,
+            record.action,
+            to_db(record.sent_at),
+            _opt(record.time_to_live),
+            _opt(record.persist_until),
+            record.status,
+            to_db(now) if record.status else None,
+            record.content_type,
+            record.envelope,
+            fingerprint(record.envelope, attachments),
+            to_db(now),
+        ),
+    )
+    row = cur.execute(
+        "SELECT id FROM ebms_message WHERE message_id = ? AND direction = ?",
+        (record.message_id, record.direction.value),
+    ).fetchone()
+    assert row is not None
+    pk = int(row[0])
+    cur.executemany(
+        "INSERT INTO ebms_attachment (message_pk, order_nr, content_id, content_type, filename, "
+        "size, sha256, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (pk, n, a.content_id, a.content_type, a.filename, len(a.content), a.sha256, a.content)
+            for n, a in enumerate(attachments)
+        ],
+    )
+    if record.status:
+        cur.execute(
+            "INSERT INTO status_history (message_pk, status, at, reason) VALUES (?, ?, ?, ?)",
+            (pk, record.status, to_db(now), None),
+        )
+    return pk
+
+
+def find_message(cur: Cursor, message_id: str, direction: Direction) -> StoredMessage | None:
+    """The stored message with this MessageId and direction, or None."""
+    row = cur.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM ebms_message WHERE message_id = ? AND direction = ?",
+        (message_id, direction.value),
+    ).fetchone()
+    return None if row is None else _message(row)
+
+
+def message_by_pk(cur: Cursor, pk: int) -> StoredMessage:
+    """The stored message with primary key ``pk``."""
+    row = cur.execute(f"SELECT {_MESSAGE_COLUMNS} FROM ebms_message WHERE id = ?", (pk,)).fetchone()
+    if row is None:
+        raise LookupError(f"no message with pk {pk}")
+    return _message(row)
+
+
+def find_reply(cur: Cursor, ref_to_message_id: str, actions: Sequence[str]) -> StoredMessage | None:
+    """The signal we sent in answer to ``ref_to_message_id`` (its ack or error), if any.
+
+    A duplicate gets the stored answer again, byte for byte (ebMS 2.0 §6.4.1).
+    """
+    marks = ", ".join("?" for _ in actions)
+    row = cur.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM ebms_message WHERE ref_to_message_id = ? "
+        f"AND direction = 'out' AND action IN ({marks}) ORDER BY id LIMIT 1",
+        (ref_to_message_id, *actions),
+    ).fetchone()
+    return None if row is None else _message(row)
+
+
+def load_attachments(cur: Cursor, message_pk: int) -> list[AttachmentRecord]:
+    """The payloads of a message in their original order."""
+    rows = cur.execute(
+        "SELECT content_id, content_type, content, filename FROM ebms_attachment "
+        "WHERE message_pk = ? ORDER BY order_nr",
+        (message_pk,),
+    ).fetchall()
+    return [AttachmentRecord(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
+
+
+def set_status(
+    cur: Cursor,
+    message_pk: int,
+    status: str,
+    *,
+    now: datetime,
+    reason: str | None = None,
+    only_from: Sequence[str] = (),
+) -> bool:
+    """Move a message to ``status``; returns False when it was not in ``only_from``.
+
+    ``only_from`` guards transitions that may race (an acknowledgment and an
+    expiry for the same message): the first one wins, the other is a no-op.
+    """
+    sql = "UPDATE ebms_message SET status = ?, status_at = ? WHERE id = ?"
+    params: list[object] = [status, to_db(now), message_pk]
+    if only_from:
+        sql += f" AND status IN ({', '.join('?' for _ in only_from)})"
+        params.extend(only_from)
+    cur.execute(sql, params)
+    if cur.rowcount != 1:
+        return False
+    cur.execute(
+        "INSERT INTO status_history (message_pk, status, at, reason) VALUES (?, ?, ?, ?)",
+        (message_pk, status, to_db(now), reason),
+    )
+    return True
+
+
+def add_event(
+    cur: Cursor, message_pk: int, message_id: str, event: EventType, *, now: datetime
+) -> None:
+    """Record an event for the back office."""
+    cur.execute(
+        "INSERT INTO message_event (message_pk, message_id, event_type, created_at) "
+        "VALUES (?, ?, ?, ?)",
+        (message_pk, message_id, event.value, to_db(now)),
+    )
+
+
+def insert_task(
+    cur: Cursor,
+    message_pk: int,
+    url: str,
+    *,
+    now: datetime,
+    max_attempts: int = 1,
+    retry_interval: timedelta | None = None,
+    expires_at: datetime | None = None,
+    first_attempt_at: datetime | None = None,
+) -> int:
+    """Queue a message for delivery to ``url``; returns the task id."""
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    cur.execute(
+        "INSERT INTO delivery_task (message_pk, url, state, next_attempt_at, attempts, "
+        "max_attempts, retry_interval, expires_at, updated_at) "
+        "VALUES (?, ?, 'pending', ?, 0, ?, ?, ?, ?)",
+        (
+            message_pk,
+            url,
+            to_db(first_attempt_at or now),
+            max_attempts,
+            retry_interval.total_seconds() if retry_interval is not None else None,
+            _opt(expires_at),
+            to_db(now),
+        ),
+    )
+    row = cur.execute("SELECT id FROM delivery_task WHERE message_pk = ?", (message_pk,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def claim_due_tasks(
+    cur: Cursor, *, node: str, now: datetime, lease: timedelta, limit: int = 16
+) -> list[Task]:
+    """Claim up to ``limit`` due tasks for ``node``; each claim counts as an attempt.
+
+    A task is due when it is pending and its next attempt time has come, or
+    when another node's lease on it has run out (that node died mid-attempt).
+    """
+    lease_until = now + lease
+    skip_locked = " FOR UPDATE SKIP LOCKED" if cur.dialect == "postgresql" else ""
+    rows = cur.execute(
+        "UPDATE delivery_task SET state = 'sending', locked_by = ?, lease_until = ?, "
+        "attempts = attempts + 1, updated_at = ? WHERE id IN ("
+        "SELECT id FROM delivery_task WHERE (state = 'pending' AND next_attempt_at <= ?) "
+        "OR (state = 'sending' AND lease_until < ?) ORDER BY next_attempt_at LIMIT ?"
+        f"{skip_locked}) RETURNING id, message_pk, url, attempts, max_attempts, "
+        "retry_interval, expires_at",
+        (node, to_db(lease_until), to_db(now), to_db(now), to_db(now), limit),
+    ).fetchall()
+    return [
+        Task(
+            id=int(r[0]),
+            message_pk=int(r[1]),
+            url=r[2],
+            attempts=int(r[3]),
+            max_attempts=int(r[4]),
+            retry_interval=timedelta(seconds=r[5]) if r[5] is not None else None,
+            expires_at=_opt_from(r[6]),
+            lease_until=lease_until,
+        )
+        for r in sorted(rows, key=lambda r: int(r[0]))
+    ]
+
+
+def finish_attempt(
+    cur: Cursor,
+    task: Task,
+    outcome: TaskOutcome,
+    *,
+    node: str,
+    started_at: datetime,
+    now: datetime,
+    http_status: int | None = None,
+    error: str | None = None,
+    next_attempt_at: datetime | None = None,
+) -> TaskOutcome | None:
+    """Log the attempt and move the task on; returns the outcome that took effect.
+
+    RETRY becomes EXPIRED when the attempts are used up or the next attempt
+    would fall after the TimeToLive.  The update is guarded by the lease: when
+    this node's lease ran out and another node took the task over, or an
+    acknowledgment ended it meanwhile, nothing changes and None is returned.
+    """
+    effective = outcome
+    if outcome is TaskOutcome.RETRY:
+        interval = task.retry_interval or timedelta(0)
+        next_attempt_at = next_attempt_at or now + interval
+        out_of_attempts = task.attempts >= task.max_attempts
+        past_ttl = task.expires_at is not None and next_attempt_at > task.expires_at
+        if out_of_attempts or past_ttl:
+            effective = TaskOutcome.EXPIRED
+    state = "pending" if effective is TaskOutcome.RETRY else effective.value
+    cur.execute(
+        "INSERT INTO delivery_attempt (task_id, attempt, node, url, started_at, finished_at, "
+        "http_status, outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            task.id,
+            task.attempts,
+            node,
+            task.url,
+            to_db(started_at),
+            to_db(now),
+            http_status,
+            outcome.value,
+            error,
+        ),
+    )
+    cur.execute(
+        "UPDATE delivery_task SET state = ?, next_attempt_at = ?, locked_by = NULL, "
+        "lease_until = NULL, last_error = ?, updated_at = ? "
+        "WHERE id = ? AND locked_by = ? AND state = 'sending'",
+        (
+            state,
+            to_db(next_attempt_at)
+            if effective is TaskOutcome.RETRY and next_attempt_at
+            else to_db(now),
+            error,
+            to_db(now),
+            task.id,
+            node,
+        ),
+    )
+    return effective if cur.rowcount == 1 else None
+
+
+def release_task(cur: Cursor, message_pk: int, state: TaskOutcome, *, now: datetime) -> bool:
+    """End a message's task from outside the worker (an acknowledgment arrived).
+
+    Returns False when the task had already ended.  A task that is being sent
+    right now is ended too: the in-flight attempt's own update then finds it no
+    longer 'sending' and leaves it alone.
+    """
+    cur.execute(
+        "UPDATE delivery_task SET state = ?, locked_by = NULL, lease_until = NULL, "
+        "updated_at = ? WHERE message_pk = ? AND state IN ('pending', 'sending')",
+        (state.value, to_db(now), message_pk),
+    )
+    return cur.rowcount == 1
+
+
+def task_for_message(cur: Cursor, message_pk: int) -> tuple[str, int, str | None] | None:
+    """(state, attempts, last_error) of a message's task, or None."""
+    row = cur.execute(
+        "SELECT state, attempts, last_error FROM delivery_task WHERE message_pk = ?",
+        (message_pk,),
+    ).fetchone()
+    return None if row is None else (row[0], int(row[1]), row[2])
