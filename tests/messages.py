@@ -54,6 +54,10 @@ def render(
     text = text.replace('th:eb:type="type"', 'eb:type="type"')
     # One uuid per template: MessageId and ConversationId may share it.
     text = text.replace("[[${uuid}]]", str(uuid.uuid4()))
+    # EbMSPing.xml spells its parties out instead of using placeholders.
+    text = text.replace(">00000000000000000000<", f">{from_party}<")
+    text = text.replace(">00000000000000000001<", f">{to_party}<")
+    text = text.replace(">cpaStubEBF.rm.http.unsigned.sync<", f">{cpa_id}<")
     text = re.sub(r"\[\[\$\{(\w+)\}\]\]", lambda m: values[m.group(1)], text)
     reference = re.search(r"\s*<eb:Reference th:xlink:href=[^>]*/>", text)
     if reference:

@@ -1,0 +1,573 @@
+"""What the MSH does with one inbound ebMS message, from bytes to HTTP reply.
+
+This is the receiving half of the message service handler without the
+network: the HTTP edge hands over the SOAPAction, the SOAP part, the payload
+parts and the verified TLS client certificate; :meth:`InboundProcessor.handle`
+validates (research notes §6.4), stores, and returns the HTTP reply.  It is
+blocking (it talks to the store) and runs in a thread.
+
+Persist before acting: the received message, its acknowledgment or error,
+the event for the back office and the task that posts an asynchronous reply
+are written in one transaction before the reply goes out (ebMS 2.0 §6.5,
+research notes §4.3).  A crash before the commit loses nothing the partner
+was told about; the partner's resend arrives as a new message.  A crash after
+it is answered from the store when the partner resends: a duplicate gets the
+stored reply again, and the back office sees the message once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from cpa.model import MSH_SERVICE, Cpa, PartyId, Service
+from cpa.registry import CpaNotFound, CpaRegistry
+from cpa.resolve import ResolutionError, Route, resolve
+from gateway.ebms.checks import CheckFailed, check_manifest, check_message
+from gateway.ebms.envelope import Envelope, EnvelopeError, build_envelope, parse_envelope
+from gateway.ebms.faults import CLIENT, MUST_UNDERSTAND, soap_fault
+from gateway.ebms.model import (
+    EbmsError,
+    ErrorCode,
+    MessageStatus,
+    Severity,
+    SignalAction,
+)
+from gateway.ebms.signals import acknowledgment, message_error, pong, status_response
+from gateway.store.database import Cursor, Database, IntegrityConflict
+from gateway.store.messages import (
+    AttachmentRecord,
+    Direction,
+    EventType,
+    InboundStatus,
+    MessageRecord,
+    OutboundStatus,
+    TaskOutcome,
+    add_event,
+    find_message,
+    find_reply,
+    fingerprint,
+    insert_message,
+    insert_task,
+    release_task,
+    set_status,
+)
+from gateway.store.timeutil import to_db, utcnow
+
+log = logging.getLogger("dkgw.inbound")
+
+XML = "text/xml; charset=UTF-8"
+#: Replies (acks, errors, pongs) that go back in their own POST are retried a few
+#: times at short intervals; after that the partner's resend of the original
+#: message is what recovers a lost acknowledgment (ebms-core sends them once).
+SIGNAL_ATTEMPTS = 3
+SIGNAL_RETRY_INTERVAL = timedelta(minutes=1)
+#: Signals we answer with a stored reply when they arrive again.
+REPLY_ACTIONS = (
+    SignalAction.ACKNOWLEDGMENT.value,
+    SignalAction.MESSAGE_ERROR.value,
+    SignalAction.PONG.value,
+    SignalAction.STATUS_RESPONSE.value,
+)
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    """One received HTTP request, as the edge saw it."""
+
+    soap_action: str | None
+    content_type: str
+    envelope: bytes
+    attachments: tuple[AttachmentRecord, ...] = ()
+    peer_certificate: x509.Certificate | None = None
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    """What to answer, plus what to log about it (ids and outcome, never content)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    log: dict[str, str] = field(default_factory=dict)
+
+
+def _parties(ids: Sequence[PartyId]) -> str:
+    return ",".join(p.key() for p in ids)
+
+
+def _host(url: str | None) -> str:
+    return (urlsplit(url).hostname if url else None) or "localhost"
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+class InboundProcessor:
+    """Receive ebMS messages into the store and decide the reply."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry: CpaRegistry,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        check_client_certificate: bool = True,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.clock = clock
+        self.check_client_certificate = check_client_certificate
+
+    # -- entry point -------------------------------------------------------------
+
+    def handle(self, request: InboundRequest) -> HttpReply:
+        """Process one request; never raises for bad input."""
+        action = (request.soap_action or "").strip()
+        if action.startswith('"') and action.endswith('"') and len(action) >= 2:
+            action = action[1:-1]
+        if action != "ebXML":
+            # ebMS 2.0 §2.1.3 / research notes §1.1: lenient on the quotes only.
+            return self._fault(
+                f"Unable to process message! SOAPAction={request.soap_action}",
+                {"outcome": "bad-soapaction"},
+            )
+        try:
+            env, _tree = parse_envelope(request.envelope)
+        except EnvelopeError as exc:
+            log.warning("refused: not an ebMS envelope (%s), %d bytes", exc, len(request.envelope))
+            return HttpReply(500, log={"outcome": "bad-envelope", "reason": str(exc)})
+        header = env.header
+        fields = {
+            "message_id": header.message_id,
+            "cpa_id": header.cpa_id,
+            "from": _parties(header.from_ids),
+            "to": _parties(header.to_ids),
+            "service": header.service.key(),
+            "action": header.action,
+        }
+        if env.unknown_must_understand:
+            return self._fault(
+                f"Header not understood: {env.unknown_must_understand[0]}",
+                {**fields, "outcome": "must-understand"},
+                code=MUST_UNDERSTAND,
+            )
+        try:
+            cpa = self.registry.get_cpa(header.cpa_id)
+        except CpaNotFound:
+            return self._fault(f"CPA {header.cpa_id} not found!", {**fields, "outcome": "no-cpa"})
+        if self.check_client_certificate and not self._certificate_matches(cpa, env, request):
+            return self._fault(
+                "Invalid SSL Client Certificate!", {**fields, "outcome": "client-certificate"}
+            )
+        now = self.clock()
+        try:
+            with self.db.transaction() as cur:
+                reply = self._process(cur, cpa, env, request, now)
+        except IntegrityConflict:
+            # The same message arrived twice at once (on two nodes, say) and the
+            # other copy committed first: this one is now a duplicate.
+            with self.db.transaction() as cur:
+                reply = self._process(cur, cpa, env, request, now)
+        return HttpReply(reply.status, reply.body, reply.content_type, {**fields, **reply.log})
+
+    def _fault(self, message: str, fields: dict[str, str], code: str = CLIENT) -> HttpReply:
+        return HttpReply(500, soap_fault(code, message), XML, fields)
+
+    def _certificate_matches(self, cpa: Cpa, env: Envelope, request: InboundRequest) -> bool:
+        """The TLS client certificate must be one the sender's CPA entry names.
+
+        Research notes §5.2: compare with the certificate of the From party's
+        TransportClientSecurity.  A sender that is not in the CPA at all is
+        left to the header checks, which answer it with an ebMS error.
+        """
+        party = cpa.party_by_ids(env.header.from_ids)
+        if party is None:
+            return True
+        if request.peer_certificate is None:
+            return False
+        peer = _der(request.peer_certificate)
+        for transport in party.transports.values():
+            sec = transport.client_security
+            cert = (
+                party.certificates.get(sec.certificate_id) if sec and sec.certificate_id else None
+            )
+            if cert is not None and cert.der == peer:
+                return True
+        return False
+
+    # -- the transaction ---------------------------------------------------------
+
+    def _process(
+        self, cur: Cursor, cpa: Cpa, env: Envelope, request: InboundRequest, now: datetime
+    ) -> HttpReply:
+        header = env.header
+        print_ = fingerprint(request.envelope, request.attachments)
+        known = find_message(cur, header.message_id, Direction.IN)
+        if known is not None:
+            return self._duplicate(cur, cpa, env, known.fingerprint == print_, now)
+        try:
+            checked = check_message(env, cpa, now=now)
+            referenced = check_manifest(env, {a.content_id for a in request.attachments})
+        except CheckFailed as exc:
+            return self._refuse(cur, cpa, env, request, exc.error, now)
+        route = checked.route
+        if header.is_signal:
+            return self._signal(cur, cpa, env, request, route, now)
+        keep = {cid: n for n, cid in enumerate(referenced)}
+        payloads = tuple(
+            sorted(
+                (a for a in request.attachments if a.content_id in keep),
+                key=lambda a: keep[a.content_id],
+            )
+        )
+        persist_until = header.timestamp + max(
+            route.persist_duration or timedelta(0),
+            (route.retry_interval or timedelta(0)) * (route.retries + 1),
+        )
+        pk = self._store(
+            cur, env, request, payloads, InboundStatus.RECEIVED.value, now, persist_until
+        )
+        add_event(cur, pk, header.message_id, EventType.RECEIVED, now=now)
+        if not route.ack_requested:
+            return HttpReply(204, log={"outcome": "received"})
+        ack = acknowledgment(env, now=now, host=_host(route.receive.endpoint))
+        return self._reply(
+            cur, cpa, env, route, ack, now, {"outcome": "received", "reply": "Acknowledgment"}
+        )
+
+    def _store(
+        self,
+        cur: Cursor,
+        env: Envelope,
+        request: InboundRequest,
+        payloads: Sequence[AttachmentRecord],
+        status: str | None,
+        now: datetime,
+        persist_until: datetime | None = None,
+    ) -> int:
+        h = env.header
+        return insert_message(
+            cur,
+            MessageRecord(
+                message_id=h.message_id,
+                direction=Direction.IN,
+                cpa_id=h.cpa_id,
+                conversation_id=h.conversation_id,
+                ref_to_message_id=h.ref_to_message_id,
+                from_party=_parties(h.from_ids),
+                from_role=h.from_role,
+                to_party=_parties(h.to_ids),
+                to_role=h.to_role,
+                service=h.service.key(),
+                action=h.action,
+                sent_at=h.timestamp,
+                time_to_live=h.time_to_live,
+                persist_until=persist_until,
+                status=status,
+                content_type=request.content_type,
+                envelope=request.envelope,
+            ),
+            payloads,
+            now=now,
+        )
+
+    def _reply(
+        self,
+        cur: Cursor,
+        cpa: Cpa,
+        request: Envelope,
+        route: Route,
+        reply: Envelope,
+        now: datetime,
+        fields: dict[str, str],
+    ) -> HttpReply:
+        """Store ``reply``; return it in the HTTP response or queue its own POST.
+
+        ebMS 2.0 §4.3 / research notes §2.4: the sender's channel decides; with
+        ``mshSignalsOnly`` the signal is the HTTP 200 body, plain text/xml.
+        """
+        body = build_envelope(reply)
+        h = reply.header
+        pk = insert_message(
+            cur,
+            MessageRecord(
+                message_id=h.message_id,
+                direction=Direction.OUT,
+                cpa_id=h.cpa_id,
+                conversation_id=h.conversation_id,
+                ref_to_message_id=h.ref_to_message_id,
+                from_party=_parties(h.from_ids),
+                to_party=_parties(h.to_ids),
+                service=h.service.key(),
+                action=h.action,
+                sent_at=h.timestamp,
+                content_type=XML,
+                envelope=body,
+            ),
+            (),
+            now=now,
+        )
+        if route.sync_reply_mode != "none":
+            return HttpReply(200, body, XML, fields)
+        target = self._signal_route(cpa, request, h.action)
+        if target is None or target.endpoint is None:
+            # No channel back: answer in the response, the only place left.
+            return HttpReply(200, body, XML, {**fields, "note": "no reply channel"})
+        insert_task(
+            cur,
+            pk,
+            target.endpoint,
+            now=now,
+            max_attempts=SIGNAL_ATTEMPTS,
+            retry_interval=SIGNAL_RETRY_INTERVAL,
+        )
+        return HttpReply(204, log=fields)
+
+    @staticmethod
+    def _signal_route(cpa: Cpa, request: Envelope, action: str) -> Route | None:
+        """Our MSH channel to the sender of ``request`` for a reply ``action``."""
+        try:
+            return resolve(
+                cpa,
+                from_ids=request.header.to_ids,
+                from_role=None,
+                to_ids=request.header.from_ids,
+                to_role=None,
+                service=Service(MSH_SERVICE),
+                action=action,
+            )
+        except ResolutionError:
+            return None
+
+    # -- duplicates and refusals -------------------------------------------------------
+
+    def _duplicate(
+        self, cur: Cursor, cpa: Cpa, env: Envelope, identical: bool, now: datetime
+    ) -> HttpReply:
+        """ebMS 2.0 §6.4.1: never deliver twice; repeat the stored answer."""
+        if not identical:
+            error = EbmsError(
+                ErrorCode.INCONSISTENT,
+                "//Header/MessageHeader/MessageData/MessageId",
+                "MessageId already used for another message.",
+            )
+            reply = message_error(env, [error], now=now, host="localhost")
+            return HttpReply(200, build_envelope(reply), XML, {"outcome": "messageid-reused"})
+        stored = find_reply(cur, env.header.message_id, REPLY_ACTIONS)
+        if stored is None:
+            return HttpReply(204, log={"outcome": "duplicate"})
+        route = self._sender_route(cpa, env)
+        if route is not None and route.sync_reply_mode == "none":
+            # Send the stored reply again in its own POST: reopen its task.
+            cur.execute(
+                "UPDATE delivery_task SET state = 'pending', next_attempt_at = ?, "
+                "attempts = 0, updated_at = ? WHERE message_pk = ? "
+                "AND state IN ('done', 'failed', 'expired')",
+                (to_db(now), to_db(now), stored.pk),
+            )
+            return HttpReply(204, log={"outcome": "duplicate", "reply": stored.action})
+        return HttpReply(
+            200, stored.envelope, XML, {"outcome": "duplicate", "reply": stored.action}
+        )
+
+    def _sender_route(self, cpa: Cpa, env: Envelope) -> Route | None:
+        h = env.header
+        try:
+            return resolve(
+                cpa,
+                from_ids=h.from_ids,
+                from_role=h.from_role,
+                to_ids=h.to_ids,
+                to_role=h.to_role,
+                service=h.service,
+                action=h.action,
+            )
+        except ResolutionError:
+            return None
+
+    def _refuse(
+        self,
+        cur: Cursor,
+        cpa: Cpa,
+        env: Envelope,
+        request: InboundRequest,
+        error: EbmsError,
+        now: datetime,
+    ) -> HttpReply:
+        """Answer a message that failed validation with a MessageError."""
+        fields = {"outcome": "refused", "error": f"{error.code.value} {error.location}"}
+        if env.header.is_signal and env.header.action in (
+            SignalAction.ACKNOWLEDGMENT.value,
+            SignalAction.MESSAGE_ERROR.value,
+        ):
+            # Never an error about an error or an ack: that is how loops start.
+            log.warning("refused signal %s: %s", env.header.message_id, fields["error"])
+            return HttpReply(500, log=fields)
+        pk = self._store(cur, env, request, (), InboundStatus.FAILED.value, now)
+        add_event(cur, pk, env.header.message_id, EventType.FAILED, now=now)
+        route = self._sender_route(cpa, env)
+        reply = message_error(
+            env, [error], now=now, host=_host(route.receive.endpoint if route else None)
+        )
+        if route is None:
+            # The sender is not resolvable, so neither is a channel back to it.
+            h = reply.header
+            insert_message(
+                cur,
+                MessageRecord(
+                    message_id=h.message_id,
+                    direction=Direction.OUT,
+                    cpa_id=h.cpa_id,
+                    conversation_id=h.conversation_id,
+                    ref_to_message_id=h.ref_to_message_id,
+                    from_party=_parties(h.from_ids),
+                    to_party=_parties(h.to_ids),
+                    service=h.service.key(),
+                    action=h.action,
+                    sent_at=h.timestamp,
+                    content_type=XML,
+                    envelope=build_envelope(reply),
+                ),
+                (),
+                now=now,
+            )
+            return HttpReply(200, build_envelope(reply), XML, fields)
+        return self._reply(cur, cpa, env, route, reply, now, fields)
+
+    # -- signals -------------------------------------------------------------------
+
+    def _signal(
+        self,
+        cur: Cursor,
+        cpa: Cpa,
+        env: Envelope,
+        request: InboundRequest,
+        route: Route,
+        now: datetime,
+    ) -> HttpReply:
+        action = env.header.action
+        if action == SignalAction.PING.value:
+            self._store(cur, env, request, (), None, now)
+            return self._reply(
+                cur,
+                cpa,
+                env,
+                route,
+                pong(env, now=now, host=_host(route.receive.endpoint)),
+                now,
+                {"outcome": "ping", "reply": "Pong"},
+            )
+        if action == SignalAction.STATUS_REQUEST.value:
+            self._store(cur, env, request, (), None, now)
+            status, when = self._status_of(cur, env)
+            reply = status_response(env, status, when, now=now, host=_host(route.receive.endpoint))
+            return self._reply(
+                cur,
+                cpa,
+                env,
+                route,
+                reply,
+                now,
+                {"outcome": "status-request", "reply": status.value},
+            )
+        self._store(cur, env, request, (), None, now)
+        if action == SignalAction.ACKNOWLEDGMENT.value:
+            outcome = correlate_acknowledgment(cur, env, now=now)
+        elif action == SignalAction.MESSAGE_ERROR.value:
+            outcome = correlate_error(cur, env, now=now)
+        else:  # Pong, StatusResponse: stored; whoever waits for them reads the store
+            outcome = action.lower()
+        return HttpReply(204, log={"outcome": outcome})
+
+    @staticmethod
+    def _status_of(cur: Cursor, env: Envelope) -> tuple[MessageStatus, datetime | None]:
+        """ebms-core's StatusResponse rules (research notes §4.5)."""
+        assert env.status_request is not None
+        asked = find_message(cur, env.status_request.ref_to_message_id, Direction.IN)
+        if asked is None or asked.service.startswith(MSH_SERVICE):
+            return MessageStatus.NOT_RECOGNIZED, None
+        if asked.cpa_id != env.header.cpa_id:
+            return MessageStatus.UNAUTHORIZED, None
+        if asked.status == InboundStatus.RECEIVED.value:
+            return MessageStatus.RECEIVED, asked.status_at
+        if asked.status == InboundStatus.PROCESSED.value:
+            return MessageStatus.PROCESSED, asked.status_at
+        return MessageStatus.NOT_RECOGNIZED, None
+
+
+def correlate_acknowledgment(cur: Cursor, env: Envelope, *, now: datetime) -> str:
+    """An Acknowledgment for one of our messages: it is DELIVERED.
+
+    Research notes §4.3 step 6: the ack must refer to a message we sent under
+    the same CPA to the party that acknowledges.  A second ack is ignored.
+    """
+    ref = env.header.ref_to_message_id or (
+        env.acknowledgment.ref_to_message_id if env.acknowledgment else None
+    )
+    ours = find_message(cur, ref, Direction.OUT) if ref else None
+    if (
+        ours is None
+        or ours.cpa_id != env.header.cpa_id
+        or ours.to_party != _parties(env.header.from_ids)
+    ):
+        log.warning("acknowledgment %s refers to no message of ours", env.header.message_id)
+        return "ack-unknown"
+    if set_status(
+        cur,
+        ours.pk,
+        OutboundStatus.DELIVERED.value,
+        now=now,
+        reason=f"acknowledged by {env.header.message_id}",
+        only_from=(OutboundStatus.CREATED.value,),
+    ):
+        add_event(cur, ours.pk, ours.message_id, EventType.DELIVERED, now=now)
+        release_task(cur, ours.pk, TaskOutcome.DONE, now=now)
+        return "delivered"
+    return "ack-duplicate"
+
+
+def correlate_error(cur: Cursor, env: Envelope, *, now: datetime) -> str:
+    """A MessageError about one of our messages: with severity Error it failed."""
+    ref = env.header.ref_to_message_id
+    ours = find_message(cur, ref, Direction.OUT) if ref else None
+    if ours is None or ours.cpa_id != env.header.cpa_id:
+        log.warning("message error %s refers to no message of ours", env.header.message_id)
+        return "error-unknown"
+    errors = env.error_list.errors if env.error_list else ()
+    if env.error_list is None or env.error_list.highest_severity != Severity.ERROR:
+        log.warning(
+            "warning about %s: %s",
+            ours.message_id,
+            "; ".join(f"{e.code.value} {e.location}" for e in errors),
+        )
+        return "warning"
+    reason = "; ".join(f"{e.code.value} at {e.location}: {e.description}" for e in errors)
+    if set_status(
+        cur,
+        ours.pk,
+        OutboundStatus.DELIVERY_FAILED.value,
+        now=now,
+        reason=reason,
+        only_from=(OutboundStatus.CREATED.value,),
+    ):
+        add_event(cur, ours.pk, ours.message_id, EventType.FAILED, now=now)
+        release_task(cur, ours.pk, TaskOutcome.FAILED, now=now)
+        return "delivery-failed"
+    return "error-duplicate"
+
+
+__all__ = [
+    "HttpReply",
+    "InboundProcessor",
+    "InboundRequest",
+    "correlate_acknowledgment",
+    "correlate_error",
+]
