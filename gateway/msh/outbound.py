@@ -1,0 +1,278 @@
+"""Creating outbound ebMS messages: build from the CPA, store with a delivery task.
+
+The sending half of the MSH without the network.  :func:`send_message` is
+what the back-office APIs, the file drop and the CLI call: it resolves the
+route in the CPA, builds the envelope with exactly the header blocks the
+sender's channel demands (research notes §6.2 table), and stores the message
+(CREATED) with its delivery task in one transaction.  The delivery worker
+takes it from there.  :func:`send_ping` does the same for a Ping.
+
+Reliable messaging (research notes §4.2): TimeToLive = Timestamp +
+RetryInterval × (Retries + 1), as ebms-core sets it, and the task allows
+1 + Retries attempts, one RetryInterval apart.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from cpa.model import MSH_SERVICE, PartyId, Service
+from cpa.registry import CpaRegistry
+from cpa.resolve import ResolutionError, Route, resolve
+from gateway.ebms.envelope import Envelope, build_envelope
+from gateway.ebms.model import AckRequested, ManifestReference, MessageHeader, SyncReply
+from gateway.ebms.signals import new_message_id, ping
+from gateway.store.database import Cursor, Database
+from gateway.store.messages import (
+    AttachmentRecord,
+    Direction,
+    MessageRecord,
+    OutboundStatus,
+    insert_message,
+    insert_task,
+)
+from gateway.store.timeutil import utcnow
+
+XML = "text/xml; charset=UTF-8"
+
+
+class SendError(ValueError):
+    """The message cannot be sent under this CPA; the text says why."""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One business document to send as a MIME part."""
+
+    content: bytes
+    content_type: str = "application/xml"
+    filename: str | None = None
+    content_id: str | None = None  # default: a new uuid@host
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A stored outbound message."""
+
+    message_id: str
+    conversation_id: str
+    url: str
+    profile: str
+
+
+def _host(url: str | None) -> str:
+    return (urlsplit(url).hostname if url else None) or "localhost"
+
+
+def parse_party(value: str) -> PartyId:
+    """``urn:osb:oin:0000...`` (ebms-core's ``type:value``) or a bare id → PartyId.
+
+    The type is everything before the last colon; an id without a colon is
+    taken as an OIN, the Digikoppeling default [DK].
+    """
+    if ":" not in value:
+        return PartyId(value, "urn:osb:oin")
+    type_, _, ident = value.rpartition(":")
+    return PartyId(ident, type_)
+
+
+def _parties(ids: Sequence[PartyId]) -> str:
+    return ",".join(p.key() for p in ids)
+
+
+def multipart_content_type(boundary: str, start: str) -> str:
+    """The HTTP Content-Type of a SOAP-with-attachments message (ebMS 2.0 §2.1.2)."""
+    return f'multipart/related; type="text/xml"; boundary="{boundary}"; start="<{start}>"'
+
+
+def _store(
+    cur: Cursor,
+    env: Envelope,
+    route: Route,
+    payloads: Sequence[AttachmentRecord],
+    now: datetime,
+    *,
+    status: str | None,
+    max_attempts: int,
+    retry_interval: timedelta | None,
+) -> Queued:
+    h = env.header
+    host = _host(route.send.endpoint)
+    if payloads:
+        content_type = multipart_content_type(
+            f"MIMEBoundary_{uuid.uuid4().hex}", f"soap-{uuid.uuid4().hex}@{host}"
+        )
+    else:
+        content_type = XML
+    pk = insert_message(
+        cur,
+        MessageRecord(
+            message_id=h.message_id,
+            direction=Direction.OUT,
+            cpa_id=h.cpa_id,
+            conversation_id=h.conversation_id,
+            ref_to_message_id=h.ref_to_message_id,
+            from_party=_parties(h.from_ids),
+            from_role=h.from_role,
+            to_party=_parties(h.to_ids),
+            to_role=h.to_role,
+            service=h.service.key(),
+            action=h.action,
+            sent_at=h.timestamp,
+            time_to_live=h.time_to_live,
+            status=status,
+            content_type=content_type,
+            envelope=build_envelope(env),
+        ),
+        payloads,
+        now=now,
+    )
+    url = route.endpoint
+    if url is None:
+        raise SendError(f"the CPA gives {route.to_party.party_name!r} no endpoint")
+    insert_task(
+        cur,
+        pk,
+        url,
+        now=now,
+        max_attempts=max_attempts,
+        retry_interval=retry_interval,
+        expires_at=h.time_to_live,
+    )
+    return Queued(h.message_id, h.conversation_id, url, route.profile)
+
+
+def send_message(
+    db: Database,
+    registry: CpaRegistry,
+    *,
+    cpa_id: str,
+    from_party: PartyId,
+    from_role: str,
+    to_party: PartyId,
+    to_role: str,
+    service: Service,
+    action: str,
+    payloads: Sequence[Payload] = (),
+    conversation_id: str | None = None,
+    message_id: str | None = None,
+    ref_to_message_id: str | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> Queued:
+    """Build, store and queue a business message; returns its ids.
+
+    Raises :class:`SendError` when the CPA does not allow it (unknown CPA,
+    parties, roles, service or action; a CPA that is not in force).
+    """
+    cpa = registry.get_cpa(cpa_id)
+    now = clock()
+    if not cpa.start <= now <= cpa.end or cpa.status not in ("agreed", "signed"):
+        raise SendError(f"CPA {cpa_id} is not in force now")
+    try:
+        route = resolve(
+            cpa,
+            from_ids=(from_party,),
+            from_role=from_role,
+            to_ids=(to_party,),
+            to_role=to_role,
+            service=service,
+            action=action,
+        )
+    except ResolutionError as exc:
+        raise SendError(f"not allowed by CPA {cpa_id}: {exc.location} {exc.description}") from None
+    if route.signing is not None or route.encryption is not None:
+        # Until signing and encryption are implemented, refusing is honest:
+        # an unsigned message on a signed channel would be refused anyway.
+        raise SendError(f"profile {route.profile} needs signing/encryption, not supported yet")
+    host = _host(route.send.endpoint)
+    records = tuple(
+        AttachmentRecord(
+            p.content_id or f"{uuid.uuid4()}@{host}", p.content_type, p.content, p.filename
+        )
+        for p in payloads
+    )
+    ttl = None
+    if route.retry_interval is not None and route.ack_requested:
+        ttl = now + route.retry_interval * (route.retries + 1)
+    header = MessageHeader(
+        from_ids=(from_party,),
+        from_role=from_role,
+        to_ids=(to_party,),
+        to_role=to_role,
+        cpa_id=cpa_id,
+        conversation_id=conversation_id or str(uuid.uuid4()),
+        service=service,
+        action=action,
+        message_id=message_id or new_message_id(host),
+        timestamp=now,
+        ref_to_message_id=ref_to_message_id,
+        time_to_live=ttl,
+        duplicate_elimination=route.duplicate_elimination,
+    )
+    env = Envelope(
+        header=header,
+        ack_requested=AckRequested(signed=route.ack_signature_requested)
+        if route.ack_requested
+        else None,
+        sync_reply=SyncReply() if route.sync_reply_mode != "none" else None,
+        manifest=tuple(ManifestReference(f"cid:{r.content_id}") for r in records) or None,
+        manifest_version="2.0" if records else None,
+    )
+    with db.transaction() as cur:
+        return _store(
+            cur,
+            env,
+            route,
+            records,
+            now,
+            status=OutboundStatus.CREATED.value,
+            max_attempts=1 + route.retries,
+            retry_interval=route.retry_interval,
+        )
+
+
+def send_ping(
+    db: Database,
+    registry: CpaRegistry,
+    *,
+    cpa_id: str,
+    from_party: PartyId,
+    to_party: PartyId,
+    clock: Callable[[], datetime] = utcnow,
+) -> Queued:
+    """Store and queue a Ping; its Pong arrives as an inbound message (ebMS 2.0 §8)."""
+    cpa = registry.get_cpa(cpa_id)
+    try:
+        route = resolve(
+            cpa,
+            from_ids=(from_party,),
+            from_role=None,
+            to_ids=(to_party,),
+            to_role=None,
+            service=Service(MSH_SERVICE),
+            action="Ping",
+        )
+    except ResolutionError as exc:
+        raise SendError(f"not allowed by CPA {cpa_id}: {exc.location} {exc.description}") from None
+    now = clock()
+    header = MessageHeader(
+        from_ids=(from_party,),
+        to_ids=(to_party,),
+        cpa_id=cpa_id,
+        conversation_id=str(uuid.uuid4()),
+        service=Service(MSH_SERVICE),
+        action="Ping",
+        message_id=new_message_id(_host(route.send.endpoint)),
+        timestamp=now,
+    )
+    env = ping(header, sync=route.sync_reply_mode != "none")
+    with db.transaction() as cur:
+        # A Ping is not retried: a monitoring probe wants the truth about now.
+        return _store(cur, env, route, (), now, status=None, max_attempts=1, retry_interval=None)
+
+
+__all__ = ["Payload", "Queued", "SendError", "parse_party", "send_message", "send_ping"]
