@@ -166,17 +166,27 @@ def test_task_is_claimed_once_and_retried_on_schedule(db: Database) -> None:
     finish(db, task, TaskOutcome.RETRY, now=T0 + timedelta(minutes=5))
     (task,) = claim(db, now=T0 + timedelta(minutes=10))
     assert task.attempts == 3
-    # the third of three attempts failed: nothing left, so the task expires
+    assert not task.exhausted
+    # The third of three attempts went unanswered: wait one more interval for an
+    # acknowledgment; the claim after that finds no attempt left.
+    assert finish(db, task, TaskOutcome.RETRY, now=T0 + timedelta(minutes=10)) is TaskOutcome.RETRY
+    (task,) = claim(db, now=T0 + timedelta(minutes=15))
+    assert task.exhausted
     assert (
-        finish(db, task, TaskOutcome.RETRY, now=T0 + timedelta(minutes=10)) is TaskOutcome.EXPIRED
+        finish(db, task, TaskOutcome.EXPIRED, now=T0 + timedelta(minutes=15)) is TaskOutcome.EXPIRED
     )
     assert claim(db, now=T0 + timedelta(days=1)) == []
     with db.transaction() as cur:
-        assert task_for_message(cur, pk) == ("expired", 3, None)
+        assert task_for_message(cur, pk) == ("expired", 4, None)
         attempts = cur.execute(
             "SELECT attempt, http_status, outcome FROM delivery_attempt ORDER BY attempt"
         ).fetchall()
-    assert attempts == [(1, 503, "retry"), (2, None, "retry"), (3, None, "retry")]
+    assert attempts == [
+        (1, 503, "retry"),
+        (2, None, "retry"),
+        (3, None, "retry"),
+        (4, None, "expired"),
+    ]
 
 
 def test_retry_past_time_to_live_expires(db: Database) -> None:

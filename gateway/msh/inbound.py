@@ -503,6 +503,50 @@ class InboundProcessor:
         return MessageStatus.NOT_RECOGNIZED, None
 
 
+def accept_sync_reply(cur: Cursor, body: bytes, content_type: str, *, now: datetime) -> str:
+    """Take in a signal that came back in the HTTP response to one of our POSTs.
+
+    The TLS server certificate was pinned to the CPA when we connected, so the
+    checks an inbound request needs first are done.  Returns an outcome word
+    for the log: "delivered", "delivery-failed", "pong", ...
+    """
+    try:
+        env, _ = parse_envelope(body)
+    except EnvelopeError as exc:
+        log.warning("unreadable synchronous reply (%s), %d bytes", exc, len(body))
+        return "bad-reply"
+    header = env.header
+    if not header.is_signal:
+        return "bad-reply"
+    try:
+        insert_message(
+            cur,
+            MessageRecord(
+                message_id=header.message_id,
+                direction=Direction.IN,
+                cpa_id=header.cpa_id,
+                conversation_id=header.conversation_id,
+                ref_to_message_id=header.ref_to_message_id,
+                from_party=_parties(header.from_ids),
+                to_party=_parties(header.to_ids),
+                service=header.service.key(),
+                action=header.action,
+                sent_at=header.timestamp,
+                content_type=content_type,
+                envelope=body,
+            ),
+            (),
+            now=now,
+        )
+    except IntegrityConflict:
+        return "reply-duplicate"
+    if header.action == SignalAction.ACKNOWLEDGMENT.value:
+        return correlate_acknowledgment(cur, env, now=now)
+    if header.action == SignalAction.MESSAGE_ERROR.value:
+        return correlate_error(cur, env, now=now)
+    return header.action.lower()
+
+
 def correlate_acknowledgment(cur: Cursor, env: Envelope, *, now: datetime) -> str:
     """An Acknowledgment for one of our messages: it is DELIVERED.
 
@@ -568,6 +612,7 @@ __all__ = [
     "HttpReply",
     "InboundProcessor",
     "InboundRequest",
+    "accept_sync_reply",
     "correlate_acknowledgment",
     "correlate_error",
 ]

@@ -167,6 +167,12 @@ class Task:
     url: str
     attempts: int  # including the one just claimed
     max_attempts: int
+
+    @property
+    def exhausted(self) -> bool:
+        """No attempt left: the claim only ends the final wait for an acknowledgment."""
+        return self.attempts > self.max_attempts
+
     retry_interval: timedelta | None
     expires_at: datetime | None
     lease_until: datetime
@@ -446,18 +452,20 @@ def finish_attempt(
 ) -> TaskOutcome | None:
     """Log the attempt and move the task on; returns the outcome that took effect.
 
-    RETRY becomes EXPIRED when the attempts are used up or the next attempt
-    would fall after the TimeToLive.  The update is guarded by the lease: when
-    this node's lease ran out and another node took the task over, or an
-    acknowledgment ended it meanwhile, nothing changes and None is returned.
+    RETRY becomes EXPIRED when the next attempt would fall after the
+    TimeToLive.  When the attempts are used up the task still waits one retry
+    interval (an acknowledgment may be on its way); the worker expires it when
+    it claims it again with no attempt left (ebms-core's final wait).
+
+    The update is guarded by the lease: when this node's lease ran out and
+    another node took the task over, or an acknowledgment ended it meanwhile,
+    nothing changes and None is returned.
     """
     effective = outcome
     if outcome is TaskOutcome.RETRY:
         interval = task.retry_interval or timedelta(0)
         next_attempt_at = next_attempt_at or now + interval
-        out_of_attempts = task.attempts >= task.max_attempts
-        past_ttl = task.expires_at is not None and next_attempt_at > task.expires_at
-        if out_of_attempts or past_ttl:
+        if task.expires_at is not None and next_attempt_at > task.expires_at:
             effective = TaskOutcome.EXPIRED
     state = "pending" if effective is TaskOutcome.RETRY else effective.value
     cur.execute(

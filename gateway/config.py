@@ -1,0 +1,194 @@
+"""The gateway's configuration file (TOML) as plain data.
+
+One file per gateway process.  Paths are relative to the file's directory, so a
+config and its certificates can move together.  Every option has a default
+except the TLS material, and unknown keys are refused: a typo in a security
+setting must not silently fall back to a default.
+
+Example::
+
+    [gateway]
+    data_dir = "var"                 # state: the SQLite store, spooled payloads
+    store = "sqlite:///var/gateway.sqlite3"   # or postgresql://... for several nodes
+    node_id = "gw-1"                 # names this node in task leases and logs
+
+    [http]
+    listen = "0.0.0.0:443"
+    path = "/ebms"
+    max_request_bytes = 104857600
+
+    [tls]
+    certificate = "certs/tls-server.pem"
+    key = "certs/tls-server.key"
+    chain = "certs/chain.pem"        # intermediates sent with our certificates
+    client_certificate = "certs/tls-client.pem"
+    client_key = "certs/tls-client.key"
+    trust_anchors = "certs/pkioverheid-private-root.pem"   # file or directory
+
+    [delivery]
+    poll_interval = 1.0
+    concurrency = 8
+    connect_timeout = 30.0
+    read_timeout = 30.0
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or wrong; the text says where."""
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The inbound ebMS endpoint."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a gateway listens for its partners
+    port: int = 443
+    path: str = "/ebms"
+    max_request_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Certificates and keys (PEM files)."""
+
+    certificate: Path
+    key: Path
+    client_certificate: Path
+    client_key: Path
+    trust_anchors: Path
+    chain: Path | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """The delivery worker."""
+
+    poll_interval: float = 1.0
+    concurrency: int = 8
+    connect_timeout: float = 30.0
+    read_timeout: float = 30.0
+    lease_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything ``dkgw serve`` needs."""
+
+    data_dir: Path
+    store: str
+    node_id: str
+    http: HttpConfig
+    tls: TlsConfig
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    source: Path | None = None
+
+
+_SECTIONS = {
+    "gateway": {"data_dir", "store", "node_id"},
+    "http": {"listen", "path", "max_request_bytes"},
+    "tls": {"certificate", "key", "chain", "client_certificate", "client_key", "trust_anchors"},
+    "delivery": {
+        "poll_interval",
+        "concurrency",
+        "connect_timeout",
+        "read_timeout",
+        "lease_seconds",
+    },
+}
+
+
+def _check_keys(data: dict[str, Any]) -> None:
+    for section, values in data.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown section [{section}]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key in values:
+            if key not in _SECTIONS[section]:
+                raise ConfigError(f"unknown option {key!r} in [{section}]")
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"[http] listen must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+def _typed(section: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = section.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise ConfigError(f"option {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and check a TOML config; raises :class:`ConfigError`."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    _check_keys(data)
+    base = path.resolve().parent
+
+    def rel(value: Any, name: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"[tls] {name} must be a file path")
+        return (base / value).resolve()
+
+    gw, http, tls, delivery = (data.get(s, {}) for s in ("gateway", "http", "tls", "delivery"))
+    data_dir = (base / _typed(gw, "data_dir", str, "var")).resolve()
+    store = _typed(gw, "store", str, f"sqlite:///{data_dir / 'gateway.sqlite3'}")
+    host, port = _listen(_typed(http, "listen", str, "0.0.0.0:443"))
+    http_path = _typed(http, "path", str, "/ebms")
+    if not http_path.startswith("/"):
+        raise ConfigError("[http] path must start with /")
+    missing = {"certificate", "key", "client_certificate", "client_key", "trust_anchors"} - set(tls)
+    if missing:
+        raise ConfigError(f"[tls] needs {', '.join(sorted(missing))}")
+    config = GatewayConfig(
+        data_dir=data_dir,
+        store=store,
+        node_id=_typed(gw, "node_id", str, socket.gethostname()),
+        http=HttpConfig(
+            host=host,
+            port=port,
+            path=http_path,
+            max_request_bytes=_typed(http, "max_request_bytes", int, HttpConfig.max_request_bytes),
+        ),
+        tls=TlsConfig(
+            certificate=rel(tls["certificate"], "certificate"),
+            key=rel(tls["key"], "key"),
+            client_certificate=rel(tls["client_certificate"], "client_certificate"),
+            client_key=rel(tls["client_key"], "client_key"),
+            trust_anchors=rel(tls["trust_anchors"], "trust_anchors"),
+            chain=rel(tls["chain"], "chain") if "chain" in tls else None,
+        ),
+        delivery=DeliveryConfig(
+            poll_interval=_typed(delivery, "poll_interval", float, 1.0),
+            concurrency=_typed(delivery, "concurrency", int, 8),
+            connect_timeout=_typed(delivery, "connect_timeout", float, 30.0),
+            read_timeout=_typed(delivery, "read_timeout", float, 30.0),
+            lease_seconds=_typed(delivery, "lease_seconds", float, 300.0),
+        ),
+        source=path.resolve(),
+    )
+    for name in ("certificate", "key", "client_certificate", "client_key", "trust_anchors"):
+        target: Path = getattr(config.tls, name)
+        if not target.exists():
+            raise ConfigError(f"[tls] {name}: {target} does not exist")
+    if config.delivery.concurrency < 1 or config.delivery.poll_interval <= 0:
+        raise ConfigError("[delivery] concurrency and poll_interval must be positive")
+    return config
