@@ -1,0 +1,425 @@
+"""TLS for the ebMS endpoint (server) and the delivery client: mutual, TLS 1.2+, AEAD only.
+
+Digikoppeling requires two-way TLS on every exchange [DK TLS001/TLS002], TLS 1.2
+at least with 1.3 recommended, nothing older [TLS003/TLS004], and only cipher
+suites the NCSC rates "good" or "sufficient" [TLSCIPH001] (research notes §5.1).
+This module turns PEM files into pyOpenSSL contexts that say exactly that, for
+both directions:
+
+* :func:`server_context_factory` for ``reactor.listenSSL`` / ``SSL4ServerEndpoint``:
+  a client certificate is *required* and its chain is checked against the
+  configured trust anchors by OpenSSL during the handshake.  Whether that
+  certificate belongs to the sending party of the CPA is the MSH's business
+  (:func:`peer_certificate`, research notes §5.2).
+* :class:`ClientTlsPolicy` for ``twisted.web.client.Agent``: presents our client
+  certificate, trusts the configured anchors only (never the system store), checks
+  the host name or IP address with ``service_identity``, and can pin the server's
+  leaf certificate to the one in the CPA (:meth:`ClientTlsPolicy.with_pin`).
+
+The contexts are built here rather than through Twisted's ``CertificateOptions``
+because that class cannot set ``OP_NO_RENEGOTIATION``, the TLS 1.3 suites or the
+store flags, and because a pin has to run in the same verify callback as the host
+name check (one callback per connection; a second ``set_verify`` replaces the
+first).  Only cryptography key and certificate objects are handed to pyOpenSSL
+(pyOpenSSL 26 deprecates its own X509/PKey there); the exceptions are
+``X509Store.add_cert``, which takes nothing else, and the verify callback,
+which receives pyOpenSSL X509 objects.
+
+Revocation (CRLs, [PKI002-PKI004]) is not checked here yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
+from OpenSSL import SSL, crypto
+from service_identity.cryptography import (
+    verify_certificate_hostname,
+    verify_certificate_ip_address,
+)
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLContextFactory,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
+
+# zope.interface ships no type information; ``implementer`` only registers interfaces.
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+#: TLS 1.2 cipher suites: ECDHE key exchange (forward secrecy, no static RSA) with
+#: AES-GCM or ChaCha20-Poly1305, the AEAD suites NCSC rates "good" (NCSC TLS
+#: guidelines 2025, table 4).  The "sufficient" ECDHE-CBC and DHE suites are left
+#: out: every Digikoppeling peer that does TLS 1.2 offers one of these.  Listed in
+#: order of preference; the server's order wins (``OP_CIPHER_SERVER_PREFERENCE``).
+ACCEPTABLE_CIPHERS = (
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
+)
+
+#: TLS 1.3 cipher suites.  All TLS 1.3 suites are AEAD with ephemeral key
+#: exchange; these three are OpenSSL's default set and all rate "good".  They are
+#: set explicitly so that a changed OpenSSL default cannot widen them.
+TLS13_CIPHERSUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
+
+#: Most intermediates accepted between a peer's leaf and the trust anchor
+#: (OpenSSL's verify depth).  PKIoverheid has two (domain CA, TSP CA) under the
+#: root; two spare.
+_VERIFY_DEPTH = 4
+
+#: Session resumption is off in both directions (no session cache, no stateless
+#: tickets): every connection is a full handshake with a fresh client-certificate
+#: check, so a certificate that stops being trusted stops working at the next
+#: connection, and ``peer_certificate`` never depends on a cached session.
+#: Digikoppeling traffic is a few connections per partner, kept alive by the HTTP
+#: pool, so the cost is negligible.  (A TLS 1.3 server still sends stateful
+#: tickets, which pyOpenSSL cannot switch off; with the cache off they never
+#: resume - checked with ``openssl s_client -sess_out/-sess_in``.)  No TLS
+#: compression (CRIME) and no renegotiation (TLS 1.3 has none; in TLS 1.2 it
+#: is only attack surface here).
+_OPTIONS = (
+    SSL.OP_NO_COMPRESSION
+    | SSL.OP_NO_RENEGOTIATION
+    | SSL.OP_NO_TICKET
+    | SSL.OP_CIPHER_SERVER_PREFERENCE
+)
+
+#: Key types that can sign a handshake and that NCSC accepts (no DSA).
+_SigningKey = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+
+
+class TlsVerificationError(Exception):
+    """The server's certificate was refused by the client (chain, name or pin).
+
+    Reported as the reason of the failed connection, so the delivery worker can
+    tell a partner's certificate problem from a network problem.
+    """
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+def _fingerprint(cert: x509.Certificate) -> bytes:
+    """SHA-256 of the DER encoding, the way the CPA tooling identifies a certificate."""
+    return hashlib.sha256(_der(cert)).digest()
+
+
+def _spki(key: PublicKeyTypes) -> bytes:
+    """SubjectPublicKeyInfo of a public key, for comparing keys of any type."""
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
+
+def _pem_certificates(path: Path) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{path}: no PEM certificate could be read ({exc})") from None
+
+
+@dataclass(frozen=True)
+class TlsIdentity:
+    """A certificate with its private key and the intermediates to send with it.
+
+    ``chain`` is sent as is, leaf not included.  When it is empty, OpenSSL
+    completes the chain from the context's trust anchors where it can.
+    """
+
+    certificate: x509.Certificate
+    private_key: PrivateKeyTypes
+    chain: tuple[x509.Certificate, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.private_key, _SigningKey):
+            raise ValueError(
+                f"a {type(self.private_key).__name__} is not usable for TLS"
+                " (RSA, EC, Ed25519 or Ed448 keys are)"
+            )
+        if _spki(self.private_key.public_key()) != _spki(self.certificate.public_key()):
+            raise ValueError("the private key does not belong to the certificate")
+
+    @classmethod
+    def from_files(cls, cert: Path, key: Path, chain: Path | None = None) -> TlsIdentity:
+        """Load PEM files: certificate, unencrypted private key, optional chain.
+
+        When ``cert`` holds several certificates, the first is ours and the rest
+        are taken as chain, followed by those in ``chain``.  Raises ValueError
+        naming the file when its content is wrong or the key does not belong to
+        the certificate, and OSError when a file cannot be read.
+        """
+        leaf, *extra = _pem_certificates(cert)
+        if chain is not None:
+            extra += _pem_certificates(chain)
+        try:
+            private_key = load_pem_private_key(key.read_bytes(), password=None)
+        except TypeError:
+            # cryptography raises TypeError for an encrypted key without password.
+            raise ValueError(f"{key}: the private key is encrypted; give it unencrypted") from None
+        except ValueError as exc:
+            raise ValueError(f"{key}: no PEM private key could be read ({exc})") from None
+        try:
+            return cls(leaf, private_key, tuple(extra))
+        except ValueError as exc:
+            raise ValueError(f"{key} and {cert}: {exc}") from None
+
+
+def load_trust_anchors(path: Path) -> tuple[x509.Certificate, ...]:
+    """The CA certificates in one PEM file, or in the ``*.pem`` files of a directory.
+
+    In a directory, ``*.pem`` files without a certificate block (a CRL, say) are
+    passed over; a certificate block that cannot be read is an error everywhere.
+    Duplicates are dropped (a directory may hold both ``root.pem`` and a chain
+    file that repeats it).  Raises ValueError when no certificate is found and
+    OSError when a file cannot be read.
+    """
+    if path.is_dir():
+        files = [f for f in sorted(path.glob("*.pem")) if _PEM_CERTIFICATE in f.read_bytes()]
+    else:
+        files = [path]
+    anchors: dict[bytes, x509.Certificate] = {}
+    for file in files:
+        for cert in _pem_certificates(file):
+            anchors.setdefault(_fingerprint(cert), cert)
+    if not anchors:
+        raise ValueError(f"{path}: no trust anchor certificates found")
+    return tuple(anchors.values())
+
+
+def _context(identity: TlsIdentity, trust_anchors: Sequence[x509.Certificate]) -> SSL.Context:
+    """The settings both directions share; the caller adds the verify mode."""
+    if not trust_anchors:
+        raise ValueError("at least one trust anchor is needed to verify the peer")
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)  # [TLS003]: no SSLv3, TLS 1.0, 1.1
+    ctx.set_options(_OPTIONS)
+    ctx.set_cipher_list(ACCEPTABLE_CIPHERS.encode("ascii"))
+    ctx.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+
+    key = identity.private_key
+    assert isinstance(key, _SigningKey)  # checked by TlsIdentity.__post_init__
+    ctx.use_certificate(identity.certificate)
+    ctx.use_privatekey(key)
+    for cert in identity.chain:
+        ctx.add_extra_chain_cert(cert)
+    ctx.check_privatekey()
+
+    store = ctx.get_cert_store()
+    if store is None:  # pragma: no cover - OpenSSL always gives a context a store
+        raise RuntimeError("OpenSSL context without a certificate store")
+    for anchor in trust_anchors:
+        store.add_cert(crypto.X509.from_cryptography(anchor))
+    # Every configured certificate is a trust anchor, also an intermediate: an
+    # operator may trust one TSP CA (PKIoverheid Private Services) without the
+    # whole root.  Only the configured certificates are trusted, never the
+    # system store.
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    ctx.set_verify_depth(_VERIFY_DEPTH)
+    return ctx
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
+class ServerTlsOptions:
+    """Connection creator for the ebMS endpoint; made by :func:`server_context_factory`.
+
+    Also an ``IOpenSSLContextFactory``, the type ``reactor.listenSSL`` declares.
+    """
+
+    def __init__(self, context: SSL.Context) -> None:
+        self._context = context
+
+    def getContext(self) -> SSL.Context:
+        """The shared, fully configured context."""
+        return self._context
+
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        """A new server-side connection."""
+        return SSL.Connection(self._context, None)
+
+
+def server_context_factory(
+    identity: TlsIdentity, trust_anchors: Sequence[x509.Certificate]
+) -> ServerTlsOptions:
+    """TLS for the inbound ebMS endpoint: our server certificate, client certificates required.
+
+    A client without a certificate, or whose certificate does not chain to one of
+    ``trust_anchors`` (or has expired, or is not valid for client authentication),
+    fails the handshake.  With TLS 1.3 the client only notices that when it reads
+    (the server's alert arrives after the client's Finished).  The client may send
+    its intermediates; they are used to build the chain but never trusted.
+    """
+    ctx = _context(identity, trust_anchors)
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+    # Needed by OpenSSL whenever a server verifies clients, even with resumption off.
+    ctx.set_session_id(b"dkgw-ebms")
+    # Announce the anchors in the CertificateRequest so that a client holding
+    # several certificates picks the right one.
+    for anchor in trust_anchors:
+        ctx.add_client_ca(anchor)
+    return ServerTlsOptions(ctx)
+
+
+def peer_certificate(source: object) -> x509.Certificate | None:
+    """The peer's certificate on a TLS connection, or None when there is none.
+
+    ``source`` is a ``twisted.web`` request (its ``channel.transport`` or
+    ``transport`` is used) or a TLS transport.  On connections made with this
+    module the certificate has passed chain verification during the handshake.
+    """
+    candidates = [source, getattr(getattr(source, "channel", None), "transport", None)]
+    candidates.append(getattr(source, "transport", None))
+    for candidate in candidates:
+        get = getattr(candidate, "getPeerCertificate", None)
+        if get is None:
+            continue
+        cert = get()
+        if cert is None:
+            return None
+        if isinstance(cert, x509.Certificate):
+            return cert
+        if isinstance(cert, crypto.X509):
+            return cert.to_cryptography()
+        raise TypeError(f"unexpected peer certificate type {type(cert).__name__}")
+    return None
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ClientConnectionCreator:
+    """One host name's connections: SNI, host name check and optional pin per connection."""
+
+    def __init__(self, context: SSL.Context, host: str, pin: bytes | None) -> None:
+        self._context = context
+        self._pin = pin
+        try:
+            self._ip: str | None = str(ipaddress.ip_address(host))
+        except ValueError:
+            self._ip = None
+        self._host = host
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        """A new client-side connection that verifies the server."""
+        conn = SSL.Connection(self._context, None)
+        if self._ip is None:
+            conn.set_tlsext_host_name(self._host.encode("ascii"))  # SNI: names only, RFC 6066
+        conn.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
+        return conn
+
+    def _verify(
+        self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+    ) -> bool:
+        # OpenSSL calls this once per chain certificate, root first, with its own
+        # verdict in ``ok``.  Its chain verdict stands; the leaf (depth 0)
+        # additionally has to carry our host name and, when pinned, be the
+        # CPA's certificate.
+        try:
+            if not ok:
+                subject = cert.to_cryptography().subject.rfc4514_string()
+                raise TlsVerificationError(
+                    f"server certificate chain for {self._host} refused at depth {depth} "
+                    f"({subject}): {_x509_error(errno)}"
+                )
+            if depth != 0:
+                return True
+            leaf = cert.to_cryptography()
+            if self._ip is not None:
+                verify_certificate_ip_address(leaf, self._ip)
+            else:
+                verify_certificate_hostname(leaf, self._host)
+            if self._pin is not None and _fingerprint(leaf) != self._pin:
+                raise TlsVerificationError(
+                    f"server certificate for {self._host} is not the one in the CPA "
+                    f"(SHA-256 {_fingerprint(leaf).hex()}, expected {self._pin.hex()})"
+                )
+        except Exception as exc:
+            # Our refusal, service_identity's VerificationError / CertificateError,
+            # or anything unexpected: nothing may escape an OpenSSL callback.  As
+            # in Twisted's own verify callback, the exception becomes the reason
+            # the connection was lost, rather than a bare "certificate verify failed".
+            _fail_verification(conn, exc)
+            return False
+        return True
+
+
+def _fail_verification(conn: SSL.Connection, exc: Exception) -> None:
+    protocol = conn.get_app_data()
+    if isinstance(protocol, TLSMemoryBIOProtocol):
+        # Both are untyped in Twisted; failVerification aborts the connection.
+        protocol.failVerification(Failure(exc))  # type: ignore[no-untyped-call]
+
+
+#: The X.509 verification errors a misconfigured partner typically causes
+#: (OpenSSL's X509_V_ERR_* numbers), to make refusals readable in the log.
+_X509_ERRORS = {
+    2: "unable to get issuer certificate",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    26: "unsupported certificate purpose",
+}
+
+
+def _x509_error(errno: int) -> str:
+    return _X509_ERRORS.get(errno, f"X509 verify error {errno}")
+
+
+@implementer(IPolicyForHTTPS)
+class ClientTlsPolicy:
+    """TLS policy for ``twisted.web.client.Agent``: mutual TLS to Digikoppeling partners.
+
+    Presents ``identity`` (with its chain), trusts ``trust_anchors`` only and
+    checks the URL's host name or IP address against the server certificate's
+    subjectAltName (service_identity).
+    """
+
+    def __init__(self, identity: TlsIdentity, trust_anchors: Sequence[x509.Certificate]) -> None:
+        self._context = _context(identity, trust_anchors)
+        self._pin: bytes | None = None
+
+    def with_pin(self, server_certificate: x509.Certificate) -> ClientTlsPolicy:
+        """The same policy, requiring also that the server's leaf is exactly this certificate.
+
+        The certificate is the CPA's ServerCertificateRef of the partner's
+        endpoint ("expected peer server cert", research notes §6.2); compared by
+        SHA-256 of the DER.  Chain and host name checks still apply.  A pin
+        replaces any earlier one; this policy itself is not changed.
+        """
+        pinned = copy.copy(self)  # the context is shared: it is immutable once used
+        pinned._pin = _fingerprint(server_certificate)
+        return pinned
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        """Connection creator for one ``host:port`` from a URL."""
+        # Agent gives the URL's host as IDNA bytes, an IPv6 literal maybe in brackets.
+        host = hostname.decode("ascii").strip("[]")
+        # Calling the interface checks at run time that the creator provides it,
+        # and gives mypy (which does not read zope declarations) the right type.
+        return IOpenSSLClientConnectionCreator(
+            _ClientConnectionCreator(self._context, host, self._pin)
+        )
