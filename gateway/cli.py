@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gateway.commands import cpa as cpa_commands
 from gateway.commands import demo as demo_commands
+from gateway.commands import msh as msh_commands
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cpa_commands.register(sub)
+    msh_commands.register(sub)
     demo_commands.register(sub)
     return parser
 

@@ -1,0 +1,191 @@
+"""``dkgw serve``, ``dkgw ping``, ``dkgw send`` and ``dkgw message``: running and using the MSH.
+
+``ping`` and ``send`` work through the store: they queue a message and the
+running gateway (any node on that store) delivers it.  ``ping`` then waits for
+the Pong to show up in the store, so it works with several nodes too: the Pong
+may arrive at any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from cpa.model import Service
+from cpa.registry import CpaNotFound, CpaRegistry
+from gateway.commands.common import fail, open_store
+from gateway.config import ConfigError, load_config
+from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
+from gateway.store.database import Database
+from gateway.store.messages import Direction, find_message, task_for_message
+
+EXIT_NO_ANSWER = 2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the MSH commands to the top-level parser."""
+    p = sub.add_parser("serve", help="run the gateway (HTTPS endpoint and delivery worker)")
+    p.add_argument("--config", type=Path, required=True, help="TOML configuration file")
+    p.add_argument(
+        "--check", action="store_true", help="check the configuration and TLS material, then exit"
+    )
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("ping", help="send an ebMS Ping and wait for the Pong")
+    p.add_argument("cpa_id")
+    p.add_argument("--from", dest="from_party", required=True, help="our party id")
+    p.add_argument("--to", dest="to_party", required=True, help="the partner's party id")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.set_defaults(handler=cmd_ping)
+
+    p = sub.add_parser("send", help="queue a business message for delivery")
+    p.add_argument("cpa_id")
+    p.add_argument("--from", dest="from_party", required=True)
+    p.add_argument("--from-role", required=True)
+    p.add_argument("--to", dest="to_party", required=True)
+    p.add_argument("--to-role", required=True)
+    p.add_argument("--service", required=True, help="type:value, e.g. urn:osb:services:X:Y:1")
+    p.add_argument("--action", required=True)
+    p.add_argument("--conversation-id")
+    p.add_argument(
+        "--file", action="append", default=[], type=Path, help="a payload file (repeatable)"
+    )
+    p.add_argument("--content-type", default="application/xml")
+    p.set_defaults(handler=cmd_send)
+
+    p = sub.add_parser("message", help="show a message's status")
+    p.add_argument("message_id")
+    p.add_argument("--direction", choices=("in", "out"), default=None)
+    p.set_defaults(handler=cmd_message)
+
+
+def _service(value: str) -> Service:
+    # "urn:osb:services:GGK:iWmo:3.2": the type is a URN of three parts on DK.
+    if value.startswith("urn:osb:services:"):
+        return Service(value.removeprefix("urn:osb:services:"), "urn:osb:services")
+    return Service(value)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``dkgw serve --config FILE``."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return fail(str(exc))
+    from gateway.tls import TlsIdentity, load_trust_anchors
+
+    try:
+        TlsIdentity.from_files(config.tls.certificate, config.tls.key, config.tls.chain)
+        TlsIdentity.from_files(
+            config.tls.client_certificate, config.tls.client_key, config.tls.chain
+        )
+        load_trust_anchors(config.tls.trust_anchors)
+    except ValueError as exc:
+        return fail(f"TLS material: {exc}")
+    if args.check:
+        print(f"configuration {config.source} is valid")
+        return 0
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    from twisted.internet import reactor
+    from twisted.logger import STDLibLogObserver, globalLogBeginner
+
+    from gateway.serve import Gateway
+
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
+    gateway = Gateway(config, reactor)
+    reactor.callWhenRunning(gateway.start)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.stop)  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+def _wait_for_pong(db: Database, ping_id: str, timeout: float) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.transaction() as cur:
+            row = cur.execute(
+                "SELECT message_id FROM ebms_message WHERE direction = 'in' AND "
+                "action = 'Pong' AND ref_to_message_id = ?",
+                (ping_id,),
+            ).fetchone()
+            sent = find_message(cur, ping_id, Direction.OUT)
+            state = task_for_message(cur, sent.pk) if sent else None
+        if row is not None:
+            return 0, f"Pong {row[0]}"
+        if state is not None and state[0] in ("failed", "expired"):
+            return EXIT_NO_ANSWER, f"Ping not delivered: {state[2] or state[0]}"
+        time.sleep(0.1)
+    return EXIT_NO_ANSWER, f"no Pong within {timeout:g} s"
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    """``dkgw ping CPA --from P --to Q``: 0 Pong, 2 no answer, 1 error."""
+    db = open_store(args)
+    try:
+        queued = send_ping(
+            db,
+            CpaRegistry(db),
+            cpa_id=args.cpa_id,
+            from_party=parse_party(args.from_party),
+            to_party=parse_party(args.to_party),
+        )
+    except (CpaNotFound, SendError) as exc:
+        return fail(str(exc))
+    started = time.monotonic()
+    code, text = _wait_for_pong(db, queued.message_id, args.timeout)
+    print(
+        f"{text} ({time.monotonic() - started:.3f} s) for Ping {queued.message_id} to {queued.url}"
+    )
+    return code
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """``dkgw send ...``: prints the new MessageId."""
+    db = open_store(args)
+    try:
+        payloads = [Payload(f.read_bytes(), args.content_type, f.name) for f in args.file]
+    except OSError as exc:
+        return fail(f"cannot read {exc.filename}: {exc.strerror}")
+    try:
+        queued = send_message(
+            db,
+            CpaRegistry(db),
+            cpa_id=args.cpa_id,
+            from_party=parse_party(args.from_party),
+            from_role=args.from_role,
+            to_party=parse_party(args.to_party),
+            to_role=args.to_role,
+            service=_service(args.service),
+            action=args.action,
+            payloads=payloads,
+            conversation_id=args.conversation_id,
+        )
+    except (CpaNotFound, SendError) as exc:
+        return fail(str(exc))
+    print(queued.message_id)
+    return 0
+
+
+def cmd_message(args: argparse.Namespace) -> int:
+    """``dkgw message ID``: direction, parties, action and status."""
+    db = open_store(args)
+    directions = [Direction(args.direction)] if args.direction else [Direction.OUT, Direction.IN]
+    with db.transaction() as cur:
+        found = [m for d in directions if (m := find_message(cur, args.message_id, d))]
+    if not found:
+        return fail(f"no message {args.message_id!r}")
+    for m in found:
+        print(
+            f"{m.message_id} {m.direction.value} {m.status or '-'} cpa={m.cpa_id} "
+            f"from={m.from_party} to={m.to_party} service={m.service} action={m.action}"
+        )
+    return 0

@@ -1,0 +1,353 @@
+"""The delivery worker: claims due tasks and POSTs the stored messages.
+
+Research notes §4.2: a reliable message is resent, byte for byte, every
+RetryInterval until it is acknowledged, the attempts run out or its TimeToLive
+passes; a best-effort message gets one attempt.  HTTP 503, other 5xx (but 501,
+505 and 510), 408, 429 and connection errors are worth another attempt; any
+other status is final (ebms-core's defaults).  A MessageError with severity
+Error, in the response or later in its own POST, is final too.
+
+The worker owns no state: tasks live in the store and are claimed with a
+lease, so any number of nodes can run workers on one PostgreSQL store, and a
+restarted node picks up where it (or a dead colleague) left off.  The network
+is behind the ``post`` callable so the scheduling logic is tested without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from cryptography import x509
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from gateway.ebms.envelope import EnvelopeError, parse_envelope
+from gateway.ebms.mime import OutgoingPart, build_swa, parse_content_type
+from gateway.msh.inbound import accept_sync_reply
+from gateway.store.database import Cursor, Database
+from gateway.store.messages import (
+    EventType,
+    OutboundStatus,
+    StoredMessage,
+    Task,
+    TaskOutcome,
+    add_event,
+    claim_due_tasks,
+    finish_attempt,
+    load_attachments,
+    message_by_pk,
+    set_status,
+)
+from gateway.store.timeutil import utcnow
+
+log = logging.getLogger("dkgw.delivery")
+
+T = TypeVar("T")
+
+#: ebms-core's http.errors defaults: 5xx are worth retrying except these.
+FINAL_SERVER_ERRORS = frozenset({501, 505, 510})
+RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
+#: A synchronous reply is one signal; anything bigger is not an ebMS answer.
+MAX_REPLY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    """What came back from one POST."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+class Poster(Protocol):
+    """POST ``body`` to ``url``; the edge implements it with treq and mutual TLS.
+
+    ``pin`` is the server certificate the CPA names for that endpoint.
+    """
+
+    def __call__(
+        self, url: str, headers: dict[str, str], body: bytes, pin: x509.Certificate | None
+    ) -> Deferred[HttpResult]: ...
+
+
+PinLookup = Callable[[StoredMessage, str], "x509.Certificate | None"]
+
+
+RunInThread = Callable[..., Deferred[Any]]
+
+
+def classify(status: int) -> TaskOutcome:
+    """DONE for 2xx, RETRY for transient failures, FAILED for the rest."""
+    if 200 <= status < 300:
+        return TaskOutcome.DONE
+    if status in RETRYABLE_CLIENT_ERRORS or (status >= 500 and status not in FINAL_SERVER_ERRORS):
+        return TaskOutcome.RETRY
+    return TaskOutcome.FAILED
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A claimed task with what to send."""
+
+    task: Task
+    message: StoredMessage
+    content_type: str
+    body: bytes
+    pin: x509.Certificate | None = None
+
+    @property
+    def is_business(self) -> bool:
+        """A business message, not an MSH signal: it has a status to keep."""
+        return self.message.status is not None
+
+    @property
+    def reliable(self) -> bool:
+        """The message asks for an acknowledgment: 2xx alone does not deliver it."""
+        try:
+            env, _ = parse_envelope(self.message.envelope)
+        except EnvelopeError:
+            return False
+        return env.ack_requested is not None
+
+
+def wire_body(message: StoredMessage, cur: Cursor) -> tuple[str, bytes]:
+    """The exact bytes to POST: the stored envelope, with its payloads if any.
+
+    The boundary and start part id are kept in the stored Content-Type, so every
+    resend repeats the first attempt byte for byte (ebMS 2.0 §6.5.3).
+    """
+    if not message.content_type.lower().startswith("multipart/"):
+        return message.content_type, message.envelope
+    _, params = parse_content_type(message.content_type)
+    parts = [
+        OutgoingPart(a.content_id, a.content_type, a.content, a.filename)
+        for a in load_attachments(cur, message.pk)
+    ]
+    start = params["start"].strip("<>")
+    content_type, chunks, _ = build_swa(
+        message.envelope, parts, boundary=params["boundary"], start_cid=start
+    )
+    return content_type, b"".join(chunks)
+
+
+class DeliveryWorker:
+    """Poll the store for due tasks and deliver them, a few at a time."""
+
+    def __init__(
+        self,
+        *,
+        reactor: IReactorTime,
+        db: Database,
+        run_in_thread: RunInThread,
+        post: Poster,
+        node_id: str,
+        poll_interval: float = 1.0,
+        concurrency: int = 8,
+        lease: timedelta = timedelta(minutes=5),
+        clock: Callable[[], datetime] = utcnow,
+        pin_lookup: PinLookup | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.pin_lookup = pin_lookup
+        self.db = db
+        self.run = run_in_thread
+        self.post = post
+        self.node_id = node_id
+        self.poll_interval = poll_interval
+        self.concurrency = concurrency
+        self.lease = lease
+        self.clock = clock
+        self._loop: task.LoopingCall | None = None
+        self._in_flight: set[Deferred[None]] = set()
+        self._polling = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start polling; the first poll runs at once."""
+        loop = task.LoopingCall(self.poll)
+        loop.clock = self.reactor
+        self._loop = loop
+        loop.start(self.poll_interval, now=True).addErrback(
+            lambda f: log.error("delivery loop stopped: %s", f.getErrorMessage())
+        )
+
+    def stop(self) -> Deferred[None]:
+        """Stop polling and wait for the attempts in flight to finish."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        waiting = defer.DeferredList(list(self._in_flight), consumeErrors=True)
+        return waiting.addCallback(lambda _: None)
+
+    # -- one poll ------------------------------------------------------------------
+
+    def poll(self) -> Deferred[None] | None:
+        """Claim what is due (up to the free capacity) and start delivering it."""
+        free = self.concurrency - len(self._in_flight)
+        if free <= 0 or self._polling:
+            return None
+        self._polling = True
+        d: Deferred[list[Outgoing]] = self.run(self._claim, free)
+        d.addCallback(self._dispatch)
+        d.addErrback(lambda f: log.error("claiming tasks failed: %s", f.getErrorMessage()))
+
+        def done(result: object) -> None:
+            self._polling = False
+
+        d.addBoth(done)
+        return d
+
+    def _dispatch(self, batch: list[Outgoing]) -> None:
+        for outgoing in batch:
+            attempt = defer.ensureDeferred(self._deliver(outgoing))
+            attempt.addErrback(
+                lambda f, o=outgoing: log.error(
+                    "delivery of %s failed unexpectedly: %s",
+                    o.message.message_id,
+                    f.getErrorMessage(),
+                )
+            )
+            self._in_flight.add(attempt)
+            attempt.addBoth(lambda _, a=attempt: self._in_flight.discard(a))
+
+    def _claim(self, limit: int) -> list[Outgoing]:
+        now = self.clock()
+        with self.db.transaction() as cur:
+            tasks = claim_due_tasks(cur, node=self.node_id, now=now, lease=self.lease, limit=limit)
+            batch = []
+            for claimed in tasks:
+                message = message_by_pk(cur, claimed.message_pk)
+                content_type, body = wire_body(message, cur)
+                pin = self.pin_lookup(message, claimed.url) if self.pin_lookup else None
+                batch.append(Outgoing(claimed, message, content_type, body, pin))
+        return batch
+
+    async def _deliver(self, outgoing: Outgoing) -> None:
+        claimed, message = outgoing.task, outgoing.message
+        started = self.clock()
+        expired = claimed.exhausted or (
+            claimed.expires_at is not None and started > claimed.expires_at
+        )
+        if expired or (outgoing.is_business and message.status != OutboundStatus.CREATED):
+            # Nothing to send: the final wait is over, or an acknowledgment or
+            # error settled the message while the task waited.
+            outcome = TaskOutcome.EXPIRED if expired else TaskOutcome.DONE
+            await self.run(self._finish, outgoing, outcome, started, None, None, None)
+            return
+        headers = {"Content-Type": outgoing.content_type, "SOAPAction": '"ebXML"'}
+        try:
+            result = await self.post(claimed.url, headers, outgoing.body, outgoing.pin)
+        except Exception as exc:  # connection refused, TLS failure, timeout
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            log.info(
+                "attempt %d of %s to %s failed: %s",
+                claimed.attempts,
+                message.message_id,
+                claimed.url,
+                error,
+            )
+            await self.run(self._finish, outgoing, TaskOutcome.RETRY, started, None, error, None)
+            return
+        outcome = classify(result.status)
+        error = None if outcome is TaskOutcome.DONE else f"HTTP {result.status}"
+        await self.run(self._finish, outgoing, outcome, started, result.status, error, result)
+
+    def _finish(
+        self,
+        outgoing: Outgoing,
+        outcome: TaskOutcome,
+        started: datetime,
+        status: int | None,
+        error: str | None,
+        result: HttpResult | None,
+    ) -> None:
+        """Record the attempt and its consequences in one transaction."""
+        now = self.clock()
+        message = outgoing.message
+        with self.db.transaction() as cur:
+            reply = None
+            if result is not None and result.body and outcome is TaskOutcome.DONE:
+                reply = accept_sync_reply(
+                    cur, result.body[:MAX_REPLY_BYTES], result.content_type, now=now
+                )
+            if (
+                outcome is TaskOutcome.DONE
+                and outgoing.is_business
+                and outgoing.reliable
+                and reply != "delivered"
+            ):
+                # Transport accepted; the acknowledgment comes in its own POST.
+                # Wait for it until the next attempt is due (research notes §4.2).
+                outcome = TaskOutcome.RETRY
+            effective = finish_attempt(
+                cur,
+                outgoing.task,
+                outcome,
+                node=self.node_id,
+                started_at=started,
+                now=now,
+                http_status=status,
+                error=error,
+            )
+            if outgoing.is_business and effective is not None:
+                self._settle(cur, message, effective, now, error)
+        log.info("%s", _line(message, outgoing.task, status, effective, reply))
+
+    @staticmethod
+    def _settle(
+        cur: Cursor, message: StoredMessage, outcome: TaskOutcome, now: datetime, error: str | None
+    ) -> None:
+        created = (OutboundStatus.CREATED.value,)
+        if outcome is TaskOutcome.DONE:
+            # Best effort: a 2xx is delivery.  Reliable: the ack already did it.
+            if set_status(
+                cur, message.pk, OutboundStatus.DELIVERED.value, now=now, only_from=created
+            ):
+                add_event(cur, message.pk, message.message_id, EventType.DELIVERED, now=now)
+        elif outcome is TaskOutcome.FAILED:
+            if set_status(
+                cur,
+                message.pk,
+                OutboundStatus.DELIVERY_FAILED.value,
+                now=now,
+                reason=error,
+                only_from=created,
+            ):
+                add_event(cur, message.pk, message.message_id, EventType.FAILED, now=now)
+        elif outcome is TaskOutcome.EXPIRED and set_status(
+            cur, message.pk, OutboundStatus.EXPIRED.value, now=now, reason=error, only_from=created
+        ):
+            add_event(cur, message.pk, message.message_id, EventType.EXPIRED, now=now)
+
+
+def _line(
+    message: StoredMessage,
+    claimed: Task,
+    status: int | None,
+    outcome: TaskOutcome | None,
+    reply: str | None,
+) -> str:
+    """One log line per attempt: ids, parties, service/action, size, outcome."""
+    fields: Iterator[tuple[str, object]] = iter(
+        (
+            ("event", "delivery"),
+            ("message_id", message.message_id),
+            ("cpa_id", message.cpa_id),
+            ("from", message.from_party),
+            ("to", message.to_party),
+            ("service", message.service),
+            ("action", message.action),
+            ("attempt", claimed.attempts),
+            ("url", claimed.url),
+            ("http_status", status),
+            ("outcome", outcome.value if outcome else "superseded"),
+            ("reply", reply),
+        )
+    )
+    return " ".join(f"{k}={v}" for k, v in fields if v is not None)

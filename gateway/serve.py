@@ -1,0 +1,130 @@
+"""One gateway process: the HTTPS endpoint, the delivery worker and the store.
+
+Startup order matters for "persist before acting": the store (and its
+migrations) first, then the worker, so tasks left by a previous run are
+picked up, then the listener.  Shutdown is the reverse: stop accepting, let
+the requests and attempts in flight finish, close the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from cpa.registry import CpaRegistry
+from gateway.config import GatewayConfig
+from gateway.delivery import DeliveryWorker
+from gateway.http.client import EbmsClient, server_pin
+from gateway.http.server import ebms_site
+from gateway.msh.inbound import InboundProcessor
+from gateway.store.database import Database
+from gateway.store.messages import StoredMessage
+from gateway.store.migrate import apply_migrations
+from gateway.tls import ClientTlsPolicy, TlsIdentity, load_trust_anchors, server_context_factory
+
+log = logging.getLogger("dkgw.serve")
+
+
+class Gateway:
+    """A running gateway; :meth:`start` and :meth:`stop` it."""
+
+    def __init__(self, config: GatewayConfig, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.db: Database | None = None
+        self.port: IListeningPort | None = None
+        self.worker: DeliveryWorker | None = None
+        self.client: EbmsClient | None = None
+        # SQLite serialises writers anyway; a few threads keep reads and the
+        # TLS-free parts of processing flowing while one commits.
+        self.pool = ThreadPool(minthreads=1, maxthreads=8, name="dkgw-store")
+
+    def run_in_thread(self, fn: Any, *args: Any) -> Deferred[Any]:
+        """Run blocking work (store, parsing) off the reactor thread."""
+        return deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    def start(self) -> None:
+        """Open the store, start the worker, then listen."""
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database.from_url(config.store)
+        apply_migrations(self.db)
+        registry = CpaRegistry(self.db)
+        self.pool.start()
+
+        tls = config.tls
+        anchors = load_trust_anchors(tls.trust_anchors)
+        server_identity = TlsIdentity.from_files(tls.certificate, tls.key, tls.chain)
+        client_identity = TlsIdentity.from_files(tls.client_certificate, tls.client_key, tls.chain)
+        self.client = EbmsClient(
+            self.reactor,
+            ClientTlsPolicy(client_identity, anchors),
+            connect_timeout=config.delivery.connect_timeout,
+            read_timeout=config.delivery.read_timeout,
+        )
+
+        def pin(message: StoredMessage, url: str) -> Any:
+            return server_pin(registry, message, url)
+
+        self.worker = DeliveryWorker(
+            reactor=self.reactor,
+            db=self.db,
+            run_in_thread=self.run_in_thread,
+            post=self.client.post,
+            node_id=config.node_id,
+            poll_interval=config.delivery.poll_interval,
+            concurrency=config.delivery.concurrency,
+            lease=timedelta(seconds=config.delivery.lease_seconds),
+            pin_lookup=pin,
+        )
+        self.worker.start()
+
+        processor = InboundProcessor(self.db, registry)
+        site = ebms_site(
+            processor,
+            self.run_in_thread,
+            path=config.http.path,
+            max_request_bytes=config.http.max_request_bytes,
+        )
+        self.port = self.reactor.listenSSL(
+            config.http.port,
+            site,
+            server_context_factory(server_identity, anchors),
+            interface=config.http.host,
+        )
+        log.info(
+            "event=started node=%s listen=%s:%d path=%s store=%s",
+            config.node_id,
+            config.http.host,
+            self.listening_port,
+            config.http.path,
+            self.db.dialect,
+        )
+
+    @property
+    def listening_port(self) -> int:
+        """The TCP port actually bound (useful when the config says 0)."""
+        return int(self.port.getHost().port) if self.port is not None else 0
+
+    async def _stop(self) -> None:
+        if self.port is not None:
+            await self.port.stopListening()
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.client is not None:
+            await self.client.close()
+        self.pool.stop()
+        if self.db is not None:
+            self.db.close()
+        log.info("event=stopped node=%s", self.config.node_id)
+
+    def stop(self) -> Deferred[None]:
+        """Stop listening, finish what is in flight, close the store."""
+        return defer.ensureDeferred(self._stop())
