@@ -36,6 +36,18 @@ class PartyId:
         return f"{self.type}:{self.value}" if self.type else self.value
 
 
+def parse_party(value: str) -> PartyId:
+    """``urn:osb:oin:0000...`` (ebms-core's ``type:value``) or a bare id → PartyId.
+
+    The type is everything before the last colon; an id without a colon is
+    taken as an OIN, the Digikoppeling default [DK].
+    """
+    if ":" not in value:
+        return PartyId(value, "urn:osb:oin")
+    type_, _, ident = value.rpartition(":")
+    return PartyId(ident, type_)
+
+
 @dataclass(frozen=True)
 class Service:
     """A ``Service`` with its optional ``type`` (``urn:osb:services`` on DK)."""

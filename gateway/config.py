@@ -11,6 +11,7 @@ Example::
     data_dir = "var"                 # state: the SQLite store, spooled payloads
     store = "sqlite:///var/gateway.sqlite3"   # or postgresql://... for several nodes
     node_id = "gw-1"                 # names this node in task leases and logs
+    party_ids = ["urn:osb:oin:00000001001234567000"]   # whom we answer for (empty: any)
 
     [http]
     listen = "0.0.0.0:443"
@@ -39,6 +40,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cpa.model import PartyId, parse_party
 
 
 class ConfigError(ValueError):
@@ -88,11 +91,12 @@ class GatewayConfig:
     http: HttpConfig
     tls: TlsConfig
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    party_ids: tuple[PartyId, ...] = ()
     source: Path | None = None
 
 
 _SECTIONS = {
-    "gateway": {"data_dir", "store", "node_id"},
+    "gateway": {"data_dir", "store", "node_id", "party_ids"},
     "http": {"listen", "path", "max_request_bytes"},
     "tls": {"certificate", "key", "chain", "client_certificate", "client_key", "trust_anchors"},
     "delivery": {
@@ -158,7 +162,11 @@ def load_config(path: Path) -> GatewayConfig:
     missing = {"certificate", "key", "client_certificate", "client_key", "trust_anchors"} - set(tls)
     if missing:
         raise ConfigError(f"[tls] needs {', '.join(sorted(missing))}")
+    party_ids = gw.get("party_ids", [])
+    if not isinstance(party_ids, list) or not all(isinstance(p, str) and p for p in party_ids):
+        raise ConfigError("[gateway] party_ids must be a list of type:value strings")
     config = GatewayConfig(
+        party_ids=tuple(parse_party(p) for p in party_ids),
         data_dir=data_dir,
         store=store,
         node_id=_typed(gw, "node_id", str, socket.gethostname()),

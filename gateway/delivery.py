@@ -41,7 +41,9 @@ from gateway.store.messages import (
     finish_attempt,
     load_attachments,
     message_by_pk,
+    release_node_leases,
     set_status,
+    unclaim_task,
 )
 from gateway.store.timeutil import utcnow
 
@@ -165,12 +167,17 @@ class DeliveryWorker:
         self.clock = clock
         self._loop: task.LoopingCall | None = None
         self._in_flight: set[Deferred[None]] = set()
-        self._polling = False
+        self._claiming: Deferred[Any] | None = None
+        self._again = False
+        self._running = False
+        self._first_claim = True
 
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
         """Start polling; the first poll runs at once."""
+        self._running = True
+        self._first_claim = True
         loop = task.LoopingCall(self.poll)
         loop.clock = self.reactor
         self._loop = loop
@@ -178,32 +185,59 @@ class DeliveryWorker:
             lambda f: log.error("delivery loop stopped: %s", f.getErrorMessage())
         )
 
-    def stop(self) -> Deferred[None]:
-        """Stop polling and wait for the attempts in flight to finish."""
+    async def _stop(self) -> None:
+        self._running = False
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        waiting = defer.DeferredList(list(self._in_flight), consumeErrors=True)
-        return waiting.addCallback(lambda _: None)
+        if self._claiming is not None:
+            # A claim in progress: its tasks are handed back (see _dispatch).
+            await self._claiming
+        await defer.DeferredList(list(self._in_flight), consumeErrors=True)
+
+    def stop(self) -> Deferred[None]:
+        """Stop polling and wait for the claim and the attempts in flight to finish."""
+        return defer.ensureDeferred(self._stop())
 
     # -- one poll ------------------------------------------------------------------
 
-    def poll(self) -> Deferred[None] | None:
+    def wake(self) -> None:
+        """Poll now: a task was just queued by this process (an API call, a reply).
+
+        Tasks queued by other processes or nodes are found by the regular poll.
+        """
+        if self._running:
+            self.poll()
+
+    def poll(self) -> None:
         """Claim what is due (up to the free capacity) and start delivering it."""
+        if not self._running:
+            return
+        if self._claiming is not None:
+            # A claim is running; whatever became due meanwhile is claimed right after.
+            self._again = True
+            return
         free = self.concurrency - len(self._in_flight)
-        if free <= 0 or self._polling:
-            return None
-        self._polling = True
-        d: Deferred[list[Outgoing]] = self.run(self._claim, free)
+        if free <= 0:
+            self._again = True  # claimed when an attempt in flight ends
+            return
+        self._again = False
+        d: Deferred[Any] = self.run(self._claim, free)
         d.addCallback(self._dispatch)
         d.addErrback(lambda f: log.error("claiming tasks failed: %s", f.getErrorMessage()))
+        self._claiming = d
 
-        def done(result: object) -> None:
-            self._polling = False
+        def done(_: object) -> None:
+            self._claiming = None
+            if self._again:
+                self.poll()
 
         d.addBoth(done)
-        return d
 
-    def _dispatch(self, batch: list[Outgoing]) -> None:
+    def _dispatch(self, batch: list[Outgoing]) -> Deferred[None] | None:
+        if not self._running:
+            # Stopped while claiming: hand the tasks back instead of starting
+            # attempts that could not be recorded.
+            return self.run(self._unclaim, [o.task for o in batch]) if batch else None
         for outgoing in batch:
             attempt = defer.ensureDeferred(self._deliver(outgoing))
             attempt.addErrback(
@@ -214,19 +248,42 @@ class DeliveryWorker:
                 )
             )
             self._in_flight.add(attempt)
-            attempt.addBoth(lambda _, a=attempt: self._in_flight.discard(a))
+            attempt.addBoth(self._attempt_done, attempt)
+        if batch and len(self._in_flight) >= self.concurrency:
+            # Full: more may be due; claim again as soon as a slot frees up.
+            self._again = True
+        return None
+
+    def _attempt_done(self, result: object, attempt: Deferred[None]) -> None:
+        self._in_flight.discard(attempt)
+        if self._again:
+            self.poll()
+
+    def _unclaim(self, tasks: list[Task]) -> None:
+        with self.db.transaction() as cur:
+            for t in tasks:
+                unclaim_task(cur, t, node=self.node_id, now=self.clock())
 
     def _claim(self, limit: int) -> list[Outgoing]:
         now = self.clock()
         with self.db.transaction() as cur:
+            if self._first_claim:
+                # Leases this node held when it last stopped without finishing
+                # (a crash): the attempts are over, the tasks due again.
+                released = release_node_leases(cur, node=self.node_id, now=now)
+                if released:
+                    log.info("event=recovered node=%s tasks=%d", self.node_id, released)
+                self._first_claim = False
             tasks = claim_due_tasks(cur, node=self.node_id, now=now, lease=self.lease, limit=limit)
-            batch = []
-            for claimed in tasks:
-                message = message_by_pk(cur, claimed.message_pk)
-                content_type, body = wire_body(message, cur)
-                pin = self.pin_lookup(message, claimed.url) if self.pin_lookup else None
-                batch.append(Outgoing(claimed, message, content_type, body, pin))
-        return batch
+            claimed = []
+            for t in tasks:
+                message = message_by_pk(cur, t.message_pk)
+                claimed.append((t, message, *wire_body(message, cur)))
+        # The pin comes from the CPA registry, which runs its own transactions.
+        return [
+            Outgoing(t, m, ct, body, self.pin_lookup(m, t.url) if self.pin_lookup else None)
+            for t, m, ct, body in claimed
+        ]
 
     async def _deliver(self, outgoing: Outgoing) -> None:
         claimed, message = outgoing.task, outgoing.message

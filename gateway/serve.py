@@ -24,6 +24,7 @@ from gateway.delivery import DeliveryWorker
 from gateway.http.client import EbmsClient, server_pin
 from gateway.http.server import ebms_site
 from gateway.msh.inbound import InboundProcessor
+from gateway.msh.outbound import Queued, send_message, send_ping
 from gateway.store.database import Database
 from gateway.store.messages import StoredMessage
 from gateway.store.migrate import apply_migrations
@@ -42,6 +43,7 @@ class Gateway:
         self.port: IListeningPort | None = None
         self.worker: DeliveryWorker | None = None
         self.client: EbmsClient | None = None
+        self.registry: CpaRegistry | None = None
         # SQLite serialises writers anyway; a few threads keep reads and the
         # TLS-free parts of processing flowing while one commits.
         self.pool = ThreadPool(minthreads=1, maxthreads=8, name="dkgw-store")
@@ -86,12 +88,14 @@ class Gateway:
         )
         self.worker.start()
 
-        processor = InboundProcessor(self.db, registry)
+        self.registry = registry
+        processor = InboundProcessor(self.db, registry, own_parties=config.party_ids)
         site = ebms_site(
             processor,
             self.run_in_thread,
             path=config.http.path,
             max_request_bytes=config.http.max_request_bytes,
+            on_queued=self.worker.wake,
         )
         self.port = self.reactor.listenSSL(
             config.http.port,
@@ -107,6 +111,31 @@ class Gateway:
             config.http.path,
             self.db.dialect,
         )
+
+    # -- in-process sending (the back-office APIs and the tests use these) -------------
+
+    async def send_message(self, **kwargs: Any) -> Queued:
+        """Queue a business message (see :func:`~gateway.msh.outbound.send_message`)."""
+        assert self.db is not None and self.registry is not None
+        queued: Queued = await self.run_in_thread(
+            lambda: send_message(self.db, self.registry, **kwargs)
+        )
+        self.wake()
+        return queued
+
+    async def send_ping(self, **kwargs: Any) -> Queued:
+        """Queue a Ping (see :func:`~gateway.msh.outbound.send_ping`)."""
+        assert self.db is not None and self.registry is not None
+        queued: Queued = await self.run_in_thread(
+            lambda: send_ping(self.db, self.registry, **kwargs)
+        )
+        self.wake()
+        return queued
+
+    def wake(self) -> None:
+        """Have the delivery worker look for due tasks now."""
+        if self.worker is not None:
+            self.worker.wake()
 
     @property
     def listening_port(self) -> int:

@@ -124,11 +124,13 @@ class EbmsResource(resource.Resource):
         processor: InboundProcessor,
         run_in_thread: RunInThread,
         limits: MimeLimits | None = None,
+        on_queued: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.processor = processor
         self.run = run_in_thread
         self.limits = limits or MimeLimits()
+        self.on_queued = on_queued
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setResponseCode(http.NOT_ALLOWED)
@@ -150,14 +152,20 @@ class EbmsResource(resource.Resource):
         d.addErrback(self._crash, request)
         return server.NOT_DONE_YET
 
+    def render_HEAD(self, request: server.Request) -> bytes:
+        return self.render_GET(request)
+
     def _process(
         self, content_type: str, soap_action: str | None, body: Any, cert: Any
     ) -> HttpReply:
+        size = body.seek(0, 2)
         try:
             envelope, attachments = split_package(content_type, body, self.limits)
         except MimeError as exc:
-            return HttpReply(400, log={"outcome": "bad-mime", "reason": str(exc)})
-        return self.processor.handle(
+            return HttpReply(
+                400, log={"outcome": "bad-mime", "reason": str(exc), "size": str(size)}
+            )
+        reply = self.processor.handle(
             InboundRequest(
                 soap_action=soap_action,
                 content_type=content_type,
@@ -166,11 +174,15 @@ class EbmsResource(resource.Resource):
                 peer_certificate=cert,
             )
         )
+        reply.log["size"] = str(size)
+        reply.log["parts"] = str(len(attachments))
+        return reply
 
-    @staticmethod
-    def _respond(reply: HttpReply, request: server.Request) -> None:
+    def _respond(self, reply: HttpReply, request: server.Request) -> None:
         fields = " ".join(f"{k}={v}" for k, v in reply.log.items())
         log.info("event=inbound status=%d %s", reply.status, fields)
+        if reply.queued and self.on_queued is not None:
+            self.on_queued()
         if request._disconnected:
             return
         request.setResponseCode(reply.status)
@@ -192,7 +204,12 @@ class EbmsResource(resource.Resource):
 
 
 def ebms_site(
-    processor: InboundProcessor, run_in_thread: RunInThread, *, path: str, max_request_bytes: int
+    processor: InboundProcessor,
+    run_in_thread: RunInThread,
+    *,
+    path: str,
+    max_request_bytes: int,
+    on_queued: Callable[[], None] | None = None,
 ) -> server.Site:
     """A Site serving the ebMS endpoint at ``path`` and nothing else."""
     root = resource.Resource()
@@ -204,7 +221,12 @@ def ebms_site(
         node = child
     node.putChild(
         parts[-1].encode() if parts else b"",
-        EbmsResource(processor, run_in_thread, MimeLimits(max_total_bytes=max_request_bytes)),
+        EbmsResource(
+            processor,
+            run_in_thread,
+            MimeLimits(max_total_bytes=max_request_bytes),
+            on_queued=on_queued,
+        ),
     )
     site = server.Site(root)
     site.requestFactory = limited_request_factory(max_request_bytes)

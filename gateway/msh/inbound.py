@@ -18,8 +18,8 @@ stored reply again, and the back office sees the message once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -96,6 +96,7 @@ class HttpReply:
     body: bytes = b""
     content_type: str | None = None
     log: dict[str, str] = field(default_factory=dict)
+    queued: bool = False  # a reply waits in the store for its own POST: wake the worker
 
 
 def _parties(ids: Sequence[PartyId]) -> str:
@@ -120,11 +121,14 @@ class InboundProcessor:
         *,
         clock: Callable[[], datetime] = utcnow,
         check_client_certificate: bool = True,
+        own_parties: Collection[PartyId] = (),
     ) -> None:
         self.db = db
         self.registry = registry
         self.clock = clock
         self.check_client_certificate = check_client_certificate
+        #: Party ids this gateway answers for; empty: every party of an imported CPA.
+        self.own_parties = frozenset(p.key() for p in own_parties)
 
     # -- entry point -------------------------------------------------------------
 
@@ -176,7 +180,7 @@ class InboundProcessor:
             # other copy committed first: this one is now a duplicate.
             with self.db.transaction() as cur:
                 reply = self._process(cur, cpa, env, request, now)
-        return HttpReply(reply.status, reply.body, reply.content_type, {**fields, **reply.log})
+        return replace(reply, log={**fields, **reply.log})
 
     def _fault(self, message: str, fields: dict[str, str], code: str = CLIENT) -> HttpReply:
         return HttpReply(500, soap_fault(code, message), XML, fields)
@@ -215,6 +219,15 @@ class InboundProcessor:
             return self._duplicate(cur, cpa, env, known.fingerprint == print_, now)
         try:
             checked = check_message(env, cpa, now=now)
+            if self.own_parties and not self.own_parties & {p.key() for p in header.to_ids}:
+                # A CPA we hold, but a To party another gateway serves: misrouted.
+                raise CheckFailed(
+                    EbmsError(
+                        ErrorCode.VALUE_NOT_RECOGNIZED,
+                        "//Header/MessageHeader/To/PartyId",
+                        "Not a party of this gateway.",
+                    )
+                )
             referenced = check_manifest(env, {a.content_id for a in request.attachments})
         except CheckFailed as exc:
             return self._refuse(cur, cpa, env, request, exc.error, now)
@@ -329,7 +342,7 @@ class InboundProcessor:
             max_attempts=SIGNAL_ATTEMPTS,
             retry_interval=SIGNAL_RETRY_INTERVAL,
         )
-        return HttpReply(204, log=fields)
+        return HttpReply(204, log=fields, queued=True)
 
     @staticmethod
     def _signal_route(cpa: Cpa, request: Envelope, action: str) -> Route | None:
@@ -373,7 +386,7 @@ class InboundProcessor:
                 "AND state IN ('done', 'failed', 'expired')",
                 (to_db(now), to_db(now), stored.pk),
             )
-            return HttpReply(204, log={"outcome": "duplicate", "reply": stored.action})
+            return HttpReply(204, log={"outcome": "duplicate", "reply": stored.action}, queued=True)
         return HttpReply(
             200, stored.envelope, XML, {"outcome": "duplicate", "reply": stored.action}
         )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from cpa.model import MSH_SERVICE, PartyId, Service
+from cpa.model import MSH_SERVICE, PartyId, Service, parse_party
 from cpa.registry import CpaRegistry
 from cpa.resolve import ResolutionError, Route, resolve
 from gateway.ebms.envelope import Envelope, build_envelope
@@ -66,18 +66,6 @@ class Queued:
 
 def _host(url: str | None) -> str:
     return (urlsplit(url).hostname if url else None) or "localhost"
-
-
-def parse_party(value: str) -> PartyId:
-    """``urn:osb:oin:0000...`` (ebms-core's ``type:value``) or a bare id → PartyId.
-
-    The type is everything before the last colon; an id without a colon is
-    taken as an OIN, the Digikoppeling default [DK].
-    """
-    if ":" not in value:
-        return PartyId(value, "urn:osb:oin")
-    type_, _, ident = value.rpartition(":")
-    return PartyId(ident, type_)
 
 
 def _parties(ids: Sequence[PartyId]) -> str:

@@ -45,9 +45,11 @@ __all__ = [
     "insert_task",
     "load_attachments",
     "message_by_pk",
+    "release_node_leases",
     "release_task",
     "set_status",
     "task_for_message",
+    "unclaim_task",
 ]
 
 
@@ -523,3 +525,29 @@ def task_for_message(cur: Cursor, message_pk: int) -> tuple[str, int, str | None
         (message_pk,),
     ).fetchone()
     return None if row is None else (row[0], int(row[1]), row[2])
+
+
+def unclaim_task(cur: Cursor, task: Task, *, node: str, now: datetime) -> bool:
+    """Hand back a task claimed but never attempted (the node is shutting down)."""
+    cur.execute(
+        "UPDATE delivery_task SET state = 'pending', attempts = attempts - 1, locked_by = NULL, "
+        "lease_until = NULL, updated_at = ? WHERE id = ? AND locked_by = ? AND state = 'sending'",
+        (to_db(now), task.id, node),
+    )
+    return cur.rowcount == 1
+
+
+def release_node_leases(cur: Cursor, *, node: str, now: datetime) -> int:
+    """Make tasks this node left in flight due again; returns how many.
+
+    Called when a node starts: whatever it was sending when it last went
+    down was never recorded, so it is attempted again (the attempt counts, as
+    it may have reached the partner; the partner eliminates the duplicate).
+    Node ids must be unique among the nodes sharing a store.
+    """
+    cur.execute(
+        "UPDATE delivery_task SET state = 'pending', next_attempt_at = ?, locked_by = NULL, "
+        "lease_until = NULL, updated_at = ? WHERE locked_by = ? AND state = 'sending'",
+        (to_db(now), to_db(now), node),
+    )
+    return max(cur.rowcount, 0)

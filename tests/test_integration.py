@@ -1,0 +1,246 @@
+"""Two real gateways on 127.0.0.1 over mutual TLS: Ping/Pong, osb-be and osb-rm, retries.
+
+Each test starts a municipality gateway and a node gateway in this process
+(real HTTPS listeners with client certificates, real stores, the real delivery
+worker) with a CPA generated for their ports.  Reliable-messaging CPAs use a
+retry interval of one second so that retries and expiry fit in a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from gateway.msh.outbound import Payload
+from tests.conftest import DIALECTS
+from tests.gateways import Pair, Side, gateway_config, store_url, wait_until
+
+pytestmark = pytest.mark.integration
+
+RM_FAST = {
+    "retries": 3,
+    "retry_interval": timedelta(seconds=1),
+    "persist_duration": timedelta(hours=1),
+}
+
+
+@pytest.fixture(params=DIALECTS)
+def dialect(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest_twisted.async_yield_fixture
+async def pair_factory(pki: Path, make_spec, tmp_path: Path, dialect: str) -> AsyncIterator[Any]:
+    """Start a pair with CPA overrides; everything started is stopped afterwards."""
+    pairs: list[Pair] = []
+
+    async def start(*, start_b: bool = True, **overrides: Any) -> Pair:
+        n = len(pairs)
+        a = Side(
+            "a",
+            gateway_config(
+                pki, "gemeente-voorbeeld", tmp_path / f"a{n}", store_url(dialect, tmp_path, f"a{n}")
+            ),
+        )
+        b = Side(
+            "b",
+            gateway_config(
+                pki, "ggk-rinis-test", tmp_path / f"b{n}", store_url(dialect, tmp_path, f"b{n}")
+            ),
+        )
+        a.start()
+        b.start()
+        pair = Pair(a, b, f"it-cpa-{n}", make_spec, dict(overrides))
+        pairs.append(pair)
+        pair.import_cpa()
+        if not start_b:
+            await b.stop()
+        return pair
+
+    yield start
+    for pair in pairs:
+        await pair.stop()
+
+
+def payloads(*sizes: int) -> tuple[Payload, ...]:
+    return tuple(
+        Payload(os.urandom(size), "application/octet-stream", f"part{n}.bin")
+        for n, size in enumerate(sizes)
+    )
+
+
+def received_payloads(side: Side, message_id: str) -> list[tuple[str, bytes]]:
+    return [
+        (r[0], bytes(r[1]))
+        for r in side.rows(
+            "SELECT a.content_type, a.content FROM ebms_attachment a JOIN ebms_message m "
+            "ON m.id = a.message_pk WHERE m.message_id = ? AND m.direction = 'in' "
+            "ORDER BY a.order_nr",
+            message_id,
+        )
+    ]
+
+
+def events(side: Side, message_id: str) -> list[str]:
+    return [
+        r[0]
+        for r in side.rows(
+            "SELECT event_type FROM message_event WHERE message_id = ? ORDER BY id", message_id
+        )
+    ]
+
+
+# -- Ping/Pong -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+@pytest_twisted.ensureDeferred
+async def test_ping_pong_both_ways(pair_factory, sync: bool) -> None:
+    pair = await pair_factory(profile="osb-rm", sync_reply=sync, **RM_FAST)
+    from tests.gateways import GEMEENTE, NODE
+
+    for sender, receiver, me, peer in (
+        (pair.a, pair.b, GEMEENTE, NODE),
+        (pair.b, pair.a, NODE, GEMEENTE),
+    ):
+        ping = await sender.gateway.send_ping(cpa_id=pair.cpa_id, from_party=me, to_party=peer)
+        pong = await wait_until(
+            lambda s=sender, p=ping: s.rows(
+                "SELECT message_id FROM ebms_message WHERE direction = 'in' AND action = 'Pong' "
+                "AND ref_to_message_id = ?",
+                p.message_id,
+            )
+        )
+        assert len(pong) == 1
+        assert receiver.rows(
+            "SELECT action FROM ebms_message WHERE direction = 'in' AND message_id = ?",
+            ping.message_id,
+        ) == [("Ping",)]
+
+
+# -- business messages -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parts", [0, 1, 3])
+@pytest.mark.parametrize("profile", ["osb-be", "osb-rm"])
+@pytest_twisted.ensureDeferred
+async def test_business_message_is_delivered_with_its_payloads(
+    pair_factory, profile: str, parts: int
+) -> None:
+    overrides = RM_FAST if profile == "osb-rm" else {}
+    pair = await pair_factory(profile=profile, **overrides)
+    sent = payloads(*[2048, 70_000, 5][:parts])
+    queued = await pair.send(sent)
+    await wait_until(lambda: pair.a.status(queued.message_id, "out") == "DELIVERED")
+    assert pair.b.status(queued.message_id, "in") == "RECEIVED"
+    got = received_payloads(pair.b, queued.message_id)
+    assert [(ct, hashlib.sha256(c).digest()) for ct, c in got] == [
+        (p.content_type, hashlib.sha256(p.content).digest()) for p in sent
+    ]
+    assert events(pair.a, queued.message_id) == ["DELIVERED"]
+    assert events(pair.b, queued.message_id) == ["RECEIVED"]
+    acks = pair.a.rows(
+        "SELECT count(*) FROM ebms_message WHERE direction = 'in' AND action = 'Acknowledgment' "
+        "AND ref_to_message_id = ?",
+        queued.message_id,
+    )
+    assert acks == [(1 if profile == "osb-rm" else 0,)]
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async-ack", "sync-ack"])
+@pytest_twisted.ensureDeferred
+async def test_reliable_message_both_directions(pair_factory, sync: bool) -> None:
+    pair = await pair_factory(profile="osb-rm", sync_reply=sync, **RM_FAST)
+    there = await pair.send(payloads(100))
+    back = await pair.send(payloads(200), from_a=False)
+    await wait_until(lambda: pair.a.status(there.message_id, "out") == "DELIVERED")
+    await wait_until(lambda: pair.b.status(back.message_id, "out") == "DELIVERED")
+    # A sync ack comes back in the HTTP response: the acking side queues no POST for it.
+    ack_tasks = pair.b.rows(
+        "SELECT count(*) FROM delivery_task t JOIN ebms_message m ON m.id = t.message_pk "
+        "WHERE m.action = 'Acknowledgment'"
+    )
+    assert ack_tasks == [(0 if sync else 1,)]
+
+
+# -- failures and recovery -------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_receiver_down_then_up_is_delivered_on_a_retry(pair_factory) -> None:
+    pair = await pair_factory(start_b=False, profile="osb-rm", **RM_FAST)
+    queued = await pair.send(payloads(2048))
+    await wait_until(
+        lambda: (
+            pair.a.rows("SELECT count(*) FROM delivery_attempt WHERE error IS NOT NULL")[0][0] >= 1
+        )
+    )
+    assert pair.a.status(queued.message_id, "out") == "CREATED"
+    pair.b.start()
+    await wait_until(lambda: pair.a.status(queued.message_id, "out") == "DELIVERED", timeout=15)
+    assert pair.b.rows(
+        "SELECT count(*) FROM ebms_message WHERE direction = 'in' AND message_id = ?",
+        queued.message_id,
+    ) == [(1,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_receiver_never_up_expires_with_an_event(pair_factory) -> None:
+    pair = await pair_factory(
+        start_b=False,
+        profile="osb-rm",
+        retries=2,
+        retry_interval=timedelta(seconds=1),
+        persist_duration=timedelta(hours=1),
+    )
+    queued = await pair.send()
+    await wait_until(lambda: pair.a.status(queued.message_id, "out") == "EXPIRED", timeout=15)
+    assert events(pair.a, queued.message_id) == ["EXPIRED"]
+    attempts = pair.a.rows(
+        "SELECT count(*) FROM delivery_attempt a JOIN delivery_task t ON t.id = a.task_id "
+        "JOIN ebms_message m ON m.id = t.message_pk WHERE m.message_id = ? "
+        "AND a.outcome = 'retry'",
+        queued.message_id,
+    )
+    assert attempts == [(3,)]  # the first attempt and two retries
+
+
+@pytest_twisted.ensureDeferred
+async def test_best_effort_to_a_receiver_that_is_down_fails_at_once(pair_factory) -> None:
+    pair = await pair_factory(start_b=False, profile="osb-be")
+    queued = await pair.send(payloads(10))
+    await wait_until(
+        lambda: pair.a.status(queued.message_id, "out") in ("EXPIRED", "DELIVERY_FAILED")
+    )
+    assert events(pair.a, queued.message_id) in (["EXPIRED"], ["FAILED"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_sender_restart_with_pending_tasks_delivers_once(pair_factory) -> None:
+    pair = await pair_factory(
+        start_b=False,
+        profile="osb-rm",
+        retries=5,
+        retry_interval=timedelta(seconds=1),
+        persist_duration=timedelta(hours=1),
+    )
+    queued = [await pair.send(payloads(500)) for _ in range(3)]
+    await pair.a.stop()
+    pair.b.start()
+    pair.a.start()  # a new process on the same store: picks the tasks up
+    for q in queued:
+        await wait_until(lambda q=q: pair.a.status(q.message_id, "out") == "DELIVERED", timeout=15)
+    for q in queued:
+        assert pair.b.rows(
+            "SELECT count(*) FROM ebms_message WHERE direction = 'in' AND message_id = ?",
+            q.message_id,
+        ) == [(1,)]
+        assert events(pair.b, q.message_id) == ["RECEIVED"]
+        assert events(pair.a, q.message_id) == ["DELIVERED"]
