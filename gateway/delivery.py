@@ -16,7 +16,7 @@ is behind the ``post`` callable so the scheduling logic is tested without it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -25,6 +25,7 @@ from cryptography import x509
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from gateway.ebms.envelope import EnvelopeError, parse_envelope
 from gateway.ebms.mime import OutgoingPart, build_swa, parse_content_type
@@ -154,9 +155,11 @@ class DeliveryWorker:
         lease: timedelta = timedelta(minutes=5),
         clock: Callable[[], datetime] = utcnow,
         pin_lookup: PinLookup | None = None,
+        on_event: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.pin_lookup = pin_lookup
+        self.on_event = on_event
         self.db = db
         self.run = run_in_thread
         self.post = post
@@ -240,19 +243,22 @@ class DeliveryWorker:
             return self.run(self._unclaim, [o.task for o in batch]) if batch else None
         for outgoing in batch:
             attempt = defer.ensureDeferred(self._deliver(outgoing))
-            attempt.addErrback(
-                lambda f, o=outgoing: log.error(
-                    "delivery of %s failed unexpectedly: %s",
-                    o.message.message_id,
-                    f.getErrorMessage(),
-                )
-            )
+            attempt.addErrback(self._unexpected, outgoing)
             self._in_flight.add(attempt)
             attempt.addBoth(self._attempt_done, attempt)
         if batch and len(self._in_flight) >= self.concurrency:
             # Full: more may be due; claim again as soon as a slot frees up.
             self._again = True
         return None
+
+    @staticmethod
+    def _unexpected(failure: Failure, outgoing: Outgoing) -> None:
+        # A bug or a store outage: the lease runs out and the task is tried again.
+        log.error(
+            "delivery of %s failed unexpectedly: %s",
+            outgoing.message.message_id,
+            failure.getTraceback(),
+        )
 
     def _attempt_done(self, result: object, attempt: Deferred[None]) -> None:
         self._in_flight.discard(attempt)
@@ -295,25 +301,27 @@ class DeliveryWorker:
             # Nothing to send: the final wait is over, or an acknowledgment or
             # error settled the message while the task waited.
             outcome = TaskOutcome.EXPIRED if expired else TaskOutcome.DONE
-            await self.run(self._finish, outgoing, outcome, started, None, None, None)
+            fields = await self.run(self._finish, outgoing, outcome, started, None, None, None)
+            self._report(fields)
             return
         headers = {"Content-Type": outgoing.content_type, "SOAPAction": '"ebXML"'}
+        result: HttpResult | None = None
         try:
             result = await self.post(claimed.url, headers, outgoing.body, outgoing.pin)
         except Exception as exc:  # connection refused, TLS failure, timeout
-            error = f"{type(exc).__name__}: {exc}"[:500]
-            log.info(
-                "attempt %d of %s to %s failed: %s",
-                claimed.attempts,
-                message.message_id,
-                claimed.url,
-                error,
-            )
-            await self.run(self._finish, outgoing, TaskOutcome.RETRY, started, None, error, None)
-            return
-        outcome = classify(result.status)
-        error = None if outcome is TaskOutcome.DONE else f"HTTP {result.status}"
-        await self.run(self._finish, outgoing, outcome, started, result.status, error, result)
+            outcome, status = TaskOutcome.RETRY, None
+            error: str | None = f"{type(exc).__name__}: {exc}"[:500]
+        else:
+            outcome, status = classify(result.status), result.status
+            error = None if outcome is TaskOutcome.DONE else f"HTTP {result.status}"
+        fields = await self.run(self._finish, outgoing, outcome, started, status, error, result)
+        self._report(fields)
+
+    def _report(self, fields: dict[str, str]) -> None:
+        """Log the attempt and tell the listener (on the reactor thread)."""
+        log.info("%s", " ".join(f"{k}={v}" for k, v in fields.items()))
+        if self.on_event is not None:
+            self.on_event(fields)
 
     def _finish(
         self,
@@ -323,10 +331,11 @@ class DeliveryWorker:
         status: int | None,
         error: str | None,
         result: HttpResult | None,
-    ) -> None:
-        """Record the attempt and its consequences in one transaction."""
+    ) -> dict[str, str]:
+        """Record the attempt and its consequences in one transaction; returns log fields."""
         now = self.clock()
         message = outgoing.message
+        awaiting_ack = False
         with self.db.transaction() as cur:
             reply = None
             if result is not None and result.body and outcome is TaskOutcome.DONE:
@@ -342,6 +351,7 @@ class DeliveryWorker:
                 # Transport accepted; the acknowledgment comes in its own POST.
                 # Wait for it until the next attempt is due (research notes §4.2).
                 outcome = TaskOutcome.RETRY
+                awaiting_ack = True
             effective = finish_attempt(
                 cur,
                 outgoing.task,
@@ -354,7 +364,14 @@ class DeliveryWorker:
             )
             if outgoing.is_business and effective is not None:
                 self._settle(cur, message, effective, now, error)
-        log.info("%s", _line(message, outgoing.task, status, effective, reply))
+        fields = _fields(message, outgoing.task, status, effective, reply)
+        if awaiting_ack and effective is TaskOutcome.RETRY:
+            fields["outcome"] = "sent-awaiting-ack"
+        fields["size"] = str(len(outgoing.body))
+        fields["ms"] = f"{(now - started).total_seconds() * 1000:.1f}"
+        if error:
+            fields["error"] = error
+        return fields
 
     @staticmethod
     def _settle(
@@ -383,28 +400,27 @@ class DeliveryWorker:
             add_event(cur, message.pk, message.message_id, EventType.EXPIRED, now=now)
 
 
-def _line(
+def _fields(
     message: StoredMessage,
     claimed: Task,
     status: int | None,
     outcome: TaskOutcome | None,
     reply: str | None,
-) -> str:
-    """One log line per attempt: ids, parties, service/action, size, outcome."""
-    fields: Iterator[tuple[str, object]] = iter(
-        (
-            ("event", "delivery"),
-            ("message_id", message.message_id),
-            ("cpa_id", message.cpa_id),
-            ("from", message.from_party),
-            ("to", message.to_party),
-            ("service", message.service),
-            ("action", message.action),
-            ("attempt", claimed.attempts),
-            ("url", claimed.url),
-            ("http_status", status),
-            ("outcome", outcome.value if outcome else "superseded"),
-            ("reply", reply),
-        )
-    )
-    return " ".join(f"{k}={v}" for k, v in fields if v is not None)
+) -> dict[str, str]:
+    """What one attempt is logged with: ids, parties, service/action, outcome; never content."""
+    fields: dict[str, object | None] = {
+        "event": "delivery",
+        "message_id": message.message_id,
+        "ref_to": message.ref_to_message_id,
+        "cpa_id": message.cpa_id,
+        "from": message.from_party,
+        "to": message.to_party,
+        "service": message.service,
+        "action": message.action,
+        "attempt": claimed.attempts,
+        "url": claimed.url,
+        "http_status": status,
+        "outcome": outcome.value if outcome else "superseded",
+        "reply": reply,
+    }
+    return {k: str(v) for k, v in fields.items() if v is not None}

@@ -9,6 +9,7 @@ the requests and attempts in flight finish, close the store.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -44,6 +45,7 @@ class Gateway:
         self.worker: DeliveryWorker | None = None
         self.client: EbmsClient | None = None
         self.registry: CpaRegistry | None = None
+        self._listeners: list[Callable[[dict[str, str]], None]] = []
         # SQLite serialises writers anyway; a few threads keep reads and the
         # TLS-free parts of processing flowing while one commits.
         self.pool = ThreadPool(minthreads=1, maxthreads=8, name="dkgw-store")
@@ -85,6 +87,7 @@ class Gateway:
             concurrency=config.delivery.concurrency,
             lease=timedelta(seconds=config.delivery.lease_seconds),
             pin_lookup=pin,
+            on_event=self._emit,
         )
         self.worker.start()
 
@@ -96,6 +99,7 @@ class Gateway:
             path=config.http.path,
             max_request_bytes=config.http.max_request_bytes,
             on_queued=self.worker.wake,
+            on_event=self._emit,
         )
         self.port = self.reactor.listenSSL(
             config.http.port,
@@ -131,6 +135,22 @@ class Gateway:
         )
         self.wake()
         return queued
+
+    def add_listener(self, listener: Callable[[dict[str, str]], None]) -> None:
+        """Call ``listener`` with the fields of every inbound request and delivery attempt.
+
+        The fields are the ones logged (ids, parties, service/action, outcome,
+        sizes; never content); listeners run on the reactor thread and must not
+        block.  Monitoring and the back-office APIs build on this.
+        """
+        self._listeners.append(listener)
+
+    def _emit(self, fields: dict[str, str]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(fields)
+            except Exception:
+                log.exception("event listener failed")
 
     def wake(self) -> None:
         """Have the delivery worker look for due tasks now."""

@@ -11,6 +11,7 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import GEMEENTE_OIN, NODE_OIN
 
@@ -69,3 +70,104 @@ def render(
         text = text.replace(' th:each="cid: ${cids}"', "")
     assert "th:" not in text and "${" not in text, text
     return text.encode()
+
+
+#: Research notes §9: (template, values, errorCode, location) for a CPA with a
+#: synchronous (mshSignalsOnly) reliable channel, the shape of ebms-core's
+#: integration-test CPA.  Every row must be refused with exactly this error.
+ERROR_MATRIX: list[tuple[str, dict[str, Any], str, str]] = [
+    (
+        "EbMSMessageInvalidMessageHeaderVersion",
+        {},
+        "Inconsistent",
+        "//Header/MessageHeader/@version",
+    ),
+    (
+        "EbMSMessage",
+        {"from_party": "00000001999999999000"},
+        "Inconsistent",
+        "//Header/MessageHeader/From/PartyId",
+    ),
+    (
+        "EbMSMessage",
+        {"party_type": "urn:other"},
+        "Inconsistent",
+        "//Header/MessageHeader/From/PartyId",
+    ),
+    ("EbMSMessageMissingFromRole", {}, "Inconsistent", "//Header/MessageHeader/From/Role"),
+    ("EbMSMessageInvalidToPartyType", {}, "Inconsistent", "//Header/MessageHeader/To/PartyId"),
+    (
+        "EbMSMessage",
+        {"from_role": "GGk"},
+        "ValueNotRecognized",
+        "//Header/MessageHeader/Action",
+    ),
+    (
+        "EbMSMessage",
+        {"to_role": "Gemeente"},
+        "ValueNotRecognized",
+        "//Header/MessageHeader/Action",
+    ),
+    (
+        "EbMSMessage",
+        {"service": "GGK:iJw:3.2"},
+        "ValueNotRecognized",
+        "//Header/MessageHeader/Action",
+    ),
+    (
+        "EbMSMessage",
+        {"service_type": "urn:other"},
+        "ValueNotRecognized",
+        "//Header/MessageHeader/Action",
+    ),
+    (
+        "EbMSMessage",
+        {"action": "WMO302"},
+        "ValueNotRecognized",
+        "//Header/MessageHeader/Action",
+    ),
+    (
+        "EbMSMessage",
+        {"time_to_live": timedelta(seconds=-1)},
+        "TimeToLiveExpired",
+        "//Header/MessageHeader/MessageData/TimeToLive",
+    ),
+    (
+        "EbMSMessageMissingDuplicateElimination",
+        {},
+        "Inconsistent",
+        "//Header/MessageHeader/DuplicateElimination",
+    ),
+    ("EbMSMessageMissingAckRequested", {}, "Inconsistent", "//Header/AckRequested"),
+    (
+        "EbMSMessageInvalidAckRequestedVersion",
+        {},
+        "Inconsistent",
+        "//Header/AckRequested/@version",
+    ),
+    ("EbMSMessageNextMshAckRequested", {}, "NotSupported", "//Header/AckRequested/@actor"),
+    ("EbMSMessageInvalidAckRequestedActor", {}, "Inconsistent", "//Header/AckRequested/@actor"),
+    (
+        "EbMSMessageInvalidAckRequestedSigned",
+        {},
+        "Inconsistent",
+        "//Header/AckRequested/@signed",
+    ),
+    ("EbMSMessageMissingSyncReply", {}, "Inconsistent", "//Header/SyncReply"),
+    ("EbMSMessageInvalidSyncReplyVersion", {}, "Inconsistent", "//Header/SyncReply/@version"),
+    ("EbMSMessageInvalidSyncReplyActor", {}, "Inconsistent", "//Header/SyncReply/@actor"),
+    ("EbMSMessageMessageOrder", {}, "NotSupported", "//Header/MessageOrder"),
+    (
+        "EbMSMessageInvalidManifestVersion",
+        {"cids": ("a@b",)},
+        "Inconsistent",
+        "//Body/Manifest/@version",
+    ),
+    ("EbMSMessageWithAttachments", {"cids": ("missing@x",)}, "MimeProblem", "cid:missing@x"),
+    (
+        "EbMSMessage",
+        {"timestamp": datetime(2001, 1, 1, tzinfo=UTC)},
+        "Inconsistent",
+        "//Header/MessageHeader/@cpaid",
+    ),
+]

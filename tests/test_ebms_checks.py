@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,7 +10,7 @@ from cpa.model import Cpa
 from cpa.parse import parse_cpa
 from gateway.ebms.checks import CheckFailed, check_manifest, check_message
 from gateway.ebms.envelope import EnvelopeError, build_envelope, parse_envelope
-from tests.messages import render
+from tests.messages import ERROR_MATRIX, render
 
 
 @pytest.fixture(scope="module")
@@ -36,105 +36,7 @@ def test_valid_message_passes(sync_rm_cpa: Cpa) -> None:
     assert checked.route.sync_reply_mode == "mshSignalsOnly"
 
 
-@pytest.mark.parametrize(
-    ("name", "values", "code", "location"),
-    [
-        (
-            "EbMSMessageInvalidMessageHeaderVersion",
-            {},
-            "Inconsistent",
-            "//Header/MessageHeader/@version",
-        ),
-        (
-            "EbMSMessage",
-            {"from_party": "00000001999999999000"},
-            "Inconsistent",
-            "//Header/MessageHeader/From/PartyId",
-        ),
-        (
-            "EbMSMessage",
-            {"party_type": "urn:other"},
-            "Inconsistent",
-            "//Header/MessageHeader/From/PartyId",
-        ),
-        ("EbMSMessageMissingFromRole", {}, "Inconsistent", "//Header/MessageHeader/From/Role"),
-        ("EbMSMessageInvalidToPartyType", {}, "Inconsistent", "//Header/MessageHeader/To/PartyId"),
-        (
-            "EbMSMessage",
-            {"from_role": "GGk"},
-            "ValueNotRecognized",
-            "//Header/MessageHeader/Action",
-        ),
-        (
-            "EbMSMessage",
-            {"to_role": "Gemeente"},
-            "ValueNotRecognized",
-            "//Header/MessageHeader/Action",
-        ),
-        (
-            "EbMSMessage",
-            {"service": "GGK:iJw:3.2"},
-            "ValueNotRecognized",
-            "//Header/MessageHeader/Action",
-        ),
-        (
-            "EbMSMessage",
-            {"service_type": "urn:other"},
-            "ValueNotRecognized",
-            "//Header/MessageHeader/Action",
-        ),
-        (
-            "EbMSMessage",
-            {"action": "WMO302"},
-            "ValueNotRecognized",
-            "//Header/MessageHeader/Action",
-        ),
-        (
-            "EbMSMessage",
-            {"time_to_live": timedelta(seconds=-1)},
-            "TimeToLiveExpired",
-            "//Header/MessageHeader/MessageData/TimeToLive",
-        ),
-        (
-            "EbMSMessageMissingDuplicateElimination",
-            {},
-            "Inconsistent",
-            "//Header/MessageHeader/DuplicateElimination",
-        ),
-        ("EbMSMessageMissingAckRequested", {}, "Inconsistent", "//Header/AckRequested"),
-        (
-            "EbMSMessageInvalidAckRequestedVersion",
-            {},
-            "Inconsistent",
-            "//Header/AckRequested/@version",
-        ),
-        ("EbMSMessageNextMshAckRequested", {}, "NotSupported", "//Header/AckRequested/@actor"),
-        ("EbMSMessageInvalidAckRequestedActor", {}, "Inconsistent", "//Header/AckRequested/@actor"),
-        (
-            "EbMSMessageInvalidAckRequestedSigned",
-            {},
-            "Inconsistent",
-            "//Header/AckRequested/@signed",
-        ),
-        ("EbMSMessageMissingSyncReply", {}, "Inconsistent", "//Header/SyncReply"),
-        ("EbMSMessageInvalidSyncReplyVersion", {}, "Inconsistent", "//Header/SyncReply/@version"),
-        ("EbMSMessageInvalidSyncReplyActor", {}, "Inconsistent", "//Header/SyncReply/@actor"),
-        ("EbMSMessageMessageOrder", {}, "NotSupported", "//Header/MessageOrder"),
-        (
-            "EbMSMessageInvalidManifestVersion",
-            {"cids": ("a@b",)},
-            "Inconsistent",
-            "//Body/Manifest/@version",
-        ),
-        ("EbMSMessageWithAttachments", {"cids": ("missing@x",)}, "MimeProblem", "cid:missing@x"),
-        (
-            "EbMSMessage",
-            {"timestamp": datetime(2001, 1, 1, tzinfo=UTC)},
-            "Inconsistent",
-            "//Header/MessageHeader/@cpaid",
-        ),
-    ],
-)
+@pytest.mark.parametrize(("name", "values", "code", "location"), ERROR_MATRIX)
 def test_error_matrix(sync_rm_cpa: Cpa, name, values, code, location) -> None:
     failure = check(sync_rm_cpa, name, **values)
     assert failure is not None, "accepted"

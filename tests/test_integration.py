@@ -18,7 +18,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from gateway.delivery import wire_body
+from gateway.ebms.envelope import parse_envelope
 from gateway.msh.outbound import Payload
+from gateway.store.messages import Direction, find_message
 from tests.conftest import DIALECTS
 from tests.gateways import Pair, Side, gateway_config, store_url, wait_until
 
@@ -244,3 +247,49 @@ async def test_sender_restart_with_pending_tasks_delivers_once(pair_factory) -> 
         ) == [(1,)]
         assert events(pair.b, q.message_id) == ["RECEIVED"]
         assert events(pair.a, q.message_id) == ["DELIVERED"]
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async-ack", "sync-ack"])
+@pytest_twisted.ensureDeferred
+async def test_resent_duplicate_is_stored_once_and_the_ack_repeated(pair_factory, sync) -> None:
+    pair = await pair_factory(profile="osb-rm", sync_reply=sync, **RM_FAST)
+    seen: list[dict[str, str]] = []
+    pair.a.gateway.add_listener(seen.append)
+    queued = await pair.send(payloads(3000, 10))
+    await wait_until(lambda: pair.a.status(queued.message_id, "out") == "DELIVERED")
+    # The sender resends the identical bytes, as after a lost acknowledgment.
+    with pair.a.db.transaction() as cur:
+        message = find_message(cur, queued.message_id, Direction.OUT)
+        assert message is not None
+        content_type, body = wire_body(message, cur)
+    client = pair.a.gateway.client
+    result = await client.post(
+        queued.url, {"Content-Type": content_type, "SOAPAction": '"ebXML"'}, body, None
+    )
+    ack_ids = [
+        r[0]
+        for r in pair.b.rows(
+            "SELECT message_id FROM ebms_message WHERE direction = 'out' "
+            "AND action = 'Acknowledgment' AND ref_to_message_id = ?",
+            queued.message_id,
+        )
+    ]
+    assert len(ack_ids) == 1  # one acknowledgment, stored once, sent again
+    if sync:
+        assert result.status == 200
+        assert parse_envelope(result.body)[0].header.message_id == ack_ids[0]
+    else:
+        assert result.status == 204
+        await wait_until(
+            lambda: [
+                e for e in seen
+                if e.get("event") == "inbound" and e.get("message_id") == ack_ids[0]
+                and e.get("outcome") == "duplicate"
+            ]
+        )  # fmt: skip
+    assert pair.b.rows(
+        "SELECT count(*) FROM ebms_message WHERE direction = 'in' AND message_id = ?",
+        queued.message_id,
+    ) == [(1,)]
+    assert events(pair.b, queued.message_id) == ["RECEIVED"]
+    assert pair.a.status(queued.message_id, "out") == "DELIVERED"

@@ -1,15 +1,35 @@
-"""``dkgw demo``: show what the gateway does on this machine, end to end.
+"""``dkgw demo``: two gateways on loopback doing a real Digikoppeling exchange.
 
-Today that is the foundation: a throwaway PKI, a Digikoppeling CPA generated
-for a municipality and the GGk node, validated and imported on both sides.
-The two-gateway ebMS exchange joins it when the message service handler lands.
+What it does, each step printed with the command an operator would type:
+
+1. makes the example TEST PKI (``certs-example/make-pki``);
+2. generates an osb-rm CPA for Gemeente Voorbeeld and the GGk/RINIS test node
+   and imports it into two fresh stores;
+3. starts both gateways as ``dkgw serve --config ...`` processes on
+   127.0.0.1 with mutual TLS;
+4. pings both ways (``dkgw ping``: Ping out, Pong back);
+5. sends a business message with a 2 KiB and a 1 MiB attachment under
+   reliable messaging (``dkgw send``), waits until the node acknowledged it and
+   shows it DELIVERED at the municipality and RECEIVED at the node, with the
+   log lines both gateways wrote about it;
+6. stops both gateways (SIGTERM, graceful).
+
+Everything lives in ``<data dir>/demo``; a rerun starts from empty stores.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,11 +56,19 @@ NODE = (
     "GGk",
     "https://localhost:18444/ebms",
 )
+SERVICE = "GGK:iWmo:3.2"
+CPA_ID = "GGK_iWmo_3_2_00000001001234567000_00000001007654321000_demo"
+PREFERRED_PORTS = (18443, 18444)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``demo`` to the top-level parser."""
-    p = sub.add_parser("demo", help="run the demonstration on loopback")
+    p = sub.add_parser("demo", help="run two gateways on loopback and exchange messages")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave both gateways running at the end (stop them with Ctrl-C)",
+    )
     p.set_defaults(handler=cmd_demo)
 
 
@@ -49,51 +77,278 @@ def example_party(pki: Path, slug: str, name: str, oin: str, role: str, endpoint
     return load_party(pki / slug, name=name, party_id=oin, role=role, endpoint=endpoint)
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        # As a listener would: connections of an earlier run in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_ports() -> tuple[int, int]:
+    """18443 and 18444 when free (the README's numbers), else any two free ports."""
+    if all(_free(p) for p in PREFERRED_PORTS):
+        return PREFERRED_PORTS
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+    return ports[0], ports[1]
+
+
+@dataclass
+class DemoGateway:
+    """One side of the demo: its files and, once started, its process."""
+
+    label: str
+    slug: str
+    oin: str
+    port: int
+    base: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.base / f"{self.label}.toml"
+
+    @property
+    def store(self) -> str:
+        return f"sqlite:///{(self.base / f'{self.label}.sqlite3').resolve()}"
+
+    @property
+    def log(self) -> Path:
+        return self.base / f"{self.label}.log"
+
+    def write_config(self, pki: Path) -> None:
+        party = (pki / self.slug).resolve()
+        ca = (pki / "ca").resolve()
+        self.config.write_text(
+            f"""# {self.label} gateway of `dkgw demo` (example TEST PKI; never for production)
+[gateway]
+data_dir = "{self.label}-data"
+store = "{self.store}"
+node_id = "demo-{self.label}"
+party_ids = ["urn:osb:oin:{self.oin}"]
+
+[http]
+listen = "127.0.0.1:{self.port}"
+path = "/ebms"
+
+[tls]
+certificate = "{party}/tls-server.pem"
+key = "{party}/tls-server.key"
+client_certificate = "{party}/tls-client.pem"
+client_key = "{party}/tls-client.key"
+chain = "{ca}/intermediate.pem"
+trust_anchors = "{ca}/root.pem"
+
+[delivery]
+poll_interval = 0.2
+""",
+            encoding="utf-8",
+        )
+
+    def start(self) -> None:
+        out = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [*_dkgw(), "serve", "--config", str(self.config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        out.close()
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the {self.label} gateway exited; see {self.log}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"the {self.label} gateway did not start listening; see {self.log}")
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def log_lines(self, needle: str) -> list[str]:
+        return [
+            line for line in self.log.read_text(errors="replace").splitlines() if needle in line
+        ]
+
+
+def _dkgw() -> list[str]:
+    """How to run this very dkgw in a subprocess."""
+    return [sys.executable, "-m", "gateway.cli"]
+
+
+def _run(args: Sequence[str], *, show: str) -> tuple[int, str]:
+    """Run a dkgw command, print it the way an operator would type it, and its output."""
+    print(f"   $ dkgw {show}")
+    done = subprocess.run([*_dkgw(), *args], capture_output=True, text=True, check=False)
+    for line in (done.stdout + done.stderr).strip().splitlines():
+        print(f"     {line}")
+    return done.returncode, done.stdout.strip()
+
+
+@contextmanager
+def _running(gateways: Sequence[DemoGateway]) -> Iterator[None]:
+    try:
+        for gw in gateways:
+            gw.start()
+        for gw in gateways:
+            gw.wait_listening()
+        yield
+    finally:
+        for gw in gateways:
+            code = gw.stop()
+            if code is not None:
+                print(f"   {gw.label} gateway stopped (exit {code}); its log: {gw.log}")
+
+
+_SHOWN = ("event", "action", "status", "http_status", "outcome", "reply", "size", "parts", "ms")
+
+
+def _summary(line: str) -> str:
+    """The fields of a gateway log line worth showing here (the full line is in the log)."""
+    fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+    return " ".join(f"{k}={fields[k]}" for k in _SHOWN if k in fields)
+
+
+def _message_status(gw: DemoGateway, message_id: str, direction: str) -> str | None:
+    db = Database.from_url(gw.store)
+    try:
+        with db.transaction() as cur:
+            row = cur.execute(
+                "SELECT status FROM ebms_message WHERE message_id = ? AND direction = ?",
+                (message_id, direction),
+            ).fetchone()
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate PKI and CPA, import it into a municipality and a node store."""
+    """Run the demonstration; 0 when every step worked."""
     if not PKI_SCRIPT.exists():
         print("dkgw demo runs from a source checkout (certs-example/ is missing)", file=sys.stderr)
         return 1
-    base = Path(args.data_dir) / "demo"
+    started = time.monotonic()
+    base = (Path(args.data_dir) / "demo").resolve()
     pki = base / "pki"
     print(f"1. example PKI (TEST only) in {pki}")
-    subprocess.run([sys.executable, str(PKI_SCRIPT), "--out", str(pki)], check=True)
+    subprocess.run([sys.executable, str(PKI_SCRIPT), "--out", str(pki), "--quiet"], check=True)
+
+    port_a, port_b = _pick_ports()
+    gemeente = DemoGateway("gemeente", MUNICIPALITY[0], MUNICIPALITY[2], port_a, base)
+    node = DemoGateway("node", NODE[0], NODE[2], port_b, base)
+    for gw in (gemeente, node):
+        for leftover in base.glob(f"{gw.label}.sqlite3*"):
+            leftover.unlink()
+        shutil.rmtree(base / f"{gw.label}-data", ignore_errors=True)
 
     start = datetime.now(UTC).replace(microsecond=0)
     spec = CpaSpec(
-        a=example_party(pki, *MUNICIPALITY),
-        b=example_party(pki, *NODE),
-        service="GGK:iWmo:3.2",
+        a=example_party(pki, *MUNICIPALITY[:4], f"https://localhost:{port_a}/ebms"),
+        b=example_party(pki, *NODE[:4], f"https://localhost:{port_b}/ebms"),
+        service=SERVICE,
         actions=(ActionSpec("WMO301", "a"), ActionSpec("WMO302", "b")),
-        profile="osb-rm-s",
-        start=start,
+        profile="osb-rm",
+        start=start - timedelta(minutes=5),
         end=start + timedelta(days=365),
-        cpa_id="GGK_iWmo_3_2_00000001001234567000_00000001007654321000_demo",
+        cpa_id=CPA_ID,
+        # Short enough to show a retry within the demo if a side is slow to start.
+        retries=5,
+        retry_interval=timedelta(seconds=10),
+        persist_duration=timedelta(hours=1),
     )
     cpa_file = base / "cpa.xml"
     cpa_file.write_bytes(make_cpa(spec))
-    print(f"2. generated CPA {spec.cpa_id} ({spec.profile}) in {cpa_file}")
-
-    for side in ("gemeente", "node"):
-        db = Database.sqlite(base / f"{side}.sqlite3")
+    print(f"2. generated CPA {CPA_ID} (osb-rm) in {cpa_file}")
+    for gw in (gemeente, node):
+        gw.write_config(pki)
+        db = Database.from_url(gw.store)
         apply_migrations(db)
-        row, replaced, report = CpaRegistry(db).insert(cpa_file.read_bytes(), overwrite=True)
+        row, _, report = CpaRegistry(db).insert(cpa_file.read_bytes(), overwrite=True)
         db.close()
         print(
-            f"3. {side}: {'replaced' if replaced else 'imported'} {row.cpa_id}, valid until "
+            f"   $ dkgw --store {gw.store} cpa import {cpa_file.name}\n"
+            f"     imported {row.cpa_id} into the {gw.label} store, valid until "
             f"{row.end:%Y-%m-%d}, {len(report.warnings)} warnings"
         )
-        for action in report.actions:
-            print(
-                f"     {action.from_party} -> {action.to_party}  {action.service}  "
-                f"{action.action}  {action.profile}  to {action.endpoint}"
+
+    print(
+        f"3. starting both gateways: gemeente on https://localhost:{port_a}/ebms, "
+        f"node on https://localhost:{port_b}/ebms (mutual TLS)"
+    )
+    ok = True
+    with _running((gemeente, node)):
+        print(f"   $ dkgw serve --config {gemeente.config}   (and the same for {node.config.name})")
+        print("4. Ping/Pong both ways")
+        for sender, me, peer in (
+            (gemeente, gemeente.oin, node.oin),
+            (node, node.oin, gemeente.oin),
+        ):
+            code, _ = _run(
+                ["--store", sender.store, "ping", CPA_ID, "--from", me, "--to", peer],
+                show=f"--store {Path(sender.store).name} ping {CPA_ID} --from {me} --to {peer}",
             )
-    print(
-        "4. the two-gateway ebMS exchange (Ping/Pong, reliable messaging over mutual TLS) "
-        "is not there yet: it arrives with the message service handler."
-    )
-    print(
-        f"   inspect: dkgw --store sqlite:///{(base / 'gemeente.sqlite3').resolve()} "
-        f"cpa show {spec.cpa_id}"
-    )
-    return 0
+            ok = ok and code == 0
+
+        print("5. a reliable (osb-rm) WMO301 with a 2 KiB and a 1 MiB attachment")
+        small, large = base / "bijlage-2k.xml", base / "bijlage-1m.bin"
+        small.write_bytes(b"<demo>" + b"x" * (2048 - 13) + b"</demo>")
+        large.write_bytes(os.urandom(1024 * 1024))
+        send = [
+            "send", CPA_ID, "--from", gemeente.oin, "--from-role", "Gemeente",
+            "--to", node.oin, "--to-role", "GGk", "--service", f"urn:osb:services:{SERVICE}",
+            "--action", "WMO301", "--file", str(small), "--file", str(large),
+            "--content-type", "application/octet-stream",
+        ]  # fmt: skip
+        code, message_id = _run(
+            ["--store", gemeente.store, *send],
+            show=" ".join(["--store", Path(gemeente.store).name, *send]).replace(
+                str(base) + "/", ""
+            ),
+        )
+        if code != 0 or not message_id:
+            return 1
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if _message_status(gemeente, message_id, "out") != "CREATED":
+                break
+            time.sleep(0.1)
+        out_status = _message_status(gemeente, message_id, "out")
+        in_status = _message_status(node, message_id, "in")
+        print(f"   gemeente (sender):  {message_id} {out_status}")
+        print(f"   node (receiver):    {message_id} {in_status}")
+        _run(
+            ["--store", node.store, "message", message_id],
+            show=f"--store {Path(node.store).name} message {message_id}",
+        )
+        print("   what the gateways logged about it (ids, parties, sizes, outcome; no content):")
+        for gw in (gemeente, node):
+            for line in gw.log_lines(message_id)[:4]:
+                print(f"     {gw.label:8} {_summary(line)}")
+        ok = ok and out_status == "DELIVERED" and in_status == "RECEIVED"
+        if args.keep_running:
+            print("   both gateways keep running; Ctrl-C stops them")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        print("6. stopping both gateways")
+    print(f"demo {'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s")
+    return 0 if ok else 1

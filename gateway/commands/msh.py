@@ -20,7 +20,7 @@ from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.commands.common import fail, open_store
 from gateway.config import ConfigError, load_config
 from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
-from gateway.store.database import Database
+from gateway.store.database import Cursor, Database, Row
 from gateway.store.messages import Direction, find_message, task_for_message
 
 EXIT_NO_ANSWER = 2
@@ -176,16 +176,41 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_message(args: argparse.Namespace) -> int:
-    """``dkgw message ID``: direction, parties, action and status."""
+    """``dkgw message ID``: direction, parties, status, payloads, history and attempts."""
     db = open_store(args)
     directions = [Direction(args.direction)] if args.direction else [Direction.OUT, Direction.IN]
     with db.transaction() as cur:
         found = [m for d in directions if (m := find_message(cur, args.message_id, d))]
+        details = [(m, *_details(cur, m.pk)) for m in found]
     if not found:
         return fail(f"no message {args.message_id!r}")
-    for m in found:
+    for m, parts, history, attempts in details:
         print(
             f"{m.message_id} {m.direction.value} {m.status or '-'} cpa={m.cpa_id} "
             f"from={m.from_party} to={m.to_party} service={m.service} action={m.action}"
         )
+        for content_id, content_type, size, sha256 in parts:
+            print(f"  payload {content_id} {content_type} {size} bytes sha256={sha256[:16]}...")
+        for status, at, reason in history:
+            print(f"  {at} {status}{f' ({reason})' if reason else ''}")
+        for attempt, started, http_status, outcome, error in attempts:
+            result = f"HTTP {http_status}" if http_status is not None else (error or "")
+            print(f"  attempt {attempt} at {started}: {outcome} {result}".rstrip())
     return 0
+
+
+def _details(cur: Cursor, pk: int) -> tuple[list[Row], list[Row], list[Row]]:
+    parts = cur.execute(
+        "SELECT content_id, content_type, size, sha256 FROM ebms_attachment "
+        "WHERE message_pk = ? ORDER BY order_nr",
+        (pk,),
+    ).fetchall()
+    history = cur.execute(
+        "SELECT status, at, reason FROM status_history WHERE message_pk = ? ORDER BY at", (pk,)
+    ).fetchall()
+    attempts = cur.execute(
+        "SELECT a.attempt, a.started_at, a.http_status, a.outcome, a.error FROM delivery_attempt a "
+        "JOIN delivery_task t ON t.id = a.task_id WHERE t.message_pk = ? ORDER BY a.attempt",
+        (pk,),
+    ).fetchall()
+    return parts, history, attempts

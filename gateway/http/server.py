@@ -125,8 +125,10 @@ class EbmsResource(resource.Resource):
         run_in_thread: RunInThread,
         limits: MimeLimits | None = None,
         on_queued: Callable[[], None] | None = None,
+        on_event: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         super().__init__()
+        self.on_event = on_event
         self.processor = processor
         self.run = run_in_thread
         self.limits = limits or MimeLimits()
@@ -183,6 +185,8 @@ class EbmsResource(resource.Resource):
         log.info("event=inbound status=%d %s", reply.status, fields)
         if reply.queued and self.on_queued is not None:
             self.on_queued()
+        if self.on_event is not None:
+            self.on_event({"event": "inbound", "status": str(reply.status), **reply.log})
         if request._disconnected:
             return
         request.setResponseCode(reply.status)
@@ -210,6 +214,7 @@ def ebms_site(
     path: str,
     max_request_bytes: int,
     on_queued: Callable[[], None] | None = None,
+    on_event: Callable[[dict[str, str]], None] | None = None,
 ) -> server.Site:
     """A Site serving the ebMS endpoint at ``path`` and nothing else."""
     root = resource.Resource()
@@ -226,6 +231,7 @@ def ebms_site(
             run_in_thread,
             MimeLimits(max_total_bytes=max_request_bytes),
             on_queued=on_queued,
+            on_event=on_event,
         ),
     )
     site = server.Site(root)

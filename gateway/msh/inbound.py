@@ -157,6 +157,8 @@ class InboundProcessor:
             "service": header.service.key(),
             "action": header.action,
         }
+        if header.ref_to_message_id:
+            fields["ref_to"] = header.ref_to_message_id
         if env.unknown_must_understand:
             return self._fault(
                 f"Header not understood: {env.unknown_must_understand[0]}",
@@ -226,6 +228,21 @@ class InboundProcessor:
                         ErrorCode.VALUE_NOT_RECOGNIZED,
                         "//Header/MessageHeader/To/PartyId",
                         "Not a party of this gateway.",
+                    )
+                )
+            if (
+                not header.is_signal
+                and header.ref_to_message_id
+                and find_message(cur, header.ref_to_message_id, Direction.OUT) is None
+                and find_message(cur, header.ref_to_message_id, Direction.IN) is None
+            ):
+                # Step 9 of §6.4: a business message may refer only to a message
+                # this gateway sent or received (ebms-core does the same).
+                raise CheckFailed(
+                    EbmsError(
+                        ErrorCode.VALUE_NOT_RECOGNIZED,
+                        "//Header/MessageHeader/MessageData/RefToMessageId",
+                        "Value not found.",
                     )
                 )
             referenced = check_manifest(env, {a.content_id for a in request.attachments})
