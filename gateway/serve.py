@@ -8,7 +8,9 @@ the requests and attempts in flight finish, close the store.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -49,6 +51,10 @@ class Gateway:
         # SQLite serialises writers anyway; a few threads keep reads and the
         # TLS-free parts of processing flowing while one commits.
         self.pool = ThreadPool(minthreads=1, maxthreads=8, name="dkgw-store")
+        # Daemon threads: a process that dies without stop() must still exit.  A
+        # transaction cut off that way is rolled back by the database; stop()
+        # itself joins the threads after their work is done.
+        self.pool.threadFactory = functools.partial(threading.Thread, daemon=True)
 
     def run_in_thread(self, fn: Any, *args: Any) -> Deferred[Any]:
         """Run blocking work (store, parsing) off the reactor thread."""
@@ -163,15 +169,20 @@ class Gateway:
         return int(self.port.getHost().port) if self.port is not None else 0
 
     async def _stop(self) -> None:
-        if self.port is not None:
-            await self.port.stopListening()
-        if self.worker is not None:
-            await self.worker.stop()
-        if self.client is not None:
-            await self.client.close()
-        self.pool.stop()
-        if self.db is not None:
-            self.db.close()
+        try:
+            if self.port is not None:
+                stopped = self.port.stopListening()
+                if stopped is not None:
+                    await stopped
+            if self.worker is not None:
+                await self.worker.stop()
+            if self.client is not None:
+                await self.client.close()
+        finally:
+            # Whatever failed above, the threads and the store must not outlive us.
+            self.pool.stop()
+            if self.db is not None:
+                self.db.close()
         log.info("event=stopped node=%s", self.config.node_id)
 
     def stop(self) -> Deferred[None]:

@@ -51,10 +51,11 @@ __all__ = [
 
 CRLF = b"\r\n"
 #: RFC 2046 §5.1.1: a boundary is 1-70 characters from this set (space not last).
-_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: (``\Z``, not ``$``: ``$`` also matches before a final line feed.)
+_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]\Z")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: What we allow in header values we write ourselves: printable ASCII, no CR/LF.
-_HEADER_VALUE = re.compile(r"^[\x20-\x7e]*$")
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]*\Z")
 
 
 class MimeError(ValueError):
@@ -211,10 +212,11 @@ class _Decoder:
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         self._pending = b""
+        self._padded = False  # base64: the padding came, the data has ended
 
     def feed(self, data: bytes) -> bytes:
         if self.encoding == "base64":
-            data = self._pending + bytes(b for b in data if b not in b" \t\r\n")
+            data = self._pending + data.translate(None, b" \t\r\n")
             usable = len(data) - len(data) % 4
             self._pending = data[usable:]
             return self._b64(data[:usable])
@@ -235,12 +237,17 @@ class _Decoder:
             return binascii.a2b_qp(rest)
         return rest
 
-    @staticmethod
-    def _b64(data: bytes) -> bytes:
+    def _b64(self, data: bytes) -> bytes:
+        # Decoded a block at a time, so the check that nothing follows the
+        # padding must span blocks: else the outcome would depend on chunking.
+        if data and self._padded:
+            raise MimeError("a base64 part does not decode")
         try:
-            return base64.b64decode(data, validate=True)
+            decoded = base64.b64decode(data, validate=True)
         except binascii.Error:
             raise MimeError("a base64 part does not decode") from None
+        self._padded = self._padded or data.endswith(b"=")
+        return decoded
 
 
 _IDENTITY = frozenset({"", "binary", "8bit", "7bit"})
@@ -286,7 +293,7 @@ class SwaParser:
     a limit; after an error the parser is unusable.
     """
 
-    _PREAMBLE, _AFTER_DELIMITER, _HEADERS, _BODY, _EPILOGUE = range(5)
+    _PREAMBLE, _AFTER_DELIMITER, _HEADERS, _BODY_START, _BODY, _EPILOGUE = range(6)
 
     def __init__(self, content_type: str, limits: MimeLimits | None = None) -> None:
         self.limits = limits or MimeLimits()
@@ -305,6 +312,7 @@ class SwaParser:
         self._writer: _PartWriter | None = None
         self._parts: list[ReceivedPart] = []
         self._failed = False
+        self._closed = False
 
     # -- feeding -------------------------------------------------------------------
 
@@ -312,6 +320,8 @@ class SwaParser:
         """Take the next chunk of the body."""
         if self._failed:
             raise MimeError("the parser already failed")
+        if self._closed:
+            raise MimeError("the parser is already closed")
         self._total += len(data)
         if self._total > self.limits.max_total_bytes:
             self._fail()
@@ -329,9 +339,12 @@ class SwaParser:
         """End of input: the parsed message, or :class:`MimeError` when truncated or invalid."""
         if self._failed:
             raise MimeError("the parser already failed")
+        if self._closed:
+            raise MimeError("the parser is already closed")
         if self._state != self._EPILOGUE:
             self._fail()
             raise MimeError("truncated: the closing boundary never came")
+        self._closed = True
         try:
             return self._message()
         except MimeError:
@@ -357,6 +370,8 @@ class SwaParser:
                 progressed = self._after_delimiter()
             elif state == self._HEADERS:
                 progressed = self._headers()
+            elif state == self._BODY_START:
+                progressed = self._body_start()
             elif state == self._BODY:
                 progressed = self._body()
             else:
@@ -411,20 +426,38 @@ class SwaParser:
         return True
 
     def _headers(self) -> bool:
+        # The header block ends with its last line's CRLF (none when the part
+        # has no headers); the CRLF that follows is left in the buffer, since
+        # it may be the one that starts the next delimiter.
         buf = self._buffer
         if buf.startswith(CRLF):  # a part without headers
-            block, rest = b"", 2
+            block, rest = b"", 0
         else:
             end = buf.find(CRLF + CRLF)
             if end < 0:
                 if len(buf) > self.limits.max_header_bytes:
                     raise MimeError(f"part headers over {self.limits.max_header_bytes} bytes")
                 return False
-            block, rest = bytes(buf[:end]), end + 4
+            block, rest = bytes(buf[:end]), end + 2
         if len(block) > self.limits.max_header_bytes:
             raise MimeError(f"part headers over {self.limits.max_header_bytes} bytes")
         del buf[:rest]
         self._writer = _PartWriter(_parse_headers(block), self.limits)
+        self._state = self._BODY_START
+        return True
+
+    def _body_start(self) -> bool:
+        # RFC 2046 §5.1.1: body-part := MIME-part-headers [CRLF *OCTET].  The
+        # buffer starts with a CRLF: either the delimiter follows the headers
+        # directly (a part without a body) or the CRLF opens the body.
+        buf = self._buffer
+        if buf.startswith(self._delimiter):
+            del buf[: len(self._delimiter)]
+            self._state = self._AFTER_DELIMITER
+            return True
+        if len(buf) < len(self._delimiter) and self._delimiter.startswith(buf):
+            return False  # could still become the delimiter
+        del buf[:2]
         self._state = self._BODY
         return True
 
@@ -463,7 +496,7 @@ class SwaParser:
                 cid = part.content_id
                 if not cid:
                     raise MimeError("a payload part has no Content-ID")
-                if cid in attachments:
+                if cid in attachments or cid == root.content_id:
                     raise MimeError("two parts share one Content-ID")
                 attachments[cid] = part
         except MimeError:
@@ -548,7 +581,11 @@ def build_swa(
     dash = b"--" + boundary.encode("ascii")
     delimiter = CRLF + dash
     for content in (envelope, *(p.content for p in parts)):
-        if isinstance(content, bytes | bytearray | memoryview) and delimiter in content:
+        # A part's content follows a CRLF (the blank line after its headers),
+        # so content that starts with "--boundary" would end the part as well.
+        if isinstance(content, bytes | bytearray | memoryview) and (
+            delimiter in bytes(content) or bytes(content[: len(dash)]) == dash
+        ):
             raise ValueError("the MIME boundary occurs inside a part")
     content_type = (
         f'multipart/related; type="text/xml"; boundary="{boundary}"; start="<{start_cid}>"'
