@@ -352,6 +352,10 @@ class DeliveryWorker:
                 # Wait for it until the next attempt is due (research notes §4.2).
                 outcome = TaskOutcome.RETRY
                 awaiting_ack = True
+            elif outcome is TaskOutcome.RETRY and outgoing.is_business and not outgoing.reliable:
+                # Best effort has no retries (research notes §4.2 step 7): a
+                # transport failure fails the message, as in ebms-core.
+                outcome = TaskOutcome.FAILED
             effective = finish_attempt(
                 cur,
                 outgoing.task,

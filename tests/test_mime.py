@@ -389,9 +389,7 @@ _FRAGMENTS = [
     pieces=st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.binary(max_size=8)), max_size=40),
     sizes=st.lists(st.integers(1, 32), min_size=1, max_size=5),
 )
-def test_parser_outcome_does_not_depend_on_chunking(
-    pieces: list[bytes], sizes: list[int]
-) -> None:
+def test_parser_outcome_does_not_depend_on_chunking(pieces: list[bytes], sizes: list[int]) -> None:
     """Near-valid packages: only MimeError escapes, and chunking never changes the result."""
     body = b"".join(pieces)
     assert _outcome(body, sizes) == _outcome(body, [max(len(body), 1)])
@@ -592,9 +590,7 @@ def test_unsupported_transfer_encoding(encoding: str) -> None:
 )
 @pytest.mark.parametrize("sizes", [[100_000], [1], [4], [5]])
 def test_invalid_base64(encoded: bytes, sizes: list[int]) -> None:
-    body = package(
-        ROOT[12:], attachment("a@x", encoded, "Content-Transfer-Encoding: base64")
-    )
+    body = package(ROOT[12:], attachment("a@x", encoded, "Content-Transfer-Encoding: base64"))
     with pytest.raises(MimeError, match="base64"):
         parse(body, sizes=sizes)
 
@@ -728,9 +724,7 @@ def test_start_names_the_second_part() -> None:
     ],
 )
 def test_start_forms(start: str, content_id: str) -> None:
-    body = package(
-        attachment("a@x", b"first"), f"Content-ID: <{content_id}>\r\n\r\n<e/>".encode()
-    )
+    body = package(attachment("a@x", b"first"), f"Content-ID: <{content_id}>\r\n\r\n<e/>".encode())
     msg = parse(body, f'multipart/related; boundary=b0undary; start="{start}"')
     assert msg.root.read() == b"<e/>"
     assert msg.root.content_id == content_id
