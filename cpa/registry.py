@@ -196,13 +196,27 @@ class CpaRegistry:
         with self.db.transaction() as cur:
             return select_xml(cur, cpa_id)
 
-    def get_cpa(self, cpa_id: str) -> Cpa:
-        """The parsed model of a stored CPA (parsed once per content)."""
-        xml = self.get_xml(cpa_id)
-        digest = hashlib.sha256(xml).hexdigest()
-        if digest not in self._parsed:
-            self._parsed[digest] = parse_cpa(xml)
-        return self._parsed[digest]
+    def get_cpa(self, cpa_id: str, cur: Cursor | None = None) -> Cpa:
+        """The parsed model of a stored CPA, inside ``cur``'s transaction if given.
+
+        The model is parsed once per content (keyed by its SHA-256) and reused;
+        each call still asks the store for the current digest, so a CPA
+        replaced or deleted on another node is noticed at once.
+        """
+        if cur is None:
+            with self.db.transaction() as own:
+                return self._get_cpa(own, cpa_id)
+        return self._get_cpa(cur, cpa_id)
+
+    def _get_cpa(self, cur: Cursor, cpa_id: str) -> Cpa:
+        row = cur.execute("SELECT sha256 FROM cpa WHERE cpa_id = ?", (cpa_id,)).fetchone()
+        if row is None:
+            raise CpaNotFound(f"no CPA {cpa_id!r}")
+        cached = self._parsed.get(row[0])
+        if cached is None:
+            cached = parse_cpa(select_xml(cur, cpa_id))
+            self._parsed[row[0]] = cached
+        return cached
 
     def list(self) -> list[StoredCpa]:
         """All stored CPAs."""

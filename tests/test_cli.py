@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -236,7 +237,12 @@ def test_store_url_option(dkgw, pki: Path, tmp_path: Path) -> None:
 
 def test_demo_runs_and_exits_0(dkgw, tmp_path: Path) -> None:
     code, out, _ = dkgw("demo")
-    assert code == EXIT_OK
-    assert "imported GGK_iWmo_3_2_" in out and "osb-rm-s" in out
+    assert code == EXIT_OK, out
+    assert "imported GGK_iWmo_3_2_" in out and "(osb-rm)" in out
+    assert out.count("     Pong ") == 2  # both ways
+    assert re.search(r"gemeente \(sender\): +\S+ DELIVERED", out)
+    assert re.search(r"node \(receiver\): +\S+ RECEIVED", out)
+    assert "payload" in out and "1048576 bytes" in out and "2048 bytes" in out
+    assert "gemeente gateway stopped (exit 0)" in out and "node gateway stopped (exit 0)" in out
     assert (tmp_path / "var" / "demo" / "gemeente.sqlite3").exists()
-    assert dkgw("demo")[0] == EXIT_OK  # idempotent: second run replaces
+    assert dkgw("demo")[0] == EXIT_OK  # a rerun starts from fresh stores

@@ -165,24 +165,31 @@ class InboundProcessor:
                 {**fields, "outcome": "must-understand"},
                 code=MUST_UNDERSTAND,
             )
-        try:
-            cpa = self.registry.get_cpa(header.cpa_id)
-        except CpaNotFound:
-            return self._fault(f"CPA {header.cpa_id} not found!", {**fields, "outcome": "no-cpa"})
-        if self.check_client_certificate and not self._certificate_matches(cpa, env, request):
-            return self._fault(
-                "Invalid SSL Client Certificate!", {**fields, "outcome": "client-certificate"}
-            )
         now = self.clock()
         try:
-            with self.db.transaction() as cur:
-                reply = self._process(cur, cpa, env, request, now)
+            reply = self._in_transaction(env, request, fields, now)
         except IntegrityConflict:
             # The same message arrived twice at once (on two nodes, say) and the
             # other copy committed first: this one is now a duplicate.
-            with self.db.transaction() as cur:
-                reply = self._process(cur, cpa, env, request, now)
+            reply = self._in_transaction(env, request, fields, now)
         return replace(reply, log={**fields, **reply.log})
+
+    def _in_transaction(
+        self, env: Envelope, request: InboundRequest, fields: dict[str, str], now: datetime
+    ) -> HttpReply:
+        header = env.header
+        with self.db.transaction() as cur:
+            try:
+                cpa = self.registry.get_cpa(header.cpa_id, cur)
+            except CpaNotFound:
+                return self._fault(
+                    f"CPA {header.cpa_id} not found!", {**fields, "outcome": "no-cpa"}
+                )
+            if self.check_client_certificate and not self._certificate_matches(cpa, env, request):
+                return self._fault(
+                    "Invalid SSL Client Certificate!", {**fields, "outcome": "client-certificate"}
+                )
+            return self._process(cur, cpa, env, request, now)
 
     def _fault(self, message: str, fields: dict[str, str], code: str = CLIENT) -> HttpReply:
         return HttpReply(500, soap_fault(code, message), XML, fields)
