@@ -342,7 +342,10 @@ class DeliveryWorker:
                 reply = accept_sync_reply(
                     cur, result.body[:MAX_REPLY_BYTES], result.content_type, now=now
                 )
-            if (
+            if reply == "delivery-failed":
+                # A synchronous MessageError settled the message already.
+                outcome = TaskOutcome.FAILED
+            elif (
                 outcome is TaskOutcome.DONE
                 and outgoing.is_business
                 and outgoing.reliable
@@ -368,6 +371,9 @@ class DeliveryWorker:
             )
             if outgoing.is_business and effective is not None:
                 self._settle(cur, message, effective, now, error)
+        if effective is None and reply in ("delivered", "delivery-failed"):
+            # The synchronous reply's correlation ended the task itself.
+            effective = outcome
         fields = _fields(message, outgoing.task, status, effective, reply)
         if awaiting_ack and effective is TaskOutcome.RETRY:
             fields["outcome"] = "sent-awaiting-ack"

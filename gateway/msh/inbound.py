@@ -555,6 +555,11 @@ def accept_sync_reply(cur: Cursor, body: bytes, content_type: str, *, now: datet
     header = env.header
     if not header.is_signal:
         return "bad-reply"
+    if find_message(cur, header.message_id, Direction.IN) is not None:
+        # The partner repeated a stored reply (we resent a message it had
+        # answered): it was correlated the first time.  Checked rather than
+        # caught, because a failed INSERT ends the whole transaction.
+        return "reply-duplicate"
     try:
         insert_message(
             cur,

@@ -454,10 +454,13 @@ def finish_attempt(
 ) -> TaskOutcome | None:
     """Log the attempt and move the task on; returns the outcome that took effect.
 
-    RETRY becomes EXPIRED when the next attempt would fall after the
-    TimeToLive.  When the attempts are used up the task still waits one retry
-    interval (an acknowledgment may be on its way); the worker expires it when
-    it claims it again with no attempt left (ebms-core's final wait).
+    RETRY becomes EXPIRED when the TimeToLive has passed already.  Otherwise
+    the task waits one retry interval, also after the last attempt (an
+    acknowledgment may be on its way): the worker expires it when it claims
+    it again with no attempt left or after the TimeToLive, without sending
+    (ebms-core's final wait).  Expiring as soon as the next attempt *would*
+    fall after the TimeToLive would cut that wait short by however long the
+    attempt took.
 
     The update is guarded by the lease: when this node's lease ran out and
     another node took the task over, or an acknowledgment ended it meanwhile,
@@ -467,7 +470,7 @@ def finish_attempt(
     if outcome is TaskOutcome.RETRY:
         interval = task.retry_interval or timedelta(0)
         next_attempt_at = next_attempt_at or now + interval
-        if task.expires_at is not None and next_attempt_at > task.expires_at:
+        if task.expires_at is not None and now >= task.expires_at:
             effective = TaskOutcome.EXPIRED
     state = "pending" if effective is TaskOutcome.RETRY else effective.value
     cur.execute(
