@@ -68,5 +68,5 @@ def format_datetime(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("naive datetime")
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") + (
-        f".{value.microsecond // 1000:03d}Z" if value.microsecond else "Z"
+        f".{value.microsecond // 1000:03d}Z" if value.microsecond // 1000 else "Z"
     )

@@ -1,4 +1,5 @@
-"""Property tests for the ebMS envelope: what :func:`build_envelope` writes, :func:`parse_envelope` reads back.
+"""Property tests for the ebMS envelope: :func:`parse_envelope` reads back what
+:func:`build_envelope` writes.
 
 The strategies generate only what the SOAP 1.1 and ebMS 2.0 header schemas
 admit (``parse_envelope`` validates, so a schema slip in ``build_envelope``

@@ -307,6 +307,7 @@ class SwaParser:
         self._dash_boundary = b"--" + boundary.encode("ascii")
         self._delimiter = CRLF + self._dash_boundary
         self._state = self._PREAMBLE
+        self._preamble_scanned = 0
         self._buffer = bytearray()
         self._total = 0
         self._writer: _PartWriter | None = None
@@ -386,13 +387,16 @@ class SwaParser:
             del buf[: len(self._dash_boundary)]
             self._state = self._AFTER_DELIMITER
             return True
-        at = buf.find(self._delimiter)
+        # Search only what arrived since the last look (minus a delimiter's
+        # length, which may straddle the chunks): no rescans of the preamble.
+        at = buf.find(self._delimiter, max(0, self._preamble_scanned - len(self._delimiter) + 1))
         if at >= 0:
             del buf[: at + len(self._delimiter)]
             self._state = self._AFTER_DELIMITER
             return True
         if len(buf) > self.limits.max_preamble_bytes:
             raise MimeError("no MIME boundary in the first bytes of the body")
+        self._preamble_scanned = len(buf)
         return False
 
     def _after_delimiter(self) -> bool:
@@ -578,6 +582,11 @@ def build_swa(
     if not _BOUNDARY.match(boundary):
         raise ValueError("invalid MIME boundary")
     _check_header_value(start_cid, "start Content-ID")
+    if "<" in start_cid or ">" in start_cid:
+        raise ValueError("a Content-ID is an addr-spec without angle brackets")
+    ids = [start_cid, *(p.content_id for p in parts)]
+    if len(set(ids)) != len(ids):
+        raise ValueError("two parts share one Content-ID")
     dash = b"--" + boundary.encode("ascii")
     delimiter = CRLF + dash
     for content in (envelope, *(p.content for p in parts)):
