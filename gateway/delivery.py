@@ -55,6 +55,8 @@ T = TypeVar("T")
 #: ebms-core's http.errors defaults: 5xx are worth retrying except these.
 FINAL_SERVER_ERRORS = frozenset({501, 505, 510})
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
+#: Pauses before recording an attempt again when the store refused it.
+STORE_RETRY_PAUSES = (0.1, 0.5, 2.0)
 #: A synchronous reply is one signal; anything bigger is not an ebMS answer.
 MAX_REPLY_BYTES = 1024 * 1024
 
@@ -79,7 +81,9 @@ class Poster(Protocol):
     ) -> Deferred[HttpResult]: ...
 
 
-PinLookup = Callable[[StoredMessage, str], "x509.Certificate | None"]
+#: The partner's server certificate for a message and URL, looked up in the
+#: claim's transaction (the CPA registry reads the store).
+PinLookup = Callable[[Cursor, StoredMessage, str], "x509.Certificate | None"]
 
 
 RunInThread = Callable[..., Deferred[Any]]
@@ -281,15 +285,13 @@ class DeliveryWorker:
                     log.info("event=recovered node=%s tasks=%d", self.node_id, released)
                 self._first_claim = False
             tasks = claim_due_tasks(cur, node=self.node_id, now=now, lease=self.lease, limit=limit)
-            claimed = []
+            batch = []
             for t in tasks:
                 message = message_by_pk(cur, t.message_pk)
-                claimed.append((t, message, *wire_body(message, cur)))
-        # The pin comes from the CPA registry, which runs its own transactions.
-        return [
-            Outgoing(t, m, ct, body, self.pin_lookup(m, t.url) if self.pin_lookup else None)
-            for t, m, ct, body in claimed
-        ]
+                content_type, body = wire_body(message, cur)
+                pin = self.pin_lookup(cur, message, t.url) if self.pin_lookup else None
+                batch.append(Outgoing(t, message, content_type, body, pin))
+        return batch
 
     async def _deliver(self, outgoing: Outgoing) -> None:
         claimed, message = outgoing.task, outgoing.message
@@ -301,7 +303,7 @@ class DeliveryWorker:
             # Nothing to send: the final wait is over, or an acknowledgment or
             # error settled the message while the task waited.
             outcome = TaskOutcome.EXPIRED if expired else TaskOutcome.DONE
-            fields = await self.run(self._finish, outgoing, outcome, started, None, None, None)
+            fields = await self._record(outgoing, outcome, started, None, None, None)
             self._report(fields)
             return
         headers = {"Content-Type": outgoing.content_type, "SOAPAction": '"ebXML"'}
@@ -314,8 +316,30 @@ class DeliveryWorker:
         else:
             outcome, status = classify(result.status), result.status
             error = None if outcome is TaskOutcome.DONE else f"HTTP {result.status}"
-        fields = await self.run(self._finish, outgoing, outcome, started, status, error, result)
+        fields = await self._record(outgoing, outcome, started, status, error, result)
         self._report(fields)
+
+    async def _record(self, outgoing: Outgoing, *args: Any) -> dict[str, str]:
+        """Run :meth:`_finish`, again after a short pause when the store refuses it.
+
+        The attempt happened; losing its record (a synchronous acknowledgment,
+        say) to a store hiccup would leave the task leased until the lease
+        runs out.  The transaction is atomic, so a retry repeats nothing.
+        """
+        for pause in STORE_RETRY_PAUSES:
+            try:
+                fields: dict[str, str] = await self.run(self._finish, outgoing, *args)
+                return fields
+            except Exception as exc:
+                log.warning(
+                    "recording the attempt of %s failed (%s); again in %.1f s",
+                    outgoing.message.message_id,
+                    exc,
+                    pause,
+                )
+                await task.deferLater(self.reactor, pause, lambda: None)
+        result: dict[str, str] = await self.run(self._finish, outgoing, *args)
+        return result
 
     def _report(self, fields: dict[str, str]) -> None:
         """Log the attempt and tell the listener (on the reactor thread)."""

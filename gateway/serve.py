@@ -28,7 +28,7 @@ from gateway.http.client import EbmsClient, server_pin
 from gateway.http.server import ebms_site
 from gateway.msh.inbound import InboundProcessor
 from gateway.msh.outbound import Queued, send_message, send_ping
-from gateway.store.database import Database
+from gateway.store.database import Cursor, Database
 from gateway.store.messages import StoredMessage
 from gateway.store.migrate import apply_migrations
 from gateway.tls import ClientTlsPolicy, TlsIdentity, load_trust_anchors, server_context_factory
@@ -78,10 +78,11 @@ class Gateway:
             ClientTlsPolicy(client_identity, anchors),
             connect_timeout=config.delivery.connect_timeout,
             read_timeout=config.delivery.read_timeout,
+            max_persistent=config.delivery.concurrency,
         )
 
-        def pin(message: StoredMessage, url: str) -> Any:
-            return server_pin(registry, message, url)
+        def pin(cur: Cursor, message: StoredMessage, url: str) -> Any:
+            return server_pin(registry, cur, message, url)
 
         self.worker = DeliveryWorker(
             reactor=self.reactor,

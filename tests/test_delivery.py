@@ -666,7 +666,7 @@ def test_pin_lookup_is_asked_for_the_endpoint(harness) -> None:
     pin = object()
     asked: list[tuple[str, str]] = []
 
-    def lookup(message, url):
+    def lookup(cur, message, url):
         asked.append((message.message_id, url))
         return pin
 

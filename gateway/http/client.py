@@ -23,6 +23,7 @@ from twisted.web.http_headers import Headers
 from cpa.model import PartyId
 from cpa.registry import CpaRegistry
 from gateway.delivery import MAX_REPLY_BYTES, HttpResult
+from gateway.store.database import Cursor
 from gateway.store.messages import StoredMessage
 from gateway.tls import ClientTlsPolicy
 
@@ -31,9 +32,11 @@ class ReplyTooLarge(Exception):
     """The partner answered with more than a signal's worth of bytes."""
 
 
-def server_pin(registry: CpaRegistry, message: StoredMessage, url: str) -> x509.Certificate | None:
+def server_pin(
+    registry: CpaRegistry, cur: Cursor, message: StoredMessage, url: str
+) -> x509.Certificate | None:
     """The CPA's server certificate for the endpoint ``url`` of the message's receiver."""
-    cpa = registry.get_cpa(message.cpa_id)
+    cpa = registry.get_cpa(message.cpa_id, cur)
     ids = []
     for key in message.to_party.split(","):
         type_, _, value = key.rpartition(":")
@@ -59,11 +62,15 @@ class EbmsClient:
         *,
         connect_timeout: float = 30.0,
         read_timeout: float = 30.0,
+        max_persistent: int = 8,
     ) -> None:
         self.reactor = reactor
         self.policy = policy
         self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 4
+        # As many kept-alive connections per partner as attempts in flight:
+        # with fewer, every burst closes some and pays a new mutual-TLS
+        # handshake on both sides for the next.
+        self.pool.maxPersistentPerHost = max_persistent
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._agents: dict[str, Agent] = {}

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from cpa.model import MSH_SERVICE, PartyId, Service, parse_party
@@ -134,8 +135,14 @@ def _store(
     return Queued(h.message_id, h.conversation_id, url, route.profile)
 
 
-def send_message(
-    db: Database,
+def send_message(db: Database, registry: CpaRegistry, **kwargs: Any) -> Queued:
+    """:func:`queue_message` in a transaction of its own (the keyword arguments are its)."""
+    with db.transaction() as cur:
+        return queue_message(cur, registry, **kwargs)
+
+
+def queue_message(
+    cur: Cursor,
     registry: CpaRegistry,
     *,
     cpa_id: str,
@@ -151,12 +158,12 @@ def send_message(
     ref_to_message_id: str | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> Queued:
-    """Build, store and queue a business message; returns its ids.
+    """Build, store and queue a business message in ``cur``'s transaction; returns its ids.
 
     Raises :class:`SendError` when the CPA does not allow it (unknown CPA,
     parties, roles, service or action; a CPA that is not in force).
     """
-    cpa = registry.get_cpa(cpa_id)
+    cpa = registry.get_cpa(cpa_id, cur)
     now = clock()
     if not cpa.start <= now <= cpa.end or cpa.status not in ("agreed", "signed"):
         raise SendError(f"CPA {cpa_id} is not in force now")
@@ -210,21 +217,26 @@ def send_message(
         manifest=tuple(ManifestReference(f"cid:{r.content_id}") for r in records) or None,
         manifest_version="2.0" if records else None,
     )
+    return _store(
+        cur,
+        env,
+        route,
+        records,
+        now,
+        status=OutboundStatus.CREATED.value,
+        max_attempts=1 + route.retries,
+        retry_interval=route.retry_interval,
+    )
+
+
+def send_ping(db: Database, registry: CpaRegistry, **kwargs: Any) -> Queued:
+    """:func:`queue_ping` in a transaction of its own."""
     with db.transaction() as cur:
-        return _store(
-            cur,
-            env,
-            route,
-            records,
-            now,
-            status=OutboundStatus.CREATED.value,
-            max_attempts=1 + route.retries,
-            retry_interval=route.retry_interval,
-        )
+        return queue_ping(cur, registry, **kwargs)
 
 
-def send_ping(
-    db: Database,
+def queue_ping(
+    cur: Cursor,
     registry: CpaRegistry,
     *,
     cpa_id: str,
@@ -233,7 +245,7 @@ def send_ping(
     clock: Callable[[], datetime] = utcnow,
 ) -> Queued:
     """Store and queue a Ping; its Pong arrives as an inbound message (ebMS 2.0 §8)."""
-    cpa = registry.get_cpa(cpa_id)
+    cpa = registry.get_cpa(cpa_id, cur)
     try:
         route = resolve(
             cpa,
@@ -258,9 +270,17 @@ def send_ping(
         timestamp=now,
     )
     env = ping(header, sync=route.sync_reply_mode != "none")
-    with db.transaction() as cur:
-        # A Ping is not retried: a monitoring probe wants the truth about now.
-        return _store(cur, env, route, (), now, status=None, max_attempts=1, retry_interval=None)
+    # A Ping is not retried: a monitoring probe wants the truth about now.
+    return _store(cur, env, route, (), now, status=None, max_attempts=1, retry_interval=None)
 
 
-__all__ = ["Payload", "Queued", "SendError", "parse_party", "send_message", "send_ping"]
+__all__ = [
+    "Payload",
+    "Queued",
+    "SendError",
+    "parse_party",
+    "queue_message",
+    "queue_ping",
+    "send_message",
+    "send_ping",
+]
