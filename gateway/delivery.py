@@ -27,8 +27,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from gateway.ebms.envelope import EnvelopeError, parse_envelope
+from gateway.ebms.envelope import MAX_ENVELOPE_BYTES
 from gateway.ebms.mime import OutgoingPart, build_swa, parse_content_type
+from gateway.ebms.model import EB_NS, SOAP_NS
 from gateway.msh.inbound import accept_sync_reply
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
@@ -47,6 +48,7 @@ from gateway.store.messages import (
     unclaim_task,
 )
 from gateway.store.timeutil import utcnow
+from gateway.xmlsafe import parse_xml
 
 log = logging.getLogger("dkgw.delivery")
 
@@ -107,20 +109,26 @@ class Outgoing:
     content_type: str
     body: bytes
     pin: x509.Certificate | None = None
+    reliable: bool = False
+    """The message asks for an acknowledgment: 2xx alone does not deliver it."""
 
     @property
     def is_business(self) -> bool:
         """A business message, not an MSH signal: it has a status to keep."""
         return self.message.status is not None
 
-    @property
-    def reliable(self) -> bool:
-        """The message asks for an acknowledgment: 2xx alone does not deliver it."""
-        try:
-            env, _ = parse_envelope(self.message.envelope)
-        except EnvelopeError:
-            return False
-        return env.ack_requested is not None
+
+_ACK_REQUESTED = f"{{{SOAP_NS}}}Header/{{{EB_NS}}}AckRequested"
+
+
+def asks_for_ack(envelope: bytes) -> bool:
+    """Whether a stored envelope (one we built) carries ``eb:AckRequested``.
+
+    Read once per claim; our own envelopes need no schema validation.
+    """
+    return (
+        parse_xml(envelope, max_bytes=MAX_ENVELOPE_BYTES).getroot().find(_ACK_REQUESTED) is not None
+    )
 
 
 def wire_body(message: StoredMessage, cur: Cursor) -> tuple[str, bytes]:
@@ -290,7 +298,8 @@ class DeliveryWorker:
                 message = message_by_pk(cur, t.message_pk)
                 content_type, body = wire_body(message, cur)
                 pin = self.pin_lookup(cur, message, t.url) if self.pin_lookup else None
-                batch.append(Outgoing(t, message, content_type, body, pin))
+                reliable = message.status is not None and asks_for_ack(message.envelope)
+                batch.append(Outgoing(t, message, content_type, body, pin, reliable))
         return batch
 
     async def _deliver(self, outgoing: Outgoing) -> None:
