@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.commands import check as check_commands
 from gateway.commands import cpa as cpa_commands
 from gateway.commands import demo as demo_commands
 from gateway.commands import msh as msh_commands
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cpa_commands.register(sub)
     msh_commands.register(sub)
+    check_commands.register(sub)
     demo_commands.register(sub)
     return parser
 

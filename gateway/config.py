@@ -31,6 +31,22 @@ Example::
     concurrency = 8
     connect_timeout = 30.0
     read_timeout = 30.0
+
+    [monitoring]
+    pings = true                     # ping every partner of every active CPA
+    ping_interval = 300.0            # seconds between Pings per link (jittered)
+    ping_timeout = 30.0              # no Pong within this: the link is down
+    ping_jitter = 0.1                # spread: each interval varies by up to 10 %
+    ping_history_days = 30
+
+    [admin]
+    listen = "127.0.0.1:8080"        # /metrics, /status, /health; "" turns it off
+
+    [logging]
+    format = "text"                  # or "json": one JSON object per line
+    level = "info"
+
+See ``deploy/example.toml`` for every option with its explanation.
 """
 
 from __future__ import annotations
@@ -82,6 +98,33 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """Scheduled Pings (see :class:`gateway.monitor.pinger.PingSettings`)."""
+
+    pings: bool = True
+    ping_interval: float = 300.0
+    ping_timeout: float = 30.0
+    ping_jitter: float = 0.1
+    ping_history_days: int = 30
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The operator's listener for /metrics and /status; ``port`` None means off."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log output: ``text`` lines or ``json`` objects, one per line."""
+
+    format: str = "text"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """Everything ``dkgw serve`` needs."""
 
@@ -92,6 +135,9 @@ class GatewayConfig:
     tls: TlsConfig
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     party_ids: tuple[PartyId, ...] = ()
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: Path | None = None
 
 
@@ -106,7 +152,13 @@ _SECTIONS = {
         "read_timeout",
         "lease_seconds",
     },
+    "monitoring": {"pings", "ping_interval", "ping_timeout", "ping_jitter", "ping_history_days"},
+    "admin": {"listen"},
+    "logging": {"format", "level"},
 }
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _check_keys(data: dict[str, Any]) -> None:
@@ -120,10 +172,10 @@ def _check_keys(data: dict[str, Any]) -> None:
                 raise ConfigError(f"unknown option {key!r} in [{section}]")
 
 
-def _listen(value: str) -> tuple[str, int]:
+def _listen(value: str, section: str = "http") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"[http] listen must be HOST:PORT, got {value!r}")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"[{section}] listen must be HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
 
 
@@ -191,6 +243,9 @@ def load_config(path: Path) -> GatewayConfig:
             read_timeout=_typed(delivery, "read_timeout", float, 30.0),
             lease_seconds=_typed(delivery, "lease_seconds", float, 300.0),
         ),
+        monitoring=_monitoring(data.get("monitoring", {})),
+        admin=_admin(data.get("admin", {})),
+        logging=_logging(data.get("logging", {})),
         source=path.resolve(),
     )
     for name in ("certificate", "key", "client_certificate", "client_key", "trust_anchors"):
@@ -199,4 +254,40 @@ def load_config(path: Path) -> GatewayConfig:
             raise ConfigError(f"[tls] {name}: {target} does not exist")
     if config.delivery.concurrency < 1 or config.delivery.poll_interval <= 0:
         raise ConfigError("[delivery] concurrency and poll_interval must be positive")
+    return config
+
+
+def _monitoring(section: dict[str, Any]) -> MonitoringConfig:
+    config = MonitoringConfig(
+        pings=_typed(section, "pings", bool, True),
+        ping_interval=_typed(section, "ping_interval", float, 300.0),
+        ping_timeout=_typed(section, "ping_timeout", float, 30.0),
+        ping_jitter=_typed(section, "ping_jitter", float, 0.1),
+        ping_history_days=_typed(section, "ping_history_days", int, 30),
+    )
+    if config.ping_interval <= 0 or config.ping_timeout <= 0:
+        raise ConfigError("[monitoring] ping_interval and ping_timeout must be positive")
+    if not 0 <= config.ping_jitter < 1:
+        raise ConfigError("[monitoring] ping_jitter must be at least 0 and below 1")
+    if config.ping_history_days < 1:
+        raise ConfigError("[monitoring] ping_history_days must be at least 1")
+    return config
+
+
+def _admin(section: dict[str, Any]) -> AdminConfig:
+    listen = _typed(section, "listen", str, "")
+    if not listen:
+        return AdminConfig()
+    host, port = _listen(listen, "admin")
+    return AdminConfig(host=host, port=port)
+
+
+def _logging(section: dict[str, Any]) -> LoggingConfig:
+    config = LoggingConfig(
+        format=_typed(section, "format", str, "text"), level=_typed(section, "level", str, "info")
+    )
+    if config.format not in LOG_FORMATS:
+        raise ConfigError(f"[logging] format must be one of {', '.join(LOG_FORMATS)}")
+    if config.level not in LOG_LEVELS:
+        raise ConfigError(f"[logging] level must be one of {', '.join(LOG_LEVELS)}")
     return config

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from gateway.ebms.envelope import MAX_ENVELOPE_BYTES
 from gateway.ebms.mime import OutgoingPart, build_swa, parse_content_type
 from gateway.ebms.model import EB_NS, SOAP_NS
+from gateway.logfmt import log_event
 from gateway.msh.inbound import accept_sync_reply
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
@@ -352,7 +353,7 @@ class DeliveryWorker:
 
     def _report(self, fields: dict[str, str]) -> None:
         """Log the attempt and tell the listener (on the reactor thread)."""
-        log.info("%s", " ".join(f"{k}={v}" for k, v in fields.items()))
+        log_event(log, logging.INFO, fields)
         if self.on_event is not None:
             self.on_event(fields)
 
@@ -454,6 +455,7 @@ def _fields(
     fields: dict[str, object | None] = {
         "event": "delivery",
         "message_id": message.message_id,
+        "correlation_id": message.correlation_id,
         "ref_to": message.ref_to_message_id,
         "cpa_id": message.cpa_id,
         "from": message.from_party,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
@@ -24,13 +25,19 @@ from twisted.python.threadpool import ThreadPool
 from cpa.registry import CpaRegistry
 from gateway.config import GatewayConfig
 from gateway.delivery import DeliveryWorker
+from gateway.http.admin import admin_site
 from gateway.http.client import EbmsClient, server_pin
+from gateway.http.connections import TrackingSite
 from gateway.http.server import ebms_site
+from gateway.monitor.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.monitor.pinger import PingScheduler, PingSettings, TickReport
+from gateway.monitor.status import Snapshot, snapshot, status_document
 from gateway.msh.inbound import InboundProcessor
 from gateway.msh.outbound import Queued, send_message, send_ping
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import StoredMessage
 from gateway.store.migrate import apply_migrations
+from gateway.store.timeutil import utcnow
 from gateway.tls import ClientTlsPolicy, TlsIdentity, load_trust_anchors, server_context_factory
 
 log = logging.getLogger("dkgw.serve")
@@ -47,6 +54,10 @@ class Gateway:
         self.worker: DeliveryWorker | None = None
         self.client: EbmsClient | None = None
         self.registry: CpaRegistry | None = None
+        self.metrics: GatewayMetrics | None = None
+        self.pinger: PingScheduler | None = None
+        self.admin_port: IListeningPort | None = None
+        self._site: object | None = None
         self._listeners: list[Callable[[dict[str, str]], None]] = []
         # SQLite serialises writers anyway; a few threads keep reads and the
         # TLS-free parts of processing flowing while one commits.
@@ -99,6 +110,27 @@ class Gateway:
         self.worker.start()
 
         self.registry = registry
+        self.metrics = GatewayMetrics(self.snapshot)
+        self._listeners.append(self.metrics.on_event)
+        monitoring = config.monitoring
+        if monitoring.pings:
+            self.pinger = PingScheduler(
+                reactor=self.reactor,
+                db=self.db,
+                registry=registry,
+                run_in_thread=self.run_in_thread,
+                settings=PingSettings(
+                    interval=monitoring.ping_interval,
+                    timeout=monitoring.ping_timeout,
+                    jitter=monitoring.ping_jitter,
+                    history_days=monitoring.ping_history_days,
+                ),
+                node=config.node_id,
+                own_ids=config.party_ids,
+                client_cert_der=client_identity.certificate.public_bytes(Encoding.DER),
+                on_report=self._on_pings,
+            )
+            self.pinger.start()
         processor = InboundProcessor(self.db, registry, own_parties=config.party_ids)
         site = ebms_site(
             processor,
@@ -108,12 +140,28 @@ class Gateway:
             on_queued=self.worker.wake,
             on_event=self._emit,
         )
+        self._site = site
         self.port = self.reactor.listenSSL(
             config.http.port,
             site,
             server_context_factory(server_identity, anchors),
             interface=config.http.host,
         )
+        if config.admin.port is not None:
+            metrics = self.metrics
+            self.admin_port = self.reactor.listenTCP(
+                config.admin.port,
+                admin_site(
+                    self.run_in_thread,
+                    metrics=metrics.exposition,
+                    metrics_content_type=CONTENT_TYPE,
+                    status=lambda: status_document(self.snapshot(), node=config.node_id),
+                ),
+                interface=config.admin.host,
+            )
+            log.info(
+                "event=admin-listening listen=%s:%d", config.admin.host, self.admin_listening_port
+            )
         log.info(
             "event=started node=%s listen=%s:%d path=%s store=%s",
             config.node_id,
@@ -159,6 +207,18 @@ class Gateway:
             except Exception:
                 log.exception("event listener failed")
 
+    def snapshot(self) -> Snapshot:
+        """Links, CPAs, certificates and queue figures from the store (blocking)."""
+        assert self.db is not None and self.registry is not None
+        with self.db.transaction() as cur:
+            return snapshot(cur, self.registry, utcnow())
+
+    def _on_pings(self, report: TickReport) -> None:
+        if self.metrics is not None:
+            self.metrics.on_pings(report)
+        if report.queued:
+            self.wake()
+
     def wake(self) -> None:
         """Have the delivery worker look for due tasks now."""
         if self.worker is not None:
@@ -169,14 +229,28 @@ class Gateway:
         """The TCP port actually bound (useful when the config says 0)."""
         return int(self.port.getHost().port) if self.port is not None else 0
 
+    @property
+    def admin_listening_port(self) -> int:
+        """The admin listener's TCP port, 0 when it is off."""
+        return int(self.admin_port.getHost().port) if self.admin_port is not None else 0
+
     async def _stop(self) -> None:
         try:
+            if self.pinger is not None:
+                self.pinger.stop()
+            if self.admin_port is not None:
+                stopped_admin = self.admin_port.stopListening()
+                if stopped_admin is not None:
+                    await stopped_admin
             if self.port is not None:
                 stopped = self.port.stopListening()
                 if stopped is not None:
                     await stopped
             if self.worker is not None:
                 await self.worker.stop()
+            if isinstance(self._site, TrackingSite):
+                # Kept-alive connections would otherwise outlive the store they need.
+                self._site.close_connections()
             if self.client is not None:
                 await self.client.close()
         finally:

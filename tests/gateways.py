@@ -22,7 +22,14 @@ from twisted.internet import reactor, task
 from cpa.generate import make_cpa
 from cpa.model import PartyId, Service
 from cpa.registry import CpaRegistry
-from gateway.config import DeliveryConfig, GatewayConfig, HttpConfig, TlsConfig
+from gateway.config import (
+    AdminConfig,
+    DeliveryConfig,
+    GatewayConfig,
+    HttpConfig,
+    MonitoringConfig,
+    TlsConfig,
+)
 from gateway.msh.outbound import Payload, Queued
 from gateway.serve import Gateway
 from gateway.store.database import Database
@@ -34,9 +41,21 @@ SERVICE = Service("GGK:iWmo:3.2", "urn:osb:services")
 
 
 def gateway_config(
-    pki: Path, slug: str, data_dir: Path, store: str, *, port: int = 0, node_id: str = ""
+    pki: Path,
+    slug: str,
+    data_dir: Path,
+    store: str,
+    *,
+    port: int = 0,
+    node_id: str = "",
+    monitoring: MonitoringConfig | None = None,
+    admin_port: int | None = None,
 ) -> GatewayConfig:
-    """Config for one side of the example PKI, listening on 127.0.0.1."""
+    """Config for one side of the example PKI, listening on 127.0.0.1.
+
+    Scheduled Pings are off unless ``monitoring`` turns them on: tests that count
+    messages must not meet a Ping that happened to fall due.
+    """
     party = pki / slug
     return GatewayConfig(
         data_dir=data_dir,
@@ -52,6 +71,8 @@ def gateway_config(
             chain=pki / "ca" / "intermediate.pem",
         ),
         delivery=DeliveryConfig(poll_interval=0.2, connect_timeout=5.0, read_timeout=10.0),
+        monitoring=monitoring or MonitoringConfig(pings=False),
+        admin=AdminConfig(host="127.0.0.1", port=admin_port),
     )
 
 

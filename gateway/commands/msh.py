@@ -9,9 +9,7 @@ may arrive at any of them.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from cpa.model import Service
 from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.commands.common import fail, open_store
 from gateway.config import ConfigError, load_config
+from gateway.logfmt import configure_logging
 from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
 from gateway.store.database import Cursor, Database, Row
 from gateway.store.messages import Direction, find_message, task_for_message
@@ -32,6 +31,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", type=Path, required=True, help="TOML configuration file")
     p.add_argument(
         "--check", action="store_true", help="check the configuration and TLS material, then exit"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text lines or one JSON object per line (default: [logging] format)",
     )
     p.set_defaults(handler=cmd_serve)
 
@@ -55,6 +59,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--file", action="append", default=[], type=Path, help="a payload file (repeatable)"
     )
     p.add_argument("--content-type", default="application/xml")
+    p.add_argument(
+        "--correlation-id", help="your id for this request; logged with the message and its ack"
+    )
     p.set_defaults(handler=cmd_send)
 
     p = sub.add_parser("message", help="show a message's status")
@@ -89,11 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.check:
         print(f"configuration {config.source} is valid")
         return 0
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(args.log_format or config.logging.format, config.logging.level)
     from twisted.internet import reactor
     from twisted.logger import STDLibLogObserver, globalLogBeginner
 
@@ -168,6 +171,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             action=args.action,
             payloads=payloads,
             conversation_id=args.conversation_id,
+            correlation_id=args.correlation_id,
         )
     except (CpaNotFound, SendError) as exc:
         return fail(str(exc))

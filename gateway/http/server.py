@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.web import http, resource, server
 
 from gateway.ebms.mime import MimeError, MimeLimits, SwaParser, parse_single
+from gateway.http.connections import TrackingSite
 from gateway.msh.inbound import HttpReply, InboundProcessor, InboundRequest
 from gateway.store.messages import AttachmentRecord
 from gateway.tls import peer_certificate
@@ -234,7 +235,7 @@ def ebms_site(
             on_event=on_event,
         ),
     )
-    site = server.Site(root)
+    site = TrackingSite(root)
     site.requestFactory = limited_request_factory(max_request_bytes)
     site.displayTracebacks = False
     # The access log would record client addresses per request; our own

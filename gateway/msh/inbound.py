@@ -50,6 +50,7 @@ from gateway.store.messages import (
     OutboundStatus,
     TaskOutcome,
     add_event,
+    correlation_of,
     find_message,
     find_reply,
     fingerprint,
@@ -522,7 +523,11 @@ class InboundProcessor:
             outcome = correlate_error(cur, env, now=now)
         else:  # Pong, StatusResponse: stored; whoever waits for them reads the store
             outcome = action.lower()
-        return HttpReply(204, log={"outcome": outcome})
+        reply_log = {"outcome": outcome}
+        ref = env.header.ref_to_message_id
+        if ref and (corr := correlation_of(cur, ref)):
+            reply_log["correlation_id"] = corr
+        return HttpReply(204, log=reply_log)
 
     @staticmethod
     def _status_of(cur: Cursor, env: Envelope) -> tuple[MessageStatus, datetime | None]:

@@ -88,8 +88,12 @@ def _store(
     status: str | None,
     max_attempts: int,
     retry_interval: timedelta | None,
+    correlation_id: str | None = None,
 ) -> Queued:
     h = env.header
+    url = route.endpoint
+    if url is None:  # refuse before anything is stored
+        raise SendError(f"the CPA gives {route.to_party.party_name!r} no endpoint")
     host = _host(route.send.endpoint)
     if payloads:
         content_type = multipart_content_type(
@@ -116,13 +120,11 @@ def _store(
             status=status,
             content_type=content_type,
             envelope=build_envelope(env),
+            correlation_id=correlation_id,
         ),
         payloads,
         now=now,
     )
-    url = route.endpoint
-    if url is None:
-        raise SendError(f"the CPA gives {route.to_party.party_name!r} no endpoint")
     insert_task(
         cur,
         pk,
@@ -156,6 +158,7 @@ def queue_message(
     conversation_id: str | None = None,
     message_id: str | None = None,
     ref_to_message_id: str | None = None,
+    correlation_id: str | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> Queued:
     """Build, store and queue a business message in ``cur``'s transaction; returns its ids.
@@ -226,6 +229,7 @@ def queue_message(
         status=OutboundStatus.CREATED.value,
         max_attempts=1 + route.retries,
         retry_interval=route.retry_interval,
+        correlation_id=correlation_id,
     )
 
 

@@ -131,6 +131,7 @@ class MessageRecord:
     time_to_live: datetime | None = None
     persist_until: datetime | None = None
     status: str | None = None
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,8 @@ class StoredMessage:
     envelope: bytes
     fingerprint: str
     created_at: datetime
+    correlation_id: str | None = None
+    """The back office's id for the request that made this message (logs only)."""
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ def fingerprint(envelope: bytes, attachments: Iterable[AttachmentRecord]) -> str
 _MESSAGE_COLUMNS = (
     "id, message_id, direction, cpa_id, conversation_id, ref_to_message_id, from_party, "
     "from_role, to_party, to_role, service, action, sent_at, time_to_live, persist_until, "
-    "status, status_at, content_type, envelope, fingerprint, created_at"
+    "status, status_at, content_type, envelope, fingerprint, created_at, correlation_id"
 )
 
 
@@ -231,6 +234,7 @@ def _message(row: Row) -> StoredMessage:
         envelope=bytes(row[18]),
         fingerprint=row[19],
         created_at=from_db(row[20]),
+        correlation_id=row[21],
     )
 
 
@@ -246,7 +250,8 @@ def insert_message(
         "INSERT INTO ebms_message (message_id, direction, cpa_id, conversation_id, "
         "ref_to_message_id, from_party, from_role, to_party, to_role, service, action, sent_at, "
         "time_to_live, persist_until, status, status_at, content_type, envelope, fingerprint, "
-        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "created_at, correlation_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.message_id,
             record.direction.value,
@@ -268,6 +273,7 @@ def insert_message(
             record.envelope,
             fingerprint(record.envelope, attachments),
             to_db(now),
+            record.correlation_id,
         ),
     )
     row = cur.execute(
@@ -554,3 +560,12 @@ def release_node_leases(cur: Cursor, *, node: str, now: datetime) -> int:
         (to_db(now), to_db(now), node),
     )
     return max(cur.rowcount, 0)
+
+
+def correlation_of(cur: Cursor, message_id: str) -> str | None:
+    """The correlation id of our outbound message ``message_id``, if it has one."""
+    row = cur.execute(
+        "SELECT correlation_id FROM ebms_message WHERE message_id = ? AND direction = 'out'",
+        (message_id,),
+    ).fetchone()
+    return row[0] if row else None

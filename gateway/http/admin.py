@@ -1,0 +1,90 @@
+"""The operator's HTTP listener: ``/metrics``, ``/status`` and ``/health``.
+
+It is a separate listener from the ebMS endpoint on purpose: partners reach the
+endpoint over mutual TLS, while metrics and status are for the operator's own
+network (loopback by default) and Prometheus scrapes plain HTTP.  Every answer is
+computed in the store's thread pool, never on the reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web import http, resource, server
+
+log = logging.getLogger("dkgw.admin")
+
+RunInThread = Callable[..., Deferred[Any]]
+
+
+class _Computed(resource.Resource):
+    """GET answers computed off the reactor by ``produce`` -> (content type, body)."""
+
+    isLeaf = True
+
+    def __init__(self, run: RunInThread, produce: Callable[[], tuple[str, bytes]]) -> None:
+        super().__init__()
+        self.run = run
+        self.produce = produce
+
+    def render_GET(self, request: server.Request) -> int:
+        d = self.run(self.produce)
+
+        def respond(result: tuple[str, bytes]) -> None:
+            if request._disconnected:
+                return
+            content_type, body = result
+            request.setHeader(b"Content-Type", content_type.encode("latin-1"))
+            request.setHeader(b"Cache-Control", b"no-store")
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            request.write(body)
+            request.finish()
+
+        def crash(failure: Any) -> None:
+            log.error("admin request %s failed: %s", request.path, failure.getErrorMessage())
+            if not request._disconnected:
+                request.setResponseCode(http.SERVICE_UNAVAILABLE)
+                request.setHeader(b"Content-Length", b"0")
+                request.finish()
+
+        d.addCallbacks(respond, crash)
+        return server.NOT_DONE_YET
+
+
+class _Health(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"ok\n"
+
+
+def admin_site(
+    run_in_thread: RunInThread,
+    *,
+    metrics: Callable[[], bytes],
+    metrics_content_type: str,
+    status: Callable[[], dict[str, Any]],
+) -> server.Site:
+    """A Site with ``/metrics`` (Prometheus text), ``/status`` (JSON) and ``/health``."""
+    root = resource.Resource()
+    root.putChild(b"metrics", _Computed(run_in_thread, lambda: (metrics_content_type, metrics())))
+    root.putChild(
+        b"status",
+        _Computed(
+            run_in_thread,
+            lambda: (
+                "application/json",
+                json.dumps(status(), indent=2, sort_keys=True).encode() + b"\n",
+            ),
+        ),
+    )
+    root.putChild(b"health", _Health())
+    site = server.Site(root)
+    site.displayTracebacks = False
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return site

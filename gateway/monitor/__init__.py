@@ -1,0 +1,1 @@
+"""Link monitoring: scheduled Pings, metrics and the status report."""
