@@ -7,9 +7,12 @@ way a monitoring check or a script would.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -172,3 +175,67 @@ def test_serve_check_refuses_bad_configs(pki: Path, tmp_path: Path, edit, messag
     checked = dkgw("serve", "--config", str(gw.config), "--check")
     assert checked.returncode == 1
     assert message in checked.stderr
+
+
+def test_json_log_lines_carry_the_correlation_id_to_the_ack(
+    pki: Path, tmp_path: Path, make_spec
+) -> None:
+    """``--log-format json``: one object per line with ids, parties, service/action,
+    outcome and duration; the back office's correlation id on the message and its ack."""
+    from cpa.generate import make_cpa
+    from cpa.registry import CpaRegistry
+    from gateway.store.database import Database
+    from gateway.store.migrate import apply_migrations
+
+    gemeente = DemoGateway("gemeente", "gemeente-voorbeeld", GEMEENTE_OIN, free_port(), tmp_path,
+                           log_format="json")  # fmt: skip
+    node = DemoGateway("node", "ggk-rinis-test", NODE_OIN, free_port(), tmp_path)
+    base = make_spec(cpa_id="json-cpa", profile="osb-rm", **RM_FAST)
+    spec = replace(
+        base,
+        a=replace(base.a, endpoint=f"https://localhost:{gemeente.port}/ebms"),
+        b=replace(base.b, endpoint=f"https://localhost:{node.port}/ebms"),
+    )
+    for gw in (gemeente, node):
+        gw.write_config(pki)
+        db = Database.from_url(gw.store)
+        apply_migrations(db)
+        CpaRegistry(db).insert(make_cpa(spec))
+        db.close()
+    gemeente.start()
+    node.start()
+    try:
+        gemeente.wait_listening()
+        node.wait_listening()
+        (tmp_path / "b.xml").write_bytes(b"<bericht/>")
+        sent = dkgw(
+            "--store", gemeente.store, "send", "json-cpa",
+            "--from", GEMEENTE_OIN, "--from-role", "Gemeente", "--to", NODE_OIN,
+            "--to-role", "GGk", "--service", "urn:osb:services:GGK:iWmo:3.2",
+            "--action", "WMO301", "--file", str(tmp_path / "b.xml"),
+            "--correlation-id", "bo-4711",
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        message_id = sent.stdout.strip()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not gemeente.log_lines('"outcome":"delivered"'):
+            time.sleep(0.1)
+    finally:
+        assert gemeente.stop() == 0
+        node.stop()
+    entries = [json.loads(line) for line in gemeente.log.read_text().splitlines() if line]
+    assert all({"time", "level", "logger"} <= set(e) for e in entries)
+    delivery = next(e for e in entries if e.get("event") == "delivery"
+                    and e.get("message_id") == message_id)  # fmt: skip
+    assert delivery["correlation_id"] == "bo-4711"
+    assert delivery["cpa_id"] == "json-cpa" and delivery["action"] == "WMO301"
+    assert delivery["from"] == f"urn:osb:oin:{GEMEENTE_OIN}"
+    assert delivery["service"] == "urn:osb:services:GGK:iWmo:3.2"
+    # "superseded" when the asynchronous ack was recorded before the attempt itself.
+    assert float(delivery["ms"]) >= 0
+    assert delivery["outcome"] in ("sent-awaiting-ack", "superseded")
+    ack = next(e for e in entries if e.get("event") == "inbound"
+               and e.get("action") == "Acknowledgment")  # fmt: skip
+    assert ack["ref_to"] == message_id and ack["correlation_id"] == "bo-4711"
+    assert ack["outcome"] == "delivered"
+    assert "<bericht" not in gemeente.log.read_text()

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,6 +111,9 @@ class DemoGateway:
     port: int
     base: Path
     process: subprocess.Popen[bytes] | None = None
+    admin_port: int = 0
+    """The /metrics and /status listener; 0 leaves it off."""
+    log_format: str = "text"
 
     @property
     def config(self) -> Path:
@@ -148,6 +152,16 @@ trust_anchors = "{ca}/root.pem"
 
 [delivery]
 poll_interval = 0.2
+
+[monitoring]
+# Scheduled Pings every 2 s so the demo shows a verdict (production: 300 s).
+ping_interval = 2.0
+
+[admin]
+listen = "{f"127.0.0.1:{self.admin_port}" if self.admin_port else ""}"
+
+[logging]
+format = "{self.log_format}"
 """,
             encoding="utf-8",
         )
@@ -155,7 +169,7 @@ poll_interval = 0.2
     def start(self) -> None:
         out = self.log.open("wb")
         self.process = subprocess.Popen(
-            [*_dkgw(), "serve", "--config", str(self.config)],
+            [*_dkgw(), "serve", "--config", str(self.config), "--log-format", self.log_format],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -186,6 +200,46 @@ poll_interval = 0.2
         return [
             line for line in self.log.read_text(errors="replace").splitlines() if needle in line
         ]
+
+
+def _any_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _show_monitoring(gw: DemoGateway) -> bool:
+    """Step 6: the scheduled Pings' verdict, as Nagios and Prometheus see it."""
+    print("6. link monitoring: scheduled Pings (every 2 s here), /metrics and a Nagios check")
+    deadline = time.monotonic() + 15
+    code = 3
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            [*_dkgw(), "--store", gw.store, "check", "ping", "--all"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        code = done.returncode
+        if code != 3:  # UNKNOWN until the first Ping is settled
+            break
+        time.sleep(0.3)
+    _run(
+        ["--store", gw.store, "check", "ping", "--all", "--warn-rtt", "200", "--crit-rtt", "1000"],
+        show=f"--store {Path(gw.store).name} check ping --all --warn-rtt 200 --crit-rtt 1000",
+    )
+    url = f"http://127.0.0.1:{gw.admin_port}/metrics"
+    print(f"   $ curl -s {url} | grep ^ebms_ping")
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        print(f"     cannot scrape: {exc}")
+        return False
+    for line in text.splitlines():
+        if line.startswith(("ebms_ping_up", "ebms_ping_rtt_seconds_count")):
+            print(f"     {line}")
+    return code == 0
 
 
 def _dkgw() -> list[str]:
@@ -251,7 +305,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     subprocess.run([sys.executable, str(PKI_SCRIPT), "--out", str(pki), "--quiet"], check=True)
 
     port_a, port_b = _pick_ports()
-    gemeente = DemoGateway("gemeente", MUNICIPALITY[0], MUNICIPALITY[2], port_a, base)
+    gemeente = DemoGateway(
+        "gemeente", MUNICIPALITY[0], MUNICIPALITY[2], port_a, base, admin_port=_any_port()
+    )
     node = DemoGateway("node", NODE[0], NODE[2], port_b, base)
     for gw in (gemeente, node):
         for leftover in base.glob(f"{gw.label}.sqlite3*"):
@@ -342,6 +398,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             for line in gw.log_lines(message_id)[:4]:
                 print(f"     {gw.label:8} {_summary(line)}")
         ok = ok and out_status == "DELIVERED" and in_status == "RECEIVED"
+        ok = _show_monitoring(gemeente) and ok
         if args.keep_running:
             print("   both gateways keep running; Ctrl-C stops them")
             try:
@@ -349,6 +406,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-        print("6. stopping both gateways")
+        print("7. stopping both gateways")
     print(f"demo {'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s")
     return 0 if ok else 1
