@@ -217,6 +217,24 @@ def test_an_undeliverable_ping_makes_the_link_down_and_failures_count(
     assert link.consecutive_failures == 2 and link.last_success_at is None
 
 
+def test_two_nodes_on_one_store_send_one_ping_per_link(store: Database, cpa_xml) -> None:
+    first = Schedule(store, cpa_xml(profile="osb-rm"), PingSettings(interval=60.0))
+    second = Schedule(store, cpa_xml(profile="osb-rm"), PingSettings(interval=60.0))
+    first.tick()
+    (link,) = first.links()
+    due = (link.next_due - first.now).total_seconds()
+    sent = first.tick(after=due).queued + second.tick(after=due).queued
+    assert len(sent) == 1
+    # Either node may settle it; the verdict counts once.
+    ping_id = sent[0][1]
+    first.attempt(ping_id, state="done")
+    first.pong(ping_id, after=0.01)
+    verdicts = second.tick(after=0.1).verdicts + first.tick(after=0.1).verdicts
+    assert [v.outcome for v in verdicts] == ["up"]
+    with store.transaction() as cur:
+        assert cur.execute("SELECT COUNT(*) FROM ping_result").fetchone() == (1,)
+
+
 def test_a_ping_that_is_never_sent_times_out(schedule: Schedule) -> None:
     _first_ping(schedule)
     (verdict,) = schedule.tick(after=11).verdicts
