@@ -54,12 +54,21 @@ class _RefuseExternal(etree.Resolver):  # type: ignore[misc]
 # The prolog may hold an XML declaration, comments, processing instructions
 # and white space; a DOCTYPE is refused before the parser ever sees it.
 _PROLOG_ITEM = re.compile(rb"\s+|<\?.*?\?>|<!--.*?-->", re.DOTALL)
+_DECLARED_ENCODING = re.compile(rb"<\?xml\s[^>]*?\bencoding\s*=\s*[\"']([^\"']*)[\"']")
+#: Encodings whose documents read as UTF-8 byte for byte (ASCII is a subset).
+_UTF8_NAMES = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 
 def _check_prolog(data: bytes) -> None:
     if data.startswith((b"\xfe\xff", b"\xff\xfe")) or b"\x00" in data[:4]:
         raise UnsafeXmlError("only UTF-8 documents are accepted")
     pos = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    # Another declared encoding would make the byte checks here meaningless:
+    # in UTF-7, say, "<!DOCTYPE" is spelt "+ADw-!DOCTYPE" and only the parser
+    # would see it.  Digikoppeling messages are UTF-8 anyway.
+    declared = _DECLARED_ENCODING.match(data, pos)
+    if declared and declared.group(1).decode("latin-1").lower() not in _UTF8_NAMES:
+        raise UnsafeXmlError("only UTF-8 documents are accepted")
     while m := _PROLOG_ITEM.match(data, pos):
         pos = m.end()
     if data.startswith(b"<!DOCTYPE", pos):
@@ -81,7 +90,8 @@ def parse_xml(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Elem
         tree = etree.ElementTree(etree.fromstring(data, parser))
     except etree.XMLSyntaxError as exc:
         line = exc.lineno if exc.lineno else None
-        raise UnsafeXmlError(f"not well-formed XML: {exc.msg}", line) from None
+        # libxml2's messages span lines; a log line must not.
+        raise UnsafeXmlError(f"not well-formed XML: {' '.join(exc.msg.split())}", line) from None
     info = tree.docinfo
     if info.internalDTD is not None or info.externalDTD is not None or info.doctype:
         raise UnsafeXmlError("a DOCTYPE is not allowed")

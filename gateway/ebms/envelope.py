@@ -112,11 +112,11 @@ def parse_envelope(xml: bytes) -> tuple[Envelope, etree._ElementTree]:
         raise EnvelopeError(str(exc)) from None
     root = tree.getroot()
     if root.tag != _q(SOAP_NS, "Envelope"):
-        raise EnvelopeError(f"root element is {root.tag}, not a SOAP 1.1 Envelope")
+        raise EnvelopeError(f"root element is {_one_line(root.tag)}, not a SOAP 1.1 Envelope")
     schema = _schema()
     if not schema.validate(tree):
         first = schema.error_log[0]
-        raise EnvelopeError(f"schema: line {first.line}: {first.message}")
+        raise EnvelopeError(f"schema: line {first.line}: {_one_line(first.message)}")
     header_el = root.find(_q(SOAP_NS, "Header"))
     body_el = root.find(_q(SOAP_NS, "Body"))
     if header_el is None or body_el is None:
@@ -152,6 +152,16 @@ def parse_envelope(xml: bytes) -> tuple[Envelope, etree._ElementTree]:
         ),
     )
     return envelope, tree
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """A message quoting the peer's document, without line breaks and cut short.
+
+    libxml2's schema messages quote element values as they came, ``&#10;``
+    included, and the message ends up in a log line.
+    """
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
 def _optional(parent: etree._Element, name: str, build: Callable[[etree._Element], T]) -> T | None:

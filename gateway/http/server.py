@@ -6,6 +6,10 @@ The edge does three things and leaves the rest to
 part and payloads, and hands over the TLS client certificate.  Processing
 runs in a thread pool because it talks to the store; the reactor only moves
 bytes.
+
+Everything refused here is refused with an empty body and one log line that
+says why (docs/msh.md, "Hostile input"): other methods and paths, malformed
+HTTP framing, stalled or truncated requests, oversized bodies and SOAP parts.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Any, ClassVar
 from twisted.internet.defer import Deferred
 from twisted.web import http, resource, server
 
+from gateway.ebms.envelope import MAX_ENVELOPE_BYTES
 from gateway.ebms.mime import MimeError, MimeLimits, SwaParser, parse_single
 from gateway.http.connections import TrackingSite
+from gateway.logfmt import log_event
 from gateway.msh.inbound import HttpReply, InboundProcessor, InboundRequest
 from gateway.store.messages import AttachmentRecord
 from gateway.tls import peer_certificate
@@ -27,9 +33,51 @@ from gateway.tls import peer_certificate
 log = logging.getLogger("dkgw.http")
 
 CHUNK = 64 * 1024
+#: Seconds a connection may stay silent, mid-request or between requests, before
+#: it is closed (twisted.web's own default is 60).  A partner's request arrives
+#: in one go; a client that stops sending is broken or an attack.
+IDLE_TIMEOUT = 30.0
 _FILENAME = re.compile(r'filename="?([^";]+)"?', re.IGNORECASE)
 
 RunInThread = Callable[..., Deferred[Any]]
+
+
+def _show(value: bytes, limit: int = 100) -> str:
+    """Client-supplied bytes made safe for one log line (escaped, cut short)."""
+    return repr(value[:limit])[2:-1] + ("..." if len(value) > limit else "")
+
+
+class SoapPartTooLarge(Exception):
+    """The SOAP part is over MAX_ENVELOPE_BYTES; refused without reading it."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"SOAP part is {size} bytes, over the limit of {MAX_ENVELOPE_BYTES}")
+
+
+class EbmsChannel(http.HTTPChannel):
+    """twisted.web's HTTP channel, with a log line for every connection it refuses.
+
+    It also answers a request or header line over twisted.web's 16 KiB line
+    limit: ``LineReceiver`` hangs up through the TLS transport behind the
+    channel's back, which leaves the TLS shutdown waiting for a producer that
+    never lets go, so the connection hung, unanswered, until the idle timeout.
+    """
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's one exit for a malformed request line, header, length
+        # or chunk, and for over 500 headers or over 16 KiB of them in all.
+        log.warning("refused: malformed HTTP request (request line, headers or framing)")
+        super()._respondToBadRequestAndDisconnect()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._respondToBadRequestAndDisconnect()
+
+    def timeoutConnection(self) -> None:
+        if self.requests:
+            log.warning("refused: idle for %g s in the middle of a request", self.timeOut)
+        else:
+            log.debug("closing a connection idle for %g s", self.timeOut)
+        super().timeoutConnection()
 
 
 class LimitedRequest(server.Request):
@@ -43,6 +91,7 @@ class LimitedRequest(server.Request):
     max_bytes: ClassVar[int] = 100 * 1024 * 1024
     _received = 0
     _refused = False
+    _complete = False
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_bytes:
@@ -62,17 +111,29 @@ class LimitedRequest(server.Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
             return
+        self._complete = True
         super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        if not self._complete and not self._refused:
+            log.warning(
+                "refused: connection closed before the request was complete "
+                "(%d bytes of its body received)",
+                self._received,
+            )
+        super().connectionLost(reason)
 
     def _refuse(self) -> None:
         self._refused = True
         log.warning("refused: request body over %d bytes", self.max_bytes)
-        transport = self.channel.transport if self.channel else None
-        if transport is not None:
-            transport.write(
+        channel = self.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.write(
                 b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             )
-            transport.loseConnection()
+            # Through the channel, not the transport: the channel is the TLS
+            # transport's producer and must let go, or the close never happens.
+            channel.loseConnection()
 
 
 def limited_request_factory(max_bytes: int) -> type[LimitedRequest]:
@@ -83,7 +144,12 @@ def limited_request_factory(max_bytes: int) -> type[LimitedRequest]:
 def split_package(
     content_type: str, body_file: Any, limits: MimeLimits
 ) -> tuple[bytes, tuple[AttachmentRecord, ...]]:
-    """(SOAP part, payloads) of a text/xml or multipart/related request body."""
+    """(SOAP part, payloads) of a text/xml or multipart/related request body.
+
+    Raises :class:`MimeError` for a package that cannot be parsed and
+    :class:`SoapPartTooLarge` before a SOAP part over the envelope limit is
+    read into memory.
+    """
     body_file.seek(0)
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "multipart/related":
@@ -91,11 +157,18 @@ def split_package(
         while chunk := body_file.read(CHUNK):
             parser.feed(chunk)
         message = parser.close()
-    elif media in ("text/xml", "application/soap+xml", "application/xml"):
+    elif media == "text/xml":
+        # SOAP 1.1 (and so ebMS 2.0) is text/xml; application/soap+xml is SOAP 1.2.
+        size = body_file.seek(0, 2)
+        if size > MAX_ENVELOPE_BYTES:
+            raise SoapPartTooLarge(size)
+        body_file.seek(0)
         message = parse_single(content_type, body_file.read())
     else:
         raise MimeError(f"unsupported Content-Type {media!r}")
     try:
+        if message.root.size > MAX_ENVELOPE_BYTES:
+            raise SoapPartTooLarge(message.root.size)
         attachments = []
         for part in message.attachments.values():
             disposition = next(
@@ -135,28 +208,45 @@ class EbmsResource(resource.Resource):
         self.limits = limits or MimeLimits()
         self.on_queued = on_queued
 
-    def render_GET(self, request: server.Request) -> bytes:
-        request.setResponseCode(http.NOT_ALLOWED)
-        request.setHeader(b"Allow", b"POST")
-        return b""
+    def render(self, request: server.Request) -> Any:
+        # Refused here rather than by twisted.web, whose answers are HTML pages
+        # (405 or 501 by method) and unlogged.  A trailing slash is tolerated.
+        if request.postpath not in ([], [b""]):
+            return _not_found(request)
+        if request.method != b"POST":
+            log.warning("refused: method %s", _show(request.method or b""))
+            request.setResponseCode(http.NOT_ALLOWED)
+            request.setHeader(b"Allow", b"POST")
+            request.setHeader(b"Content-Length", b"0")
+            return b""
+        return super().render(request)
 
     def render_POST(self, request: server.Request) -> int:
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
         soap_action = request.getHeader(b"soapaction")
         cert = peer_certificate(request)
+        # The body now belongs to the worker thread, which closes it: twisted.web
+        # closes request.content when the client hangs up, and that may be while
+        # the thread is still reading it.
+        body, request.content = request.content, None
         d: Deferred[HttpReply] = self.run(
-            self._process,
+            self._process_and_close,
             content_type,
             soap_action.decode("latin-1") if soap_action else None,
-            request.content,
+            body,
             cert,
         )
         d.addCallback(self._respond, request)
         d.addErrback(self._crash, request)
         return server.NOT_DONE_YET
 
-    def render_HEAD(self, request: server.Request) -> bytes:
-        return self.render_GET(request)
+    def _process_and_close(
+        self, content_type: str, soap_action: str | None, body: Any, cert: Any
+    ) -> HttpReply:
+        try:
+            return self._process(content_type, soap_action, body, cert)
+        finally:
+            body.close()
 
     def _process(
         self, content_type: str, soap_action: str | None, body: Any, cert: Any
@@ -167,6 +257,12 @@ class EbmsResource(resource.Resource):
         except MimeError as exc:
             return HttpReply(
                 400, log={"outcome": "bad-mime", "reason": str(exc), "size": str(size)}
+            )
+        except SoapPartTooLarge as exc:
+            # The answer parse_envelope's own size check would give, without
+            # holding the part in memory first: a bare 500 (docs/msh.md).
+            return HttpReply(
+                500, log={"outcome": "bad-envelope", "reason": str(exc), "size": str(size)}
             )
         reply = self.processor.handle(
             InboundRequest(
@@ -182,8 +278,9 @@ class EbmsResource(resource.Resource):
         return reply
 
     def _respond(self, reply: HttpReply, request: server.Request) -> None:
-        fields = " ".join(f"{k}={v}" for k, v in reply.log.items())
-        log.info("event=inbound status=%d %s", reply.status, fields)
+        # log_event quotes values: parser messages and header values come from
+        # the peer and must not be able to break or forge a log line.
+        log_event(log, logging.INFO, {"event": "inbound", "status": reply.status, **reply.log})
         if reply.queued and self.on_queued is not None:
             self.on_queued()
         if self.on_event is not None:
@@ -208,21 +305,52 @@ class EbmsResource(resource.Resource):
             request.finish()
 
 
+def _not_found(request: server.Request) -> bytes:
+    log.warning("refused: no resource at %s", _show(request.path or b""))
+    request.setResponseCode(http.NOT_FOUND)
+    request.setHeader(b"Content-Length", b"0")
+    return b""
+
+
+class _NotFound(resource.Resource):
+    """Every URL off the ebMS path: an empty 404 and a log line (not twisted's HTML page)."""
+
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        return _not_found(request)
+
+
+class _Branch(resource.Resource):
+    """The root and the folders above the ebMS path: known children or 404."""
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+        return _NotFound()
+
+    def render(self, request: server.Request) -> bytes:
+        return _not_found(request)
+
+
 def ebms_site(
     processor: InboundProcessor,
     run_in_thread: RunInThread,
     *,
     path: str,
     max_request_bytes: int,
+    idle_timeout: float | None = None,
     on_queued: Callable[[], None] | None = None,
     on_event: Callable[[dict[str, str]], None] | None = None,
 ) -> server.Site:
-    """A Site serving the ebMS endpoint at ``path`` and nothing else."""
-    root = resource.Resource()
-    node = root
+    """A Site serving the ebMS endpoint at ``path`` and nothing else.
+
+    ``idle_timeout`` (seconds, default :data:`IDLE_TIMEOUT`) closes connections
+    that stop sending, in the middle of a request or between requests.
+    """
+    root = _Branch()
+    node: resource.Resource = root
     parts = [p for p in path.strip("/").split("/") if p]
     for segment in parts[:-1]:
-        child = resource.Resource()
+        child = _Branch()
         node.putChild(segment.encode(), child)
         node = child
     node.putChild(
@@ -235,7 +363,12 @@ def ebms_site(
             on_event=on_event,
         ),
     )
-    site = TrackingSite(root)
+    # twisted.web would otherwise parse form uploads (multipart/form-data,
+    # x-www-form-urlencoded) whole, in memory and on the reactor thread, before
+    # the resource could refuse them.
+    site = TrackingSite(root, parsePOSTFormSubmission=False)
+    site.protocol = EbmsChannel
+    site.timeOut = IDLE_TIMEOUT if idle_timeout is None else idle_timeout
     site.requestFactory = limited_request_factory(max_request_bytes)
     site.displayTracebacks = False
     # The access log would record client addresses per request; our own
