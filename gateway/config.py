@@ -46,6 +46,13 @@ Example::
     format = "text"                  # or "json": one JSON object per line
     level = "info"
 
+    [security]                       # XML Signature / Encryption ("-s", "-e" profiles)
+    signing_certificate = "certs/signing.pem"
+    signing_key = "certs/signing.key"
+    encryption_certificate = "certs/encryption.pem"
+    encryption_key = "certs/encryption.key"
+    crl_dir = "certs/crl"            # plus everything gateway.trust.TrustSettings takes
+
 See ``deploy/example.toml`` for every option with its explanation.
 """
 
@@ -53,11 +60,12 @@ from __future__ import annotations
 
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cpa.model import PartyId, parse_party
+from gateway.trust import TrustSettings
 
 
 class ConfigError(ValueError):
@@ -124,6 +132,42 @@ class LoggingConfig:
     level: str = "info"
 
 
+#: Our own keys in ``[security]``; the other options are :class:`TrustSettings`'.
+KEY_OPTIONS = ("signing_certificate", "signing_key", "encryption_certificate", "encryption_key")
+TRUST_OPTIONS = (
+    "trust_anchors",
+    "intermediates",
+    "crl_dir",
+    "crl_urls",
+    "crl_refresh",
+    "crl_mode",
+    "legacy_crypto",
+)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Message-level security: our signing and encryption keys, and whom we trust.
+
+    The keys are needed only when a CPA asks for signing (``-s``, ``-e``) or
+    encryption (``-e``); a gateway without them serves the unsigned profiles.
+    ``trust`` decides on partners' signing certificates (research notes §5.3);
+    its anchors default to ``[tls] trust_anchors`` and its intermediates to
+    ``[tls] chain``.
+    """
+
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    signing_certificate: Path | None = None
+    signing_key: Path | None = None
+    encryption_certificate: Path | None = None
+    encryption_key: Path | None = None
+
+    @property
+    def legacy_crypto(self) -> bool:
+        """Admit the legacy algorithms (SHA-1, AES-CBC, RSA v1.5; research notes §10 Q3)."""
+        return self.trust.legacy_crypto
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     """Everything ``dkgw serve`` needs."""
@@ -138,6 +182,7 @@ class GatewayConfig:
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     source: Path | None = None
 
 
@@ -155,6 +200,7 @@ _SECTIONS = {
     "monitoring": {"pings", "ping_interval", "ping_timeout", "ping_jitter", "ping_history_days"},
     "admin": {"listen"},
     "logging": {"format", "level"},
+    "security": {*KEY_OPTIONS, *TRUST_OPTIONS},
 }
 
 LOG_FORMATS = ("text", "json")
@@ -214,6 +260,7 @@ def load_config(path: Path) -> GatewayConfig:
     missing = {"certificate", "key", "client_certificate", "client_key", "trust_anchors"} - set(tls)
     if missing:
         raise ConfigError(f"[tls] needs {', '.join(sorted(missing))}")
+    tls_chain = rel(tls["chain"], "chain") if "chain" in tls else None
     party_ids = gw.get("party_ids", [])
     if not isinstance(party_ids, list) or not all(isinstance(p, str) and p for p in party_ids):
         raise ConfigError("[gateway] party_ids must be a list of type:value strings")
@@ -234,7 +281,7 @@ def load_config(path: Path) -> GatewayConfig:
             client_certificate=rel(tls["client_certificate"], "client_certificate"),
             client_key=rel(tls["client_key"], "client_key"),
             trust_anchors=rel(tls["trust_anchors"], "trust_anchors"),
-            chain=rel(tls["chain"], "chain") if "chain" in tls else None,
+            chain=tls_chain,
         ),
         delivery=DeliveryConfig(
             poll_interval=_typed(delivery, "poll_interval", float, 1.0),
@@ -246,6 +293,7 @@ def load_config(path: Path) -> GatewayConfig:
         monitoring=_monitoring(data.get("monitoring", {})),
         admin=_admin(data.get("admin", {})),
         logging=_logging(data.get("logging", {})),
+        security=_security(data.get("security", {}), base, tls_chain),
         source=path.resolve(),
     )
     for name in ("certificate", "key", "client_certificate", "client_key", "trust_anchors"):
@@ -291,3 +339,37 @@ def _logging(section: dict[str, Any]) -> LoggingConfig:
     if config.level not in LOG_LEVELS:
         raise ConfigError(f"[logging] level must be one of {', '.join(LOG_LEVELS)}")
     return config
+
+
+def _security(section: dict[str, Any], base: Path, tls_chain: Path | None) -> SecurityConfig:
+    try:
+        trust = TrustSettings.from_table(
+            {k: v for k, v in section.items() if k in TRUST_OPTIONS}, base_dir=base
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not trust.intermediates and tls_chain is not None:
+        # The CAs we chain our TLS certificates to usually issued the partners' too.
+        trust = replace(trust, intermediates=(tls_chain,))
+    paths: dict[str, Path | None] = {}
+    for key in KEY_OPTIONS:
+        value = section.get(key)
+        if value is None:
+            paths[key] = None
+            continue
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"[security] {key} must be a file path")
+        target = (base / value).resolve()
+        if not target.is_file():
+            raise ConfigError(f"[security] {key}: {target} does not exist")
+        paths[key] = target
+    for what in ("signing", "encryption"):
+        if (paths[f"{what}_certificate"] is None) != (paths[f"{what}_key"] is None):
+            raise ConfigError(f"[security] {what}_certificate and {what}_key go together")
+    for key in ("trust_anchors", "intermediates"):
+        for target in getattr(trust, key):
+            if not target.exists():
+                raise ConfigError(f"[security] {key}: {target} does not exist")
+    if trust.crl_dir is not None and not trust.crl_dir.is_dir():
+        raise ConfigError(f"[security] crl_dir: {trust.crl_dir} is not a directory")
+    return SecurityConfig(trust=trust, **paths)

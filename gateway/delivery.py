@@ -31,7 +31,7 @@ from gateway.ebms.envelope import MAX_ENVELOPE_BYTES
 from gateway.ebms.mime import OutgoingPart, build_swa, parse_content_type
 from gateway.ebms.model import EB_NS, SOAP_NS
 from gateway.logfmt import log_event
-from gateway.msh.inbound import accept_sync_reply
+from gateway.msh.inbound import AckCheck, accept_sync_reply
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
     EventType,
@@ -169,8 +169,11 @@ class DeliveryWorker:
         clock: Callable[[], datetime] = utcnow,
         pin_lookup: PinLookup | None = None,
         on_event: Callable[[dict[str, str]], None] | None = None,
+        verify_ack: AckCheck | None = None,
     ) -> None:
         self.reactor = reactor
+        #: Checks a synchronous acknowledgment (its signature) before it settles a message.
+        self.verify_ack = verify_ack
         self.pin_lookup = pin_lookup
         self.on_event = on_event
         self.db = db
@@ -374,7 +377,11 @@ class DeliveryWorker:
             reply = None
             if result is not None and result.body and outcome is TaskOutcome.DONE:
                 reply = accept_sync_reply(
-                    cur, result.body[:MAX_REPLY_BYTES], result.content_type, now=now
+                    cur,
+                    result.body[:MAX_REPLY_BYTES],
+                    result.content_type,
+                    now=now,
+                    verify_ack=self.verify_ack,
                 )
             if reply == "delivery-failed":
                 # A synchronous MessageError settled the message already.

@@ -24,6 +24,7 @@ from twisted.python.threadpool import ThreadPool
 
 from cpa.registry import CpaRegistry
 from gateway.config import GatewayConfig
+from gateway.crl import CrlRefresher
 from gateway.delivery import DeliveryWorker
 from gateway.http.admin import admin_site
 from gateway.http.client import EbmsClient, server_pin
@@ -34,6 +35,7 @@ from gateway.monitor.pinger import PingScheduler, PingSettings, TickReport
 from gateway.monitor.status import Snapshot, snapshot, status_document
 from gateway.msh.inbound import InboundProcessor
 from gateway.msh.outbound import Queued, send_message, send_ping
+from gateway.msh.security import AckVerifier, MessageSecurity
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import StoredMessage
 from gateway.store.migrate import apply_migrations
@@ -56,6 +58,8 @@ class Gateway:
         self.registry: CpaRegistry | None = None
         self.metrics: GatewayMetrics | None = None
         self.pinger: PingScheduler | None = None
+        self.security: MessageSecurity | None = None
+        self.crl_refresher: CrlRefresher | None = None
         self.admin_port: IListeningPort | None = None
         self._site: object | None = None
         self._listeners: list[Callable[[dict[str, str]], None]] = []
@@ -84,6 +88,23 @@ class Gateway:
         anchors = load_trust_anchors(tls.trust_anchors)
         server_identity = TlsIdentity.from_files(tls.certificate, tls.key, tls.chain)
         client_identity = TlsIdentity.from_files(tls.client_certificate, tls.client_key, tls.chain)
+        self.security = security = MessageSecurity.load(
+            config.security,
+            default_anchors=(tls.trust_anchors,),
+            default_intermediates=(tls.chain,) if tls.chain else (),
+        )
+        trust = config.security.trust
+        if trust.crl_urls and security.trust is not None and trust.crl_mode != "off":
+            # PKIoverheid CRLs are refreshed at least every 4 hours [PKI002].
+            self.crl_refresher = CrlRefresher(
+                security.trust.crls,
+                self.reactor,
+                urls=trust.crl_urls,
+                directory=trust.crl_dir,
+                interval=trust.crl_refresh,
+            )
+            self.crl_refresher.start()
+        verify_ack = AckVerifier(registry, security)
         self.client = EbmsClient(
             self.reactor,
             ClientTlsPolicy(client_identity, anchors),
@@ -106,6 +127,7 @@ class Gateway:
             lease=timedelta(seconds=config.delivery.lease_seconds),
             pin_lookup=pin,
             on_event=self._emit,
+            verify_ack=verify_ack,
         )
         self.worker.start()
 
@@ -131,7 +153,9 @@ class Gateway:
                 on_report=self._on_pings,
             )
             self.pinger.start()
-        processor = InboundProcessor(self.db, registry, own_parties=config.party_ids)
+        processor = InboundProcessor(
+            self.db, registry, own_parties=config.party_ids, security=security
+        )
         site = ebms_site(
             processor,
             self.run_in_thread,
@@ -176,6 +200,7 @@ class Gateway:
     async def send_message(self, **kwargs: Any) -> Queued:
         """Queue a business message (see :func:`~gateway.msh.outbound.send_message`)."""
         assert self.db is not None and self.registry is not None
+        kwargs.setdefault("security", self.security)
         queued: Queued = await self.run_in_thread(
             lambda: send_message(self.db, self.registry, **kwargs)
         )
@@ -238,6 +263,8 @@ class Gateway:
         try:
             if self.pinger is not None:
                 self.pinger.stop()
+            if self.crl_refresher is not None:
+                self.crl_refresher.stop()
             if self.admin_port is not None:
                 stopped_admin = self.admin_port.stopListening()
                 if stopped_admin is not None:

@@ -22,17 +22,20 @@ from twisted.internet import reactor, task
 from cpa.generate import make_cpa
 from cpa.model import PartyId, Service
 from cpa.registry import CpaRegistry
+from cpa.validate import ValidationOptions
 from gateway.config import (
     AdminConfig,
     DeliveryConfig,
     GatewayConfig,
     HttpConfig,
     MonitoringConfig,
+    SecurityConfig,
     TlsConfig,
 )
 from gateway.msh.outbound import Payload, Queued
 from gateway.serve import Gateway
 from gateway.store.database import Database
+from gateway.trust import TrustSettings
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, PG_DSN, SpecFactory
 
 GEMEENTE = PartyId(GEMEENTE_OIN, "urn:osb:oin")
@@ -50,6 +53,7 @@ def gateway_config(
     node_id: str = "",
     monitoring: MonitoringConfig | None = None,
     admin_port: int | None = None,
+    security: SecurityConfig | None = None,
 ) -> GatewayConfig:
     """Config for one side of the example PKI, listening on 127.0.0.1.
 
@@ -73,6 +77,25 @@ def gateway_config(
         delivery=DeliveryConfig(poll_interval=0.2, connect_timeout=5.0, read_timeout=10.0),
         monitoring=monitoring or MonitoringConfig(pings=False),
         admin=AdminConfig(host="127.0.0.1", port=admin_port),
+        security=security or SecurityConfig(),
+    )
+
+
+def security_config(
+    pki: Path, slug: str, *, keys_of: str | None = None, **trust: Any
+) -> SecurityConfig:
+    """``[security]`` with the signing and encryption keys of ``keys_of`` (default ``slug``).
+
+    ``trust`` goes to :class:`TrustSettings` (``crl_dir=...``, ``legacy_crypto=True``);
+    anchors and intermediates default to the TLS ones, as in a config file.
+    """
+    party = pki / (keys_of or slug)
+    return SecurityConfig(
+        trust=TrustSettings(**trust),
+        signing_certificate=party / "signing.pem",
+        signing_key=party / "signing.key",
+        encryption_certificate=party / "encryption.pem",
+        encryption_key=party / "encryption.key",
     )
 
 
@@ -178,8 +201,11 @@ class Pair:
     make_spec: SpecFactory
     spec_overrides: dict[str, Any]
 
-    def import_cpa(self, **overrides: Any) -> bytes:
-        """(Re)generate the CPA with the current ports and import it on both sides."""
+    def import_cpa(self, *, legacy_crypto: bool = False, **overrides: Any) -> bytes:
+        """(Re)generate the CPA with the current ports and import it on both sides.
+
+        ``legacy_crypto`` admits a CPA that names legacy algorithms (AES-CBC, SHA-1).
+        """
         self.spec_overrides.update(overrides)
         base = self.make_spec(cpa_id=self.cpa_id)
         spec = replace(
@@ -191,7 +217,8 @@ class Pair:
         xml = make_cpa(spec)
         for side in (self.a, self.b):
             db = side.gateway.db if side.gateway and side.gateway.db else side._offline_db()
-            CpaRegistry(db).insert(xml, overwrite=True)
+            options = ValidationOptions(legacy_crypto=legacy_crypto)
+            CpaRegistry(db, options).insert(xml, overwrite=True)
         return xml
 
     async def send(

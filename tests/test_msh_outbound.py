@@ -163,9 +163,9 @@ def test_cpa_out_of_force_refuses(store: Database, cpa_xml) -> None:
         )
 
 
-def test_signed_profiles_are_refused_until_signing_exists(store: Database, cpa_xml) -> None:
+def test_signed_profile_without_a_signing_key_is_refused(store: Database, cpa_xml) -> None:
     registry = setup(store, cpa_xml(profile="osb-rm-s"))
-    with pytest.raises(SendError, match="osb-rm-s needs signing"):
+    with pytest.raises(SendError, match="osb-rm-s needs a \\[security\\] configuration"):
         send_message(
             store,
             registry,

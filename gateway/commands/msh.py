@@ -93,6 +93,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load_trust_anchors(config.tls.trust_anchors)
     except ValueError as exc:
         return fail(f"TLS material: {exc}")
+    from gateway.msh.security import MessageSecurity
+
+    try:
+        # Keys must match their certificates and the trust store must load (CRLs too).
+        MessageSecurity.load(
+            config.security,
+            default_anchors=(config.tls.trust_anchors,),
+            default_intermediates=(config.tls.chain,) if config.tls.chain else (),
+        )
+    except (OSError, ValueError) as exc:
+        return fail(f"security material: {exc}")
     if args.check:
         print(f"configuration {config.source} is valid")
         return 0

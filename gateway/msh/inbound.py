@@ -40,6 +40,15 @@ from gateway.ebms.model import (
     SignalAction,
 )
 from gateway.ebms.signals import acknowledgment, message_error, pong, status_response
+from gateway.ebms.xmldsig import signature_references
+from gateway.msh.security import (
+    AckVerifier,
+    MessageSecurity,
+    SecurityUnavailable,
+    decrypted_fingerprint,
+    open_inbound,
+    sign_acknowledgment,
+)
 from gateway.store.database import Cursor, Database, IntegrityConflict
 from gateway.store.messages import (
     AttachmentRecord,
@@ -48,6 +57,7 @@ from gateway.store.messages import (
     InboundStatus,
     MessageRecord,
     OutboundStatus,
+    StoredMessage,
     TaskOutcome,
     add_event,
     correlation_of,
@@ -123,8 +133,12 @@ class InboundProcessor:
         clock: Callable[[], datetime] = utcnow,
         check_client_certificate: bool = True,
         own_parties: Collection[PartyId] = (),
+        security: MessageSecurity | None = None,
     ) -> None:
         self.db = db
+        #: Our keys and trust store for the "-s" and "-e" profiles (None: unsigned only).
+        self.security = security
+        self.verify_ack = AckVerifier(registry, security)
         self.registry = registry
         self.clock = clock
         self.check_client_certificate = check_client_certificate
@@ -226,7 +240,12 @@ class InboundProcessor:
         print_ = fingerprint(request.envelope, request.attachments)
         known = find_message(cur, header.message_id, Direction.IN)
         if known is not None:
-            return self._duplicate(cur, cpa, env, known.fingerprint == print_, now)
+            identical = known.fingerprint == print_ or (
+                # An encrypted message is stored decrypted: compare the plaintext.
+                known.fingerprint
+                == decrypted_fingerprint(request.envelope, request.attachments, self.security)
+            )
+            return self._duplicate(cur, cpa, env, identical, now)
         try:
             checked = check_message(env, cpa, now=now)
             if self.own_parties and not self.own_parties & {p.key() for p in header.to_ids}:
@@ -254,18 +273,28 @@ class InboundProcessor:
                     )
                 )
             referenced = check_manifest(env, {a.content_id for a in request.attachments})
+            route = checked.route
+            keep = {cid: n for n, cid in enumerate(referenced)}
+            payloads = tuple(
+                sorted(
+                    (a for a in request.attachments if a.content_id in keep),
+                    key=lambda a: keep[a.content_id],
+                )
+            )
+            if not header.is_signal:
+                # Research notes §5.3/§5.4: decrypt, then verify, before anything is kept.
+                payloads = open_inbound(cur, route, env, request.envelope, payloads, self.security)
         except CheckFailed as exc:
+            if exc.error.code is ErrorCode.SECURITY_FAILURE:
+                log.warning(
+                    "security failure of %s: %s at %s",
+                    header.message_id,
+                    exc.error.description,
+                    exc.error.location,
+                )
             return self._refuse(cur, cpa, env, request, exc.error, now)
-        route = checked.route
         if header.is_signal:
             return self._signal(cur, cpa, env, request, route, now)
-        keep = {cid: n for n, cid in enumerate(referenced)}
-        payloads = tuple(
-            sorted(
-                (a for a in request.attachments if a.content_id in keep),
-                key=lambda a: keep[a.content_id],
-            )
-        )
         persist_until = header.timestamp + max(
             route.persist_duration or timedelta(0),
             (route.retry_interval or timedelta(0)) * (route.retries + 1),
@@ -276,10 +305,24 @@ class InboundProcessor:
         add_event(cur, pk, header.message_id, EventType.RECEIVED, now=now)
         if not route.ack_requested:
             return HttpReply(204, log={"outcome": "received"})
-        ack = acknowledgment(env, now=now, host=_host(route.receive.endpoint))
-        return self._reply(
-            cur, cpa, env, route, ack, now, {"outcome": "received", "reply": "Acknowledgment"}
+        fields = {"outcome": "received", "reply": "Acknowledgment"}
+        signed = env.ack_requested is not None and env.ack_requested.signed
+        # ebMS 2.0 §6.3.2.5: a signed ack copies the references of the message's signature.
+        references = signature_references(request.envelope) if signed else ()
+        ack = acknowledgment(
+            env, now=now, host=_host(route.receive.endpoint), references=references
         )
+        body = None
+        if signed:
+            ack_route = self._signal_route(cpa, env, ack.header.action)
+            try:
+                body = sign_acknowledgment(build_envelope(ack), ack_route, route, self.security)
+            except SecurityUnavailable as exc:
+                # The message is kept; the partner resends and gets a signed ack once
+                # the key is configured.  An unsigned ack would only be refused.
+                log.error("cannot sign the acknowledgment of %s: %s", header.message_id, exc)
+                return HttpReply(204, log={**fields, "reply": "none", "error": str(exc)})
+        return self._reply(cur, cpa, env, route, ack, now, fields, body=body)
 
     def _store(
         self,
@@ -326,13 +369,18 @@ class InboundProcessor:
         reply: Envelope,
         now: datetime,
         fields: dict[str, str],
+        *,
+        body: bytes | None = None,
     ) -> HttpReply:
         """Store ``reply``; return it in the HTTP response or queue its own POST.
 
         ebMS 2.0 §4.3 / research notes §2.4: the sender's channel decides; with
         ``mshSignalsOnly`` the signal is the HTTP 200 body, plain text/xml.
+        ``body`` is the reply's bytes when they are not just ``reply`` built
+        (a signed acknowledgment); those bytes are stored and resent as they are.
         """
-        body = build_envelope(reply)
+        if body is None:
+            body = build_envelope(reply)
         h = reply.header
         pk = insert_message(
             cur,
@@ -518,7 +566,9 @@ class InboundProcessor:
             )
         self._store(cur, env, request, (), None, now)
         if action == SignalAction.ACKNOWLEDGMENT.value:
-            outcome = correlate_acknowledgment(cur, env, now=now)
+            outcome = correlate_acknowledgment(
+                cur, env, now=now, body=request.envelope, verify=self.verify_ack
+            )
         elif action == SignalAction.MESSAGE_ERROR.value:
             outcome = correlate_error(cur, env, now=now)
         else:  # Pong, StatusResponse: stored; whoever waits for them reads the store
@@ -545,12 +595,24 @@ class InboundProcessor:
         return MessageStatus.NOT_RECOGNIZED, None
 
 
-def accept_sync_reply(cur: Cursor, body: bytes, content_type: str, *, now: datetime) -> str:
+#: Checks an acknowledgment before it settles our message: None, or why it may not.
+AckCheck = Callable[[Cursor, StoredMessage, Envelope, bytes], "str | None"]
+
+
+def accept_sync_reply(
+    cur: Cursor,
+    body: bytes,
+    content_type: str,
+    *,
+    now: datetime,
+    verify_ack: AckCheck | None = None,
+) -> str:
     """Take in a signal that came back in the HTTP response to one of our POSTs.
 
     The TLS server certificate was pinned to the CPA when we connected, so the
-    checks an inbound request needs first are done.  Returns an outcome word
-    for the log: "delivered", "delivery-failed", "pong", ...
+    checks an inbound request needs first are done; ``verify_ack`` checks a
+    signed acknowledgment.  Returns an outcome word for the log: "delivered",
+    "delivery-failed", "pong", ...
     """
     try:
         env, _ = parse_envelope(body)
@@ -588,17 +650,27 @@ def accept_sync_reply(cur: Cursor, body: bytes, content_type: str, *, now: datet
     except IntegrityConflict:
         return "reply-duplicate"
     if header.action == SignalAction.ACKNOWLEDGMENT.value:
-        return correlate_acknowledgment(cur, env, now=now)
+        return correlate_acknowledgment(cur, env, now=now, body=body, verify=verify_ack)
     if header.action == SignalAction.MESSAGE_ERROR.value:
         return correlate_error(cur, env, now=now)
     return header.action.lower()
 
 
-def correlate_acknowledgment(cur: Cursor, env: Envelope, *, now: datetime) -> str:
+def correlate_acknowledgment(
+    cur: Cursor,
+    env: Envelope,
+    *,
+    now: datetime,
+    body: bytes = b"",
+    verify: AckCheck | None = None,
+) -> str:
     """An Acknowledgment for one of our messages: it is DELIVERED.
 
     Research notes §4.3 step 6: the ack must refer to a message we sent under
     the same CPA to the party that acknowledges.  A second ack is ignored.
+    ``verify`` (given the ack's bytes ``body``) may refuse it, e.g. a signed
+    ack whose signature does not verify: then the message stays unsettled and
+    is resent or expires (docs/security.md).
     """
     ref = env.header.ref_to_message_id or (
         env.acknowledgment.ref_to_message_id if env.acknowledgment else None
@@ -611,6 +683,16 @@ def correlate_acknowledgment(cur: Cursor, env: Envelope, *, now: datetime) -> st
     ):
         log.warning("acknowledgment %s refers to no message of ours", env.header.message_id)
         return "ack-unknown"
+    if verify is not None and ours.status == OutboundStatus.CREATED.value:
+        refused = verify(cur, ours, env, body)
+        if refused is not None:
+            log.warning(
+                "acknowledgment %s of %s not accepted: %s",
+                env.header.message_id,
+                ours.message_id,
+                refused,
+            )
+            return "ack-refused"
     if set_status(
         cur,
         ours.pk,

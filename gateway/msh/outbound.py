@@ -27,6 +27,7 @@ from cpa.resolve import ResolutionError, Route, resolve
 from gateway.ebms.envelope import Envelope, build_envelope
 from gateway.ebms.model import AckRequested, ManifestReference, MessageHeader, SyncReply
 from gateway.ebms.signals import new_message_id, ping
+from gateway.msh.security import MessageSecurity, SecurityUnavailable, protect_outbound
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
     AttachmentRecord,
@@ -89,6 +90,7 @@ def _store(
     max_attempts: int,
     retry_interval: timedelta | None,
     correlation_id: str | None = None,
+    envelope: bytes | None = None,
 ) -> Queued:
     h = env.header
     url = route.endpoint
@@ -119,7 +121,7 @@ def _store(
             time_to_live=h.time_to_live,
             status=status,
             content_type=content_type,
-            envelope=build_envelope(env),
+            envelope=envelope if envelope is not None else build_envelope(env),
             correlation_id=correlation_id,
         ),
         payloads,
@@ -160,11 +162,16 @@ def queue_message(
     ref_to_message_id: str | None = None,
     correlation_id: str | None = None,
     clock: Callable[[], datetime] = utcnow,
+    security: MessageSecurity | None = None,
 ) -> Queued:
     """Build, store and queue a business message in ``cur``'s transaction; returns its ids.
 
-    Raises :class:`SendError` when the CPA does not allow it (unknown CPA,
-    parties, roles, service or action; a CPA that is not in force).
+    On a signed or encrypted route the message is signed with our key and its
+    payloads encrypted for the receiver (:mod:`gateway.msh.security`) here,
+    once: what is stored are the wire bytes, so every resend repeats them
+    (ebMS 2.0 §6.5.3).  Raises :class:`SendError` when the CPA does not allow
+    it (unknown CPA, parties, roles, service or action; a CPA that is not in
+    force) or the message cannot be secured as the CPA demands.
     """
     cpa = registry.get_cpa(cpa_id, cur)
     now = clock()
@@ -182,10 +189,6 @@ def queue_message(
         )
     except ResolutionError as exc:
         raise SendError(f"not allowed by CPA {cpa_id}: {exc.location} {exc.description}") from None
-    if route.signing is not None or route.encryption is not None:
-        # Until signing and encryption are implemented, refusing is honest:
-        # an unsigned message on a signed channel would be refused anyway.
-        raise SendError(f"profile {route.profile} needs signing/encryption, not supported yet")
     host = _host(route.send.endpoint)
     records = tuple(
         AttachmentRecord(
@@ -220,16 +223,23 @@ def queue_message(
         manifest=tuple(ManifestReference(f"cid:{r.content_id}") for r in records) or None,
         manifest_version="2.0" if records else None,
     )
+    try:
+        wire, wire_parts = protect_outbound(
+            cur, route, build_envelope(env), records, security, now=now
+        )
+    except SecurityUnavailable as exc:
+        raise SendError(str(exc)) from None
     return _store(
         cur,
         env,
         route,
-        records,
+        wire_parts,
         now,
         status=OutboundStatus.CREATED.value,
         max_attempts=1 + route.retries,
         retry_interval=route.retry_interval,
         correlation_id=correlation_id,
+        envelope=wire,
     )
 
 
