@@ -17,6 +17,7 @@ Example::
     listen = "0.0.0.0:443"
     path = "/ebms"
     max_request_bytes = 104857600
+    idle_timeout = 30.0              # close connections silent this long (slow clients)
 
     [tls]
     certificate = "certs/tls-server.pem"
@@ -80,6 +81,7 @@ class HttpConfig:
     port: int = 443
     path: str = "/ebms"
     max_request_bytes: int = 100 * 1024 * 1024
+    idle_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ class GatewayConfig:
 
 _SECTIONS = {
     "gateway": {"data_dir", "store", "node_id", "party_ids"},
-    "http": {"listen", "path", "max_request_bytes"},
+    "http": {"listen", "path", "max_request_bytes", "idle_timeout"},
     "tls": {"certificate", "key", "chain", "client_certificate", "client_key", "trust_anchors"},
     "delivery": {
         "poll_interval",
@@ -274,6 +276,7 @@ def load_config(path: Path) -> GatewayConfig:
             port=port,
             path=http_path,
             max_request_bytes=_typed(http, "max_request_bytes", int, HttpConfig.max_request_bytes),
+            idle_timeout=_typed(http, "idle_timeout", float, HttpConfig.idle_timeout),
         ),
         tls=TlsConfig(
             certificate=rel(tls["certificate"], "certificate"),
@@ -302,6 +305,8 @@ def load_config(path: Path) -> GatewayConfig:
             raise ConfigError(f"[tls] {name}: {target} does not exist")
     if config.delivery.concurrency < 1 or config.delivery.poll_interval <= 0:
         raise ConfigError("[delivery] concurrency and poll_interval must be positive")
+    if config.http.idle_timeout <= 0:
+        raise ConfigError("[http] idle_timeout must be positive")
     return config
 
 

@@ -161,6 +161,7 @@ class Gateway:
             self.run_in_thread,
             path=config.http.path,
             max_request_bytes=config.http.max_request_bytes,
+            idle_timeout=config.http.idle_timeout,
             on_queued=self.worker.wake,
             on_event=self._emit,
         )
