@@ -388,6 +388,10 @@ async def hostile(pki: Path, make_spec, tmp_path: Path) -> AsyncIterator[Hostile
         "neg-revoked": lambda s: replace(
             s, a=replace(s.a, signing_cert=load_cert(negative / "revoked-signing.pem"))
         ),
+        # The CPA names a TLS client certificate that the CA has since revoked.
+        "neg-tls-revoked": lambda s: replace(
+            s, a=replace(s.a, tls_client_cert=load_cert(negative / "revoked.pem"))
+        ),
     }
     for cpa_id, change in variants.items():
         spec = make_spec(profile="osb-rm-s", sync_reply=True, ack_signed=True, cpa_id=cpa_id)
@@ -471,6 +475,23 @@ async def test_untrusted_signing_certificate_is_a_security_failure(
     code, location, description = await hostile.post(*hostile.forger.wire(message))
     assert (code, location) == ("SecurityFailure", "//Header/Signature")
     assert reason in description.lower(), description
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoked_tls_client_certificate_is_refused(hostile: Hostile) -> None:
+    # Chain and dates are fine, so the handshake succeeds; the CRL says revoked.
+    message, _, _ = hostile.forger.build("neg-tls-revoked")
+    revoked = hostile.endpoint.client("negative", "revoked")
+    content_type, body = hostile.forger.wire(message)
+    result = await hostile.endpoint.post(body, content_type=content_type, client=revoked)
+    assert result.status == 500
+    assert b"Invalid SSL Client Certificate!" in result.body
+    assert hostile.endpoint.side.status(message.message_id, "in") is None
+    # The same message over the CPA's (unrevoked) certificate is not refused for TLS.
+    plain, _, _ = hostile.forger.build("neg-s")
+    plain_type, plain_body = hostile.forger.wire(plain)
+    accepted = await hostile.endpoint.post(plain_body, content_type=plain_type)
+    assert accepted.status == 200 and b"Invalid SSL" not in accepted.body
 
 
 @pytest_twisted.ensureDeferred

@@ -70,6 +70,7 @@ from gateway.store.messages import (
     set_status,
 )
 from gateway.store.timeutil import to_db, utcnow
+from gateway.trust import CertificateRejected
 
 log = logging.getLogger("dkgw.inbound")
 
@@ -204,7 +205,31 @@ class InboundProcessor:
                 return self._fault(
                     "Invalid SSL Client Certificate!", {**fields, "outcome": "client-certificate"}
                 )
+            rejected = self._certificate_rejected(request, now)
+            if rejected is not None:
+                log.warning("refused TLS client certificate of %s: %s", header.message_id, rejected)
+                return self._fault(
+                    "Invalid SSL Client Certificate!",
+                    {**fields, "outcome": "client-certificate-rejected", "reason": rejected},
+                )
             return self._process(cur, cpa, env, request, now)
+
+    def _certificate_rejected(self, request: InboundRequest, now: datetime) -> str | None:
+        """Why the TLS client certificate is not trusted now, or None.
+
+        OpenSSL already checked its chain and validity during the handshake, but
+        has no CRLs: revocation (required by Digikoppeling, research notes §5.2) and
+        the key usage for client authentication are checked here with the same
+        trust store that checks signing certificates.
+        """
+        trust = self.security.trust if self.security is not None else None
+        if trust is None or request.peer_certificate is None:
+            return None
+        try:
+            trust.check_certificate(request.peer_certificate, purpose="tls-client", at=now)
+        except CertificateRejected as exc:
+            return exc.reason
+        return None
 
     def _fault(self, message: str, fields: dict[str, str], code: str = CLIENT) -> HttpReply:
         return HttpReply(500, soap_fault(code, message), XML, fields)
