@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -24,6 +26,7 @@ import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
+from twisted.internet.threads import deferToThread
 
 from cpa.generate import make_cpa
 from cpa.registry import CpaRegistry
@@ -544,3 +547,57 @@ async def test_encrypted_for_the_wrong_key_is_a_security_failure(
     parts[0] = replace(parts[0], content=wrong)
     code, location, _ = await hostile.post(*package(message.envelope, parts))
     assert (code, location) == ("SecurityFailure", f"cid:{parts[0].content_id}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_dkgw_send_with_the_gateway_config_signs_and_encrypts(
+    secure_pair, pki: Path, tmp_path: Path
+) -> None:
+    """``dkgw send --config`` loads the [security] keys; without them it refuses clearly."""
+    pair = await secure_pair(profile="osb-rm-e", ack_signed=True, **RM_FAST)
+    a = pair.a
+    party, ca = pki / A_DIR, pki / "ca"
+    config = tmp_path / "a.toml"
+    config.write_text(
+        f"""[gateway]
+store = "{a.config.store}"
+[tls]
+certificate = "{party / "tls-server.pem"}"
+key = "{party / "tls-server.key"}"
+client_certificate = "{party / "tls-client.pem"}"
+client_key = "{party / "tls-client.key"}"
+chain = "{ca / "intermediate.pem"}"
+trust_anchors = "{ca / "root.pem"}"
+[security]
+signing_certificate = "{party / "signing.pem"}"
+signing_key = "{party / "signing.key"}"
+encryption_certificate = "{party / "encryption.pem"}"
+encryption_key = "{party / "encryption.key"}"
+""",
+        encoding="utf-8",
+    )
+    body = tmp_path / "bericht.xml"
+    body.write_bytes(b"<bericht>" + os.urandom(16).hex().encode() + b"</bericht>")
+    common = [
+        "send", pair.cpa_id, "--from", GEMEENTE.key(), "--from-role", "Gemeente",
+        "--to", NODE.key(), "--to-role", "GGk", "--service", f"urn:osb:services:{SERVICE.value}",
+        "--action", "WMO301", "--file", str(body),
+    ]  # fmt: skip
+
+    def dkgw(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    refused = await deferToThread(dkgw, "--store", a.config.store, *common)
+    assert refused.returncode == 1 and "[security]" in refused.stderr
+    sent = await deferToThread(dkgw, *common, "--config", str(config))
+    assert sent.returncode == 0, sent.stderr
+    message_id = sent.stdout.strip()
+    a.gateway.wake()
+    await wait_until(lambda: a.status(message_id, "out") == "DELIVERED", timeout=20)
+    envelope, parts = stored(a, message_id, "out")
+    assert signatures(envelope) == 1 and b"EncryptedData" in parts[0][2]
+    _, received = stored(pair.b, message_id, "in")
+    assert received[0][2] == body.read_bytes()

@@ -19,8 +19,10 @@ from gateway.commands.common import fail, open_store
 from gateway.config import ConfigError, load_config
 from gateway.logfmt import configure_logging
 from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
+from gateway.msh.security import MessageSecurity
 from gateway.store.database import Cursor, Database, Row
 from gateway.store.messages import Direction, find_message, task_for_message
+from gateway.store.migrate import apply_migrations
 
 EXIT_NO_ANSWER = 2
 
@@ -62,6 +64,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--correlation-id", help="your id for this request; logged with the message and its ack"
     )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="the gateway's config: its store, and its [security] keys to sign and encrypt "
+        "(needed for the -s and -e profiles)",
+    )
     p.set_defaults(handler=cmd_send)
 
     p = sub.add_parser("message", help="show a message's status")
@@ -93,8 +101,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load_trust_anchors(config.tls.trust_anchors)
     except ValueError as exc:
         return fail(f"TLS material: {exc}")
-    from gateway.msh.security import MessageSecurity
-
     try:
         # Keys must match their certificates and the trust store must load (CRLs too).
         MessageSecurity.load(
@@ -162,9 +168,28 @@ def cmd_ping(args: argparse.Namespace) -> int:
     return code
 
 
+def _sending_setup(args: argparse.Namespace) -> tuple[Database, MessageSecurity | None]:
+    """The store and, with ``--config``, the gateway's message security."""
+    if args.config is None:
+        return open_store(args), None
+
+    config = load_config(args.config)
+    security = MessageSecurity.load(
+        config.security,
+        default_anchors=(config.tls.trust_anchors,),
+        default_intermediates=(config.tls.chain,) if config.tls.chain else (),
+    )
+    db = Database.from_url(config.store)
+    apply_migrations(db)
+    return db, security
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     """``dkgw send ...``: prints the new MessageId."""
-    db = open_store(args)
+    try:
+        db, security = _sending_setup(args)
+    except (ConfigError, OSError, ValueError) as exc:
+        return fail(str(exc))
     try:
         payloads = [Payload(f.read_bytes(), args.content_type, f.name) for f in args.file]
     except OSError as exc:
@@ -183,6 +208,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             payloads=payloads,
             conversation_id=args.conversation_id,
             correlation_id=args.correlation_id,
+            security=security,
         )
     except (CpaNotFound, SendError) as exc:
         return fail(str(exc))
