@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -105,9 +106,20 @@ class Gateway:
             )
             self.crl_refresher.start()
         verify_ack = AckVerifier(registry, security)
+        store = security.trust
+
+        def server_certificate_check(leaf: x509.Certificate) -> object:
+            # The partner's server certificate: key usage and the CRLs, now.
+            assert store is not None
+            return store.check_certificate(leaf, purpose="tls-server", at=utcnow())
+
         self.client = EbmsClient(
             self.reactor,
-            ClientTlsPolicy(client_identity, anchors),
+            ClientTlsPolicy(
+                client_identity,
+                anchors,
+                leaf_check=server_certificate_check if store is not None else None,
+            ),
             connect_timeout=config.delivery.connect_timeout,
             read_timeout=config.delivery.read_timeout,
             max_persistent=config.delivery.concurrency,

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,9 +311,16 @@ def peer_certificate(source: object) -> x509.Certificate | None:
 class _ClientConnectionCreator:
     """One host name's connections: SNI, host name check and optional pin per connection."""
 
-    def __init__(self, context: SSL.Context, host: str, pin: bytes | None) -> None:
+    def __init__(
+        self,
+        context: SSL.Context,
+        host: str,
+        pin: bytes | None,
+        leaf_check: Callable[[x509.Certificate], object] | None = None,
+    ) -> None:
         self._context = context
         self._pin = pin
+        self._leaf_check = leaf_check
         try:
             self._ip: str | None = str(ipaddress.ip_address(host))
         except ValueError:
@@ -354,6 +361,9 @@ class _ClientConnectionCreator:
                     f"server certificate for {self._host} is not the one in the CPA "
                     f"(SHA-256 {_fingerprint(leaf).hex()}, expected {self._pin.hex()})"
                 )
+            if self._leaf_check is not None:
+                # Revocation and key usage: OpenSSL has no CRLs here (research notes §5.2).
+                self._leaf_check(leaf)
         except Exception as exc:
             # Our refusal, service_identity's VerificationError / CertificateError,
             # or anything unexpected: nothing may escape an OpenSSL callback.  As
@@ -398,9 +408,18 @@ class ClientTlsPolicy:
     subjectAltName (service_identity).
     """
 
-    def __init__(self, identity: TlsIdentity, trust_anchors: Sequence[x509.Certificate]) -> None:
+    def __init__(
+        self,
+        identity: TlsIdentity,
+        trust_anchors: Sequence[x509.Certificate],
+        *,
+        leaf_check: Callable[[x509.Certificate], object] | None = None,
+    ) -> None:
         self._context = _context(identity, trust_anchors)
         self._pin: bytes | None = None
+        #: Called with the server's leaf certificate after the chain, host name and pin
+        #: checks; raising refuses the connection (the CRL check of the trust store).
+        self._leaf_check = leaf_check
 
     def with_pin(self, server_certificate: x509.Certificate) -> ClientTlsPolicy:
         """The same policy, requiring also that the server's leaf is exactly this certificate.
@@ -421,5 +440,5 @@ class ClientTlsPolicy:
         # Calling the interface checks at run time that the creator provides it,
         # and gives mypy (which does not read zope declarations) the right type.
         return IOpenSSLClientConnectionCreator(
-            _ClientConnectionCreator(self._context, host, self._pin)
+            _ClientConnectionCreator(self._context, host, self._pin, self._leaf_check)
         )

@@ -491,3 +491,54 @@ def test_trust_anchors_from_a_file_and_a_directory(pki: Path, tmp_path: Path) ->
 
 def test_peer_certificate_without_tls() -> None:
     assert peer_certificate(object()) is None
+
+
+def _crl_revoking(pki: Path, revoked: x509.Certificate) -> bytes:
+    """A newer CRL of the example intermediate that also lists ``revoked``."""
+    ca = load_cert(pki / "ca" / "intermediate.pem")
+    key = serialization.load_pem_private_key(
+        (pki / "ca" / "intermediate.key").read_bytes(), password=None
+    )
+    now = datetime.now(UTC)
+    entry = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(revoked.serial_number)
+        .revocation_date(now - timedelta(minutes=1))
+        .build()
+    )
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now - timedelta(minutes=1))
+        .next_update(now + timedelta(days=1))
+        .add_revoked_certificate(entry)
+        .add_extension(x509.CRLNumber(1000), critical=False)
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoked_server_certificate_is_refused_by_the_leaf_check(
+    pki: Path, serve: Serve
+) -> None:
+    from gateway.trust import TrustStore
+
+    server = serve()
+    trust = TrustStore.from_files(pki / "ca" / "root.pem", [pki / "ca" / "intermediate.pem"])
+    trust.crls.load((pki / "ca" / "intermediate.crl.pem").read_bytes(), source="pki")
+    checked: list[str] = []
+
+    def leaf_check(leaf: x509.Certificate) -> object:
+        checked.append(leaf.subject.rfc4514_string())
+        return trust.check_certificate(leaf, purpose="tls-server", at=datetime.now(UTC))
+
+    policy = ClientTlsPolicy(identity(pki, GGK, "tls-client"), root_and_intermediate(pki),
+                             leaf_check=leaf_check)  # fmt: skip
+    assert await get(policy, server.url()) == (200, NODE_OIN)
+    assert len(checked) == 1
+
+    trust.crls.load(_crl_revoking(pki, load_cert(pki / GEMEENTE / "tls-server.pem")), source="t")
+    reasons = await refused(policy, server.url())
+    assert "revoked" in reasons.lower(), reasons
+    assert server.resource.seen == [NODE_OIN]
