@@ -16,10 +16,11 @@ is behind the ``post`` callable so the scheduling logic is tested without it.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 from cryptography import x509
 from twisted.internet import defer, task
@@ -73,6 +74,10 @@ class HttpResult:
     body: bytes
 
 
+Body = bytes | IO[bytes]
+"""What is POSTed: bytes, or for a large message a file positioned at its start."""
+
+
 class Poster(Protocol):
     """POST ``body`` to ``url``; the edge implements it with treq and mutual TLS.
 
@@ -80,7 +85,7 @@ class Poster(Protocol):
     """
 
     def __call__(
-        self, url: str, headers: dict[str, str], body: bytes, pin: x509.Certificate | None
+        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
     ) -> Deferred[HttpResult]: ...
 
 
@@ -108,10 +113,12 @@ class Outgoing:
     task: Task
     message: StoredMessage
     content_type: str
-    body: bytes
+    body: Body
     pin: x509.Certificate | None = None
     reliable: bool = False
     """The message asks for an acknowledgment: 2xx alone does not deliver it."""
+    size: int = 0
+    """Length of the body; a file body is closed once sent, so it is measured at the claim."""
 
     @property
     def is_business(self) -> bool:
@@ -132,24 +139,60 @@ def asks_for_ack(envelope: bytes) -> bool:
     )
 
 
-def wire_body(message: StoredMessage, cur: Cursor) -> tuple[str, bytes]:
+def wire_body(message: StoredMessage, cur: Cursor) -> tuple[str, Body]:
     """The exact bytes to POST: the stored envelope, with its payloads if any.
 
     The boundary and start part id are kept in the stored Content-Type, so every
-    resend repeats the first attempt byte for byte (ebMS 2.0 §6.5.3).
+    resend repeats the first attempt byte for byte (ebMS 2.0 §6.5.3).  A body
+    with a payload stored in chunks is written to a temporary file, positioned
+    at the start, instead of memory; the caller closes it (:func:`close_body`).
     """
     if not message.content_type.lower().startswith("multipart/"):
         return message.content_type, message.envelope
     _, params = parse_content_type(message.content_type)
-    parts = [
-        OutgoingPart(a.content_id, a.content_type, a.content, a.filename)
-        for a in load_attachments(cur, message.pk)
-    ]
-    start = params["start"].strip("<>")
-    content_type, chunks, _ = build_swa(
-        message.envelope, parts, boundary=params["boundary"], start_cid=start
-    )
-    return content_type, b"".join(chunks)
+    attachments = load_attachments(cur, message.pk)
+    try:
+        parts = [
+            OutgoingPart(
+                a.content_id,
+                a.content_type,
+                a.content if isinstance(a.content, bytes) else a.open(),
+                a.filename,
+            )
+            for a in attachments
+        ]
+        start = params["start"].strip("<>")
+        content_type, chunks, _ = build_swa(
+            message.envelope, parts, boundary=params["boundary"], start_cid=start
+        )
+        if all(isinstance(a.content, bytes) for a in attachments):
+            return content_type, b"".join(chunks)
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller, who closes it
+        try:
+            for chunk in chunks:
+                spool.write(chunk)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return content_type, spool
+    finally:
+        for a in attachments:
+            a.close()
+
+
+def _file_size(body: IO[bytes]) -> int:
+    """Bytes from the current position to the end, leaving the position alone."""
+    here = body.tell()
+    end = body.seek(0, 2)
+    body.seek(here)
+    return end - here
+
+
+def close_body(body: Body) -> None:
+    """Release a body :func:`wire_body` spooled to a file; bytes need nothing."""
+    if not isinstance(body, bytes):
+        body.close()
 
 
 class DeliveryWorker:
@@ -303,10 +346,17 @@ class DeliveryWorker:
                 content_type, body = wire_body(message, cur)
                 pin = self.pin_lookup(cur, message, t.url) if self.pin_lookup else None
                 reliable = message.status is not None and asks_for_ack(message.envelope)
-                batch.append(Outgoing(t, message, content_type, body, pin, reliable))
+                size = len(body) if isinstance(body, bytes) else _file_size(body)
+                batch.append(Outgoing(t, message, content_type, body, pin, reliable, size))
         return batch
 
     async def _deliver(self, outgoing: Outgoing) -> None:
+        try:
+            await self._attempt(outgoing)
+        finally:
+            close_body(outgoing.body)
+
+    async def _attempt(self, outgoing: Outgoing) -> None:
         claimed, message = outgoing.task, outgoing.message
         started = self.clock()
         expired = claimed.exhausted or (
@@ -418,7 +468,7 @@ class DeliveryWorker:
         fields = _fields(message, outgoing.task, status, effective, reply)
         if awaiting_ack and effective is TaskOutcome.RETRY:
             fields["outcome"] = "sent-awaiting-ack"
-        fields["size"] = str(len(outgoing.body))
+        fields["size"] = str(outgoing.size)
         fields["ms"] = f"{(now - started).total_seconds() * 1000:.1f}"
         if error:
             fields["error"] = error

@@ -32,6 +32,7 @@ from gateway.msh.inbound import correlate_acknowledgment
 from gateway.msh.outbound import Payload, Queued, parse_party, send_message, send_ping
 from gateway.store.database import Database
 from gateway.store.messages import (
+    CHUNK_BYTES,
     Direction,
     TaskOutcome,
     claim_due_tasks,
@@ -75,6 +76,8 @@ class Posted:
     headers: dict[str, str]
     body: bytes
     pin: object
+    from_file: bool = False
+    """The worker handed over a spooled file (a large message), read here."""
 
 
 Answer = HttpResult | Exception | Deferred[HttpResult]
@@ -90,9 +93,11 @@ class FakePost:
     took: timedelta = timedelta(0)  # how long each POST takes on the fake clock
 
     def __call__(
-        self, url: str, headers: dict[str, str], body: bytes, pin: object
+        self, url: str, headers: dict[str, str], body: Any, pin: object
     ) -> Deferred[HttpResult]:
-        self.posted.append(Posted(url, dict(headers), body, pin))
+        # A file body is closed once the attempt is over, so it is read now.
+        data = body if isinstance(body, bytes) else body.read()
+        self.posted.append(Posted(url, dict(headers), data, pin, not isinstance(body, bytes)))
         self.now.now += self.took
         answer = self.script.pop(0) if self.script else NO_CONTENT
         if isinstance(answer, Deferred):
@@ -439,6 +444,28 @@ def test_resend_is_byte_identical_multipart(harness) -> None:
         assert [r.href for r in env.manifest] == [f"cid:{c}" for c in package.attachments]
     finally:
         package.close()
+
+
+def test_large_resend_is_streamed_and_byte_identical(harness) -> None:
+    # Over one store chunk: stored in chunks, posted from a spooled file.
+    big = bytes(range(256)) * (3 * CHUNK_BYTES // 256) + b"tail"
+    h = harness()
+    queued = h.send(payloads=[Payload(big, "application/octet-stream")])
+    h.worker()
+    h.at(10)
+    h.at(20)
+    first, second, third = h.post.posted
+    assert first.from_file and second.from_file and third.from_file
+    assert first.body == second.body == third.body
+    parser = SwaParser(first.headers["Content-Type"])
+    parser.feed(first.body)
+    package = parser.close()
+    try:
+        [part] = package.attachments.values()
+        assert part.read() == big
+    finally:
+        package.close()
+    assert h.status(queued.message_id) == "CREATED"
 
 
 def test_after_the_last_attempt_a_final_wait_then_expired(harness) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -9,16 +10,19 @@ import pytest
 
 from gateway.store.database import Database, IntegrityConflict
 from gateway.store.messages import (
+    CHUNK_BYTES,
     AttachmentRecord,
     Direction,
     EventType,
     MessageRecord,
     OutboundStatus,
+    SpooledPayload,
     TaskOutcome,
     add_event,
     claim_due_tasks,
     find_message,
     find_reply,
+    fingerprint,
     finish_attempt,
     insert_message,
     insert_task,
@@ -82,6 +86,46 @@ def test_message_with_payloads_round_trips_byte_exact(db: Database) -> None:
         )
         assert load_attachments(cur, pk) == list(payloads)
         assert find_message(cur, "m1@gw", Direction.IN) is None
+
+
+def test_large_payload_round_trips_in_chunks(db: Database) -> None:
+    # Over two chunks and not a multiple of the chunk size: the last chunk is short.
+    big = bytes(range(256)) * (2 * CHUNK_BYTES // 256) + b"0123456789"
+    spooled = SpooledPayload.copy_of(io.BytesIO(big))
+    payloads = (
+        AttachmentRecord("small@gw", "application/xml", b"<a/>"),
+        AttachmentRecord("big@gw", "application/octet-stream", big),
+        AttachmentRecord("file@gw", "application/octet-stream", spooled, "f.bin"),
+    )
+    pk = store_message(db, record(), payloads)
+    with db.transaction() as cur:
+        rows = cur.execute(
+            "SELECT order_nr, COUNT(*), SUM(LENGTH(data)) FROM ebms_payload_chunk "
+            "WHERE message_pk = ? GROUP BY order_nr ORDER BY order_nr",
+            (pk,),
+        ).fetchall()
+        assert [tuple(int(v) for v in r) for r in rows] == [(1, 3, len(big)), (2, 3, len(big))]
+        loaded = load_attachments(cur, pk)
+        stored = find_message(cur, "m1@gw", Direction.OUT)
+    try:
+        assert loaded == list(payloads)
+        assert loaded[0].content == b"<a/>"
+        assert [a.open().read() for a in loaded[1:]] == [big, big]
+        assert [a.size for a in loaded] == [4, len(big), len(big)]
+        assert stored is not None
+        # The fingerprint reads spooled and in-memory payloads alike.
+        assert stored.fingerprint == fingerprint(
+            b"<SOAP:Envelope/>", [payloads[0], payloads[1], AttachmentRecord("x", "y", big)]
+        )
+    finally:
+        for a in (*loaded, *payloads):
+            a.close()
+    with db.transaction() as cur:
+        cur.execute("DELETE FROM ebms_attachment WHERE message_pk = ?", (pk,))
+        gone = cur.execute(
+            "SELECT COUNT(*) FROM ebms_payload_chunk WHERE message_pk = ?", (pk,)
+        ).fetchone()
+    assert gone is not None and int(gone[0]) == 0
 
 
 def test_same_id_and_direction_is_a_conflict(db: Database) -> None:

@@ -17,12 +17,12 @@ import treq
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import Deferred
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from cpa.model import PartyId
 from cpa.registry import CpaRegistry
-from gateway.delivery import MAX_REPLY_BYTES, HttpResult
+from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult
 from gateway.store.database import Cursor
 from gateway.store.messages import StoredMessage
 from gateway.tls import ClientTlsPolicy
@@ -88,18 +88,25 @@ class EbmsClient:
         return self._agents[key]
 
     def post(
-        self, url: str, headers: dict[str, str], body: bytes, pin: x509.Certificate | None
+        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
     ) -> Deferred[HttpResult]:
-        """POST and read at most MAX_REPLY_BYTES of the answer."""
+        """POST and read at most MAX_REPLY_BYTES of the answer.
+
+        A file body is sent from where it stands in 64 KiB reads, with its
+        length as Content-Length, and is closed once sent.
+        """
         return Deferred.fromCoroutine(self._post(url, headers, body, pin))
 
     async def _post(
-        self, url: str, headers: dict[str, str], body: bytes, pin: x509.Certificate | None
+        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
     ) -> HttpResult:
         client = treq.client.HTTPClient(self._agent(pin))
+        # treq adapts only some file types itself (not a TemporaryFile's
+        # BufferedRandom), so a file gets its producer here.
+        data: Any = body if isinstance(body, bytes) else FileBodyProducer(body)
         response = await client.post(
             url,
-            data=body,
+            data=data,
             headers=Headers({k: [v] for k, v in headers.items()}),
             timeout=self.read_timeout,
         )

@@ -27,7 +27,7 @@ from gateway.ebms.mime import MimeError, MimeLimits, SwaParser, parse_single
 from gateway.http.connections import TrackingSite
 from gateway.logfmt import log_event
 from gateway.msh.inbound import HttpReply, InboundProcessor, InboundRequest
-from gateway.store.messages import AttachmentRecord
+from gateway.store.messages import CHUNK_BYTES, AttachmentRecord
 from gateway.tls import peer_certificate
 
 log = logging.getLogger("dkgw.http")
@@ -148,7 +148,11 @@ def split_package(
 
     Raises :class:`MimeError` for a package that cannot be parsed and
     :class:`SoapPartTooLarge` before a SOAP part over the envelope limit is
-    read into memory.
+    read into memory.  A payload over one store chunk stays in the parser's
+    spool file (the record's content is the
+    :class:`~gateway.ebms.mime.ReceivedPart`), so it reaches signature
+    checks and the store without being read whole; the caller closes the
+    records (:meth:`AttachmentRecord.close`).
     """
     body_file.seek(0)
     media = content_type.split(";", 1)[0].strip().lower()
@@ -179,13 +183,20 @@ def split_package(
                 AttachmentRecord(
                     content_id=part.content_id or "",
                     content_type=part.content_type,
-                    content=part.read(),
+                    content=part if part.size > CHUNK_BYTES else part.read(),
                     filename=match.group(1) if match else None,
                 )
             )
-        return message.root.read(), tuple(attachments)
-    finally:
+        envelope = message.root.read()
+    except BaseException:
         message.close()
+        raise
+    # Every spool but the large payloads' goes now; those belong to the records.
+    message.root.close()
+    for part in message.attachments.values():
+        if part.size <= CHUNK_BYTES:
+            part.close()
+    return envelope, tuple(attachments)
 
 
 class EbmsResource(resource.Resource):
@@ -264,15 +275,19 @@ class EbmsResource(resource.Resource):
             return HttpReply(
                 500, log={"outcome": "bad-envelope", "reason": str(exc), "size": str(size)}
             )
-        reply = self.processor.handle(
-            InboundRequest(
-                soap_action=soap_action,
-                content_type=content_type,
-                envelope=envelope,
-                attachments=attachments,
-                peer_certificate=cert,
+        try:
+            reply = self.processor.handle(
+                InboundRequest(
+                    soap_action=soap_action,
+                    content_type=content_type,
+                    envelope=envelope,
+                    attachments=attachments,
+                    peer_certificate=cert,
+                )
             )
-        )
+        finally:
+            for a in attachments:
+                a.close()
         reply.log["size"] = str(size)
         reply.log["parts"] = str(len(attachments))
         return reply

@@ -25,7 +25,6 @@ stored.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -59,6 +58,7 @@ from gateway.ebms.xmldsig import (
 )
 from gateway.ebms.xmlenc import (
     DATA_ALGORITHMS,
+    DEFAULT_MAX_ENCRYPTED_BYTES,
     ENCRYPTED_CONTENT_TYPE,
     SNIFF_BYTES,
     DecryptionError,
@@ -211,9 +211,7 @@ def protect_outbound(
         policy = security.policy(route.signing, f"signing in CPA {cpa_id}")
         try:
             # ebMS 2.0 §4.1.4.1: one reference per payload, over the plaintext octets.
-            digests = [
-                (p.content_id, digest_stream(policy.digest_method, p.content)) for p in parts
-            ]
+            digests = [(p.content_id, digest_stream(policy.digest_method, p.open())) for p in parts]
             envelope = sign_envelope(
                 envelope, digests, security.signing_key, policy, c14n=security.c14n
             )
@@ -255,7 +253,7 @@ def _encrypt(
     for part in parts:
         try:
             body = encrypt_part(
-                part.content,
+                part.open(),
                 content_id=part.content_id,
                 mime_type=part.content_type,
                 recipient_cert=recipient,
@@ -304,14 +302,22 @@ def _decrypt(
     out = []
     for part in payloads:
         location = f"cid:{part.content_id}"
-        if not looks_encrypted(part.content_type, part.content[:SNIFF_BYTES]):
+        if not looks_encrypted(part.content_type, part.head(SNIFF_BYTES)):
             # Research notes §5.4: a part that should be encrypted and is not.
             raise _failure("payload is not encrypted", location)
         if security is None or security.encryption_key is None:
             raise _failure("this gateway has no key to decrypt with", location)
+        if part.size > DEFAULT_MAX_ENCRYPTED_BYTES:
+            # decrypt_part's own answer, before an oversized spooled part is read.
+            raise _failure(
+                f"encrypted part is {part.size} bytes, the limit is {DEFAULT_MAX_ENCRYPTED_BYTES}",
+                location,
+            )
         try:
             plain = decrypt_part(
-                part.content,
+                # Encrypted parts are capped (above), so this is the one place a
+                # received payload is read whole.
+                part.data(),
                 private_key=security.encryption_key,
                 legacy=security.legacy,
                 on_legacy=lambda uri: log.warning(
@@ -350,7 +356,7 @@ def open_inbound(
     except (LookupError, ValueError):
         raise _failure("the CPA names no usable signing certificate", _LOC_SIGNATURE) from None
     policy = security.policy(route.signing, f"verifying in CPA {cpa_id}")
-    parts = {p.content_id: (lambda c=p.content: io.BytesIO(c)) for p in payloads}
+    parts = {p.content_id: p.open for p in payloads}
     try:
         verify_envelope(envelope, parts, certificate, policy)
     except SignatureError as exc:
@@ -372,11 +378,11 @@ def decrypted_fingerprint(
     """
     if security is None or security.encryption_key is None:
         return None
-    if not any(looks_encrypted(a.content_type, a.content[:SNIFF_BYTES]) for a in attachments):
+    if not any(looks_encrypted(a.content_type, a.head(SNIFF_BYTES)) for a in attachments):
         return None
     try:
         plain = _decrypt(
-            [a for a in attachments if looks_encrypted(a.content_type, a.content[:SNIFF_BYTES])],
+            [a for a in attachments if looks_encrypted(a.content_type, a.head(SNIFF_BYTES))],
             security,
             "",
         )
