@@ -17,6 +17,7 @@ from gateway.commands import check as check_commands
 from gateway.commands import cpa as cpa_commands
 from gateway.commands import demo as demo_commands
 from gateway.commands import msh as msh_commands
+from gateway.commands import urlmap as urlmap_commands
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     msh_commands.register(sub)
     check_commands.register(sub)
     demo_commands.register(sub)
+    urlmap_commands.register(sub)
     return parser
 
 

@@ -11,6 +11,11 @@ The worker owns no state: tasks live in the store and are claimed with a
 lease, so any number of nodes can run workers on one PostgreSQL store, and a
 restarted node picks up where it (or a dead colleague) left off.  The network
 is behind the ``post`` callable so the scheduling logic is tested without it.
+
+The URL posted to is the task's CPA endpoint after the operator's URL mapping
+(:mod:`gateway.store.urlmap`), looked up at every claim: a mapping set or
+deleted while the gateway runs applies to the next attempt.  The server
+certificate pin stays the one the CPA names for the CPA endpoint.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from gateway.store.messages import (
     unclaim_task,
 )
 from gateway.store.timeutil import utcnow
+from gateway.store.urlmap import resolve_url
 from gateway.xmlsafe import parse_xml
 
 log = logging.getLogger("dkgw.delivery")
@@ -119,6 +125,13 @@ class Outgoing:
     """The message asks for an acknowledgment: 2xx alone does not deliver it."""
     size: int = 0
     """Length of the body; a file body is closed once sent, so it is measured at the claim."""
+    url: str | None = None
+    """The URL posted to, the task's CPA endpoint after URL mapping; None: the task's."""
+
+    @property
+    def post_url(self) -> str:
+        """Where this attempt goes: the mapped URL, else the CPA endpoint of the task."""
+        return self.url if self.url is not None else self.task.url
 
     @property
     def is_business(self) -> bool:
@@ -344,10 +357,13 @@ class DeliveryWorker:
             for t in tasks:
                 message = message_by_pk(cur, t.message_pk)
                 content_type, body = wire_body(message, cur)
+                # The pin is looked up by the CPA endpoint, not the mapped URL: the
+                # partner we must reach is the CPA's, whichever way we go to it.
                 pin = self.pin_lookup(cur, message, t.url) if self.pin_lookup else None
+                url = resolve_url(cur, t.url)
                 reliable = message.status is not None and asks_for_ack(message.envelope)
                 size = len(body) if isinstance(body, bytes) else _file_size(body)
-                batch.append(Outgoing(t, message, content_type, body, pin, reliable, size))
+                batch.append(Outgoing(t, message, content_type, body, pin, reliable, size, url))
         return batch
 
     async def _deliver(self, outgoing: Outgoing) -> None:
@@ -372,7 +388,7 @@ class DeliveryWorker:
         headers = {"Content-Type": outgoing.content_type, "SOAPAction": '"ebXML"'}
         result: HttpResult | None = None
         try:
-            result = await self.post(claimed.url, headers, outgoing.body, outgoing.pin)
+            result = await self.post(outgoing.post_url, headers, outgoing.body, outgoing.pin)
         except Exception as exc:  # connection refused, TLS failure, timeout
             outcome, status = TaskOutcome.RETRY, None
             error: str | None = f"{type(exc).__name__}: {exc}"[:500]
@@ -459,13 +475,14 @@ class DeliveryWorker:
                 now=now,
                 http_status=status,
                 error=error,
+                url=outgoing.post_url,
             )
             if outgoing.is_business and effective is not None:
                 self._settle(cur, message, effective, now, error)
         if effective is None and reply in ("delivered", "delivery-failed"):
             # The synchronous reply's correlation ended the task itself.
             effective = outcome
-        fields = _fields(message, outgoing.task, status, effective, reply)
+        fields = _fields(message, outgoing.task, status, effective, reply, outgoing.post_url)
         if awaiting_ack and effective is TaskOutcome.RETRY:
             fields["outcome"] = "sent-awaiting-ack"
         fields["size"] = str(outgoing.size)
@@ -507,8 +524,13 @@ def _fields(
     status: int | None,
     outcome: TaskOutcome | None,
     reply: str | None,
+    url: str,
 ) -> dict[str, str]:
-    """What one attempt is logged with: ids, parties, service/action, outcome; never content."""
+    """What one attempt is logged with: ids, parties, service/action, outcome; never content.
+
+    ``url`` is where the attempt went; the CPA endpoint follows as ``cpa_url`` when a
+    URL mapping replaced it, so the log shows both sides of the mapping.
+    """
     fields: dict[str, object | None] = {
         "event": "delivery",
         "message_id": message.message_id,
@@ -520,7 +542,8 @@ def _fields(
         "service": message.service,
         "action": message.action,
         "attempt": claimed.attempts,
-        "url": claimed.url,
+        "url": url,
+        "cpa_url": claimed.url if url != claimed.url else None,
         "http_status": status,
         "outcome": outcome.value if outcome else "superseded",
         "reply": reply,

@@ -201,17 +201,21 @@ class Pair:
     make_spec: SpecFactory
     spec_overrides: dict[str, Any]
 
-    def import_cpa(self, *, legacy_crypto: bool = False, **overrides: Any) -> bytes:
+    def import_cpa(
+        self, *, legacy_crypto: bool = False, b_endpoint: str | None = None, **overrides: Any
+    ) -> bytes:
         """(Re)generate the CPA with the current ports and import it on both sides.
 
         ``legacy_crypto`` admits a CPA that names legacy algorithms (AES-CBC, SHA-1).
+        ``b_endpoint`` puts another URL than the node's real one in the CPA (to test
+        URL mappings).
         """
         self.spec_overrides.update(overrides)
         base = self.make_spec(cpa_id=self.cpa_id)
         spec = replace(
             base,
             a=replace(base.a, endpoint=f"https://127.0.0.1:{self.a.port}/ebms"),
-            b=replace(base.b, endpoint=f"https://localhost:{self.b.port}/ebms"),
+            b=replace(base.b, endpoint=b_endpoint or f"https://localhost:{self.b.port}/ebms"),
             **self.spec_overrides,
         )
         xml = make_cpa(spec)

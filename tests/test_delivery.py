@@ -42,6 +42,7 @@ from gateway.store.messages import (
 )
 from gateway.store.migrate import apply_migrations
 from gateway.store.timeutil import from_db
+from gateway.store.urlmap import delete_url_mapping, set_url_mapping
 from tests.conftest import GEMEENTE_OIN, NODE_OIN
 
 SERVICE = Service("GGK:iWmo:3.2", "urn:osb:services")
@@ -701,6 +702,40 @@ def test_pin_lookup_is_asked_for_the_endpoint(harness) -> None:
     h.worker(pin_lookup=lookup)
     assert asked == [(queued.message_id, URL)]
     assert h.post.posted[0].pin is pin
+
+
+def test_url_mapping_is_resolved_at_every_claim(harness) -> None:
+    """The mapped URL is posted to and recorded; the pin and the task keep the CPA's URL."""
+    h = harness()
+    stub = "http://127.0.0.1:9/stub/ebms"
+    asked: list[str] = []
+
+    def lookup(cur, message, url):
+        asked.append(url)
+        return None
+
+    with h.store.transaction() as cur:
+        set_url_mapping(cur, URL, stub)
+    h.post.script = [HttpResult(503, "text/plain", b""), HttpResult(503, "text/plain", b"")]
+    queued = h.send()
+    h.worker(pin_lookup=lookup)
+    first = h.post.posted[0]
+    assert first.url == stub
+    assert h.events[-1]["url"] == stub and h.events[-1]["cpa_url"] == URL
+    # Deleted while the gateway runs: the next attempt goes to the CPA's URL again.
+    with h.store.transaction() as cur:
+        assert delete_url_mapping(cur, URL)
+    h.at(10)
+    second = h.post.posted[1]
+    assert second.url == URL and second.body == first.body  # the resend is byte-identical
+    assert "cpa_url" not in h.events[-1] and h.events[-1]["url"] == URL
+    assert asked == [URL, URL]
+    assert h.rows(
+        "SELECT a.attempt, a.url FROM delivery_attempt a JOIN delivery_task t ON t.id = a.task_id "
+        "JOIN ebms_message m ON m.id = t.message_pk WHERE m.message_id = ? ORDER BY a.attempt",
+        queued.message_id,
+    ) == [(1, stub), (2, URL)]
+    assert h.rows("SELECT DISTINCT url FROM delivery_task") == [(URL,)]
 
 
 # -- concurrency, stop and leases -------------------------------------------------------

@@ -225,6 +225,58 @@ async def test_best_effort_to_a_receiver_that_is_down_fails_at_once(pair_factory
 
 
 @pytest_twisted.ensureDeferred
+async def test_url_mapping_sends_to_the_mapped_url_until_deleted(pair_factory) -> None:
+    """The CPA names a dead endpoint; a URL mapping to the node's real URL delivers.
+
+    The connection to the mapped URL is still pinned to the node's server certificate
+    from the CPA (looked up by the CPA's URL), so it has to succeed over mutual TLS.
+    """
+    from gateway.store.urlmap import delete_url_mapping, set_url_mapping
+    from tests.gateways import free_port
+
+    pair = await pair_factory(profile="osb-be")
+    cpa_url = f"https://localhost:{free_port()}/ebms"
+    real_url = f"https://localhost:{pair.b.port}/ebms"
+    pair.import_cpa(b_endpoint=cpa_url)
+    with pair.a.db.transaction() as cur:
+        set_url_mapping(cur, cpa_url, real_url)
+
+    def attempts(message_id: str) -> list[tuple[str, str]]:
+        return pair.a.rows(
+            "SELECT a.url, t.url FROM delivery_attempt a JOIN delivery_task t "
+            "ON t.id = a.task_id JOIN ebms_message m ON m.id = t.message_pk "
+            "WHERE m.message_id = ?",
+            message_id,
+        )
+
+    mapped = await pair.send(payloads(10))
+    await wait_until(lambda: pair.a.status(mapped.message_id, "out") == "DELIVERED")
+    assert attempts(mapped.message_id) == [(real_url, cpa_url)]
+    assert received_payloads(pair.b, mapped.message_id)
+
+    # Deleted in the store while the gateway runs: the next message goes to the CPA's URL.
+    with pair.a.db.transaction() as cur:
+        assert delete_url_mapping(cur, cpa_url)
+    unmapped = await pair.send(payloads(10))
+    await wait_until(lambda: pair.a.status(unmapped.message_id, "out") == "DELIVERY_FAILED")
+    assert attempts(unmapped.message_id) == [(cpa_url, cpa_url)]
+    assert pair.b.status(unmapped.message_id, "in") is None
+
+    # Mapped to a server with another certificate (the municipality's own endpoint): the
+    # pin is still the node's certificate from the CPA, so the connection is refused.
+    with pair.a.db.transaction() as cur:
+        set_url_mapping(cur, cpa_url, f"https://localhost:{pair.a.port}/ebms")
+    elsewhere = await pair.send(payloads(10))
+    await wait_until(lambda: pair.a.status(elsewhere.message_id, "out") == "DELIVERY_FAILED")
+    ((error,),) = pair.a.rows(
+        "SELECT a.error FROM delivery_attempt a JOIN delivery_task t ON t.id = a.task_id "
+        "JOIN ebms_message m ON m.id = t.message_pk WHERE m.message_id = ?",
+        elsewhere.message_id,
+    )
+    assert "is not the one in the CPA" in error
+
+
+@pytest_twisted.ensureDeferred
 async def test_sender_restart_with_pending_tasks_delivers_once(pair_factory) -> None:
     pair = await pair_factory(
         start_b=False,

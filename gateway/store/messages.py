@@ -639,8 +639,12 @@ def finish_attempt(
     http_status: int | None = None,
     error: str | None = None,
     next_attempt_at: datetime | None = None,
+    url: str | None = None,
 ) -> TaskOutcome | None:
     """Log the attempt and move the task on; returns the outcome that took effect.
+
+    ``url`` is the URL actually posted to, when a URL mapping replaced the task's
+    CPA endpoint (:mod:`gateway.store.urlmap`); the attempt records it.
 
     RETRY becomes EXPIRED when the TimeToLive has passed already.  Otherwise
     the task waits one retry interval, also after the last attempt (an
@@ -668,7 +672,7 @@ def finish_attempt(
             task.id,
             task.attempts,
             node,
-            task.url,
+            url if url is not None else task.url,
             to_db(started_at),
             to_db(now),
             http_status,
