@@ -9,7 +9,6 @@ The CRL refresher is tested against a real HTTP server on 127.0.0.1.
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from gateway.trust import (
     load_certificates,
 )
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, load_cert
+from tests.test_pki import openssl_verify
 
 PARTIES = {"gemeente-voorbeeld": GEMEENTE_OIN, "ggk-rinis-test": NODE_OIN}
 KINDS = ("tls-server", "tls-client", "signing", "encryption")
@@ -83,24 +83,6 @@ def make_crl(
         )
     crl = builder.sign(key, hashes.SHA256())
     return crl.public_bytes(serialization.Encoding.PEM)
-
-
-def openssl_verify(pki: Path, cert: Path, *extra: str) -> bool:
-    done = subprocess.run(
-        [
-            "openssl",
-            "verify",
-            "-CAfile",
-            str(pki / "ca/root.pem"),
-            "-untrusted",
-            str(pki / "ca/intermediate.pem"),
-            *extra,
-            str(cert),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    return done.returncode == 0
 
 
 def rejected(trust: TrustStore, cert: x509.Certificate, **kw: object) -> CertificateRejected:
