@@ -24,6 +24,15 @@ TO_PARTY_MSH = "urn:oasis:names:tc:ebxml-msg:actor:toPartyMSH"
 NEXT_MSH = "urn:oasis:names:tc:ebxml-msg:actor:nextMSH"
 
 
+#: CPA statuses under which messages may be exchanged (``proposed`` may not).
+IN_FORCE_STATUSES = frozenset({"agreed", "signed"})
+
+
+def in_force(status: str, start: datetime, end: datetime, when: datetime) -> bool:
+    """True when a CPA with this status and period may carry a message at ``when``."""
+    return status in IN_FORCE_STATUSES and start <= when <= end
+
+
 @dataclass(frozen=True)
 class PartyId:
     """An ``eb:PartyId``/``tns:PartyId``: a value and an optional type URI."""
@@ -259,6 +268,21 @@ class PartyInfo:
     msh_overrides: Mapping[str, str]
     line: int = field(default=0, compare=False)
 
+    def tls_client_certificates(self) -> tuple[bytes, ...]:
+        """DER of every TLS client certificate this party's transports name.
+
+        The certificate the party presents when it sends (research notes §5.2).
+        """
+        ders = []
+        for transport in self.transports.values():
+            security = transport.client_security
+            if security is None or security.certificate_id is None:
+                continue
+            cert = self.certificates.get(security.certificate_id)
+            if cert is not None and cert.der is not None:
+                ders.append(cert.der)
+        return tuple(ders)
+
     def has_party_ids(self, ids: tuple[PartyId, ...] | list[PartyId]) -> bool:
         """True when every id in ``ids`` (non-empty) is one of this party's ids.
 
@@ -288,6 +312,10 @@ class Cpa:
             if party.has_party_ids(ids):
                 return party
         return None
+
+    def in_force(self, when: datetime) -> bool:
+        """Agreed and ``when`` within the validity period (see :func:`in_force`)."""
+        return in_force(self.status, self.start, self.end, when)
 
     def other_party(self, party: PartyInfo) -> PartyInfo:
         """The party that is not ``party`` (a CPA has exactly two)."""

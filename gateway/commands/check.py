@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from gateway.commands.common import fail, open_store
+from gateway.commands.common import fail, open_store, open_store_at
 from gateway.config import ConfigError, load_config
-from gateway.store.database import Database
-from gateway.store.migrate import apply_migrations
 from gateway.store.pings import LinkStatus, link_statuses
 from gateway.store.timeutil import to_db, utcnow
 
@@ -110,8 +108,7 @@ def cmd_check_ping(args: argparse.Namespace) -> int:
     try:
         if args.config is not None:
             config = load_config(args.config)
-            db = Database.from_url(config.store)
-            apply_migrations(db)
+            db = open_store_at(config.store)
             if max_age is None:
                 max_age = 3 * config.monitoring.ping_interval + config.monitoring.ping_timeout
         else:

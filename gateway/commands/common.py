@@ -23,8 +23,13 @@ def store_url(args: argparse.Namespace) -> str:
 
 
 def open_store(args: argparse.Namespace) -> Database:
-    """Open the store and bring its schema up to date."""
-    db = Database.from_url(store_url(args))
+    """Open the store of ``--store``/``--data-dir`` and bring its schema up to date."""
+    return open_store_at(store_url(args))
+
+
+def open_store_at(url: str) -> Database:
+    """Open the store at ``url`` (a config's ``store``) and bring its schema up to date."""
+    db = Database.from_url(url)
     apply_migrations(db)
     return db
 

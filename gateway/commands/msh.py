@@ -15,14 +15,13 @@ from pathlib import Path
 
 from cpa.model import Service
 from cpa.registry import CpaNotFound, CpaRegistry
-from gateway.commands.common import fail, open_store
+from gateway.commands.common import fail, open_store, open_store_at
 from gateway.config import ConfigError, load_config
 from gateway.logfmt import configure_logging
 from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
 from gateway.msh.security import MessageSecurity
 from gateway.store.database import Cursor, Database, Row
 from gateway.store.messages import Direction, find_message, task_for_message
-from gateway.store.migrate import apply_migrations
 
 EXIT_NO_ANSWER = 2
 
@@ -179,9 +178,7 @@ def _sending_setup(args: argparse.Namespace) -> tuple[Database, MessageSecurity 
         default_anchors=(config.tls.trust_anchors,),
         default_intermediates=(config.tls.chain,) if config.tls.chain else (),
     )
-    db = Database.from_url(config.store)
-    apply_migrations(db)
-    return db, security
+    return open_store_at(config.store), security
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -66,7 +66,7 @@ def check_message(env: Envelope, cpa: Cpa, *, now: datetime) -> Checked:
     """
     header = env.header
     # Step 6: the CPA must be in force when the message was made.
-    if cpa.status not in ("agreed", "signed") or not cpa.start <= header.timestamp <= cpa.end:
+    if not cpa.in_force(header.timestamp):
         raise _fail(ErrorCode.INCONSISTENT, "//Header/MessageHeader/@cpaid", "Invalid CPA.")
     # Step 7: the header itself.
     if header.version != EBMS_VERSION:

@@ -10,32 +10,11 @@ names that certificate for the party it belongs to (research notes §5.2).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from cpa.model import Cpa, PartyId, PartyInfo
 from gateway.store.pings import LinkKey
 
-__all__ = ["ACTIVE_STATUSES", "cpa_is_active", "links_for", "own_party"]
-
-#: CPA statuses that may carry messages (``proposed`` may not).
-ACTIVE_STATUSES = frozenset({"agreed", "signed"})
-
-
-def cpa_is_active(cpa: Cpa, now: datetime) -> bool:
-    """True when the CPA is agreed and ``now`` lies within its validity period."""
-    return cpa.status in ACTIVE_STATUSES and cpa.start <= now <= cpa.end
-
-
-def _client_certificates(party: PartyInfo) -> set[bytes]:
-    ders = set()
-    for transport in party.transports.values():
-        security = transport.client_security
-        if security is None or security.certificate_id is None:
-            continue
-        cert = party.certificates.get(security.certificate_id)
-        if cert is not None and cert.der is not None:
-            ders.add(cert.der)
-    return ders
+__all__ = ["links_for", "own_party"]
 
 
 def own_party(
@@ -50,7 +29,7 @@ def own_party(
         return None
     if client_certificate_der is None:
         return None
-    mine = [p for p in cpa.parties if client_certificate_der in _client_certificates(p)]
+    mine = [p for p in cpa.parties if client_certificate_der in p.tls_client_certificates()]
     # Both parties with the same certificate (a loopback test CPA) is ambiguous.
     if len(mine) != 1 or not mine[0].party_ids:
         return None

@@ -27,8 +27,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
-from cpa.model import PartyId, parse_party
+from cpa.model import PartyId, in_force, parse_party
 from cpa.registry import CpaNotFound, CpaRegistry, select_all
+from gateway.logfmt import log_event
 from gateway.monitor.links import links_for
 from gateway.msh.outbound import SendError, queue_ping
 from gateway.store.database import Cursor, Database
@@ -108,7 +109,7 @@ class LinkPlanner:
         keys: list[LinkKey] = []
         seen = set()
         for row in select_all(cur):
-            if row.status not in ("agreed", "signed") or not row.start <= now <= row.end:
+            if not in_force(row.status, row.start, row.end, now):
                 continue
             seen.add(row.cpa_id)
             cached = self._cache.get(row.cpa_id)
@@ -314,18 +315,22 @@ class PingScheduler:
     def _report(self, report: TickReport) -> None:
         for verdict in report.verdicts:
             key = verdict.key
-            fields = (
-                f"event=ping cpa_id={key.cpa_id} from={key.from_party} to={key.to_party} "
-                f"outcome={verdict.outcome}"
-            )
-            if verdict.rtt is not None:
-                fields += f" rtt={verdict.rtt:.3f}"
-            if verdict.ping_message_id:
-                fields += f" message_id={verdict.ping_message_id}"
+            fields = {
+                "event": "ping",
+                "cpa_id": key.cpa_id,
+                "from": key.from_party,
+                "to": key.to_party,
+                "outcome": verdict.outcome,
+                "rtt": f"{verdict.rtt:.3f}" if verdict.rtt is not None else None,
+                "message_id": verdict.ping_message_id,
+                "reason": verdict.reason,
+            }
+            # Changes and failures are news; a steady "up" only at debug level.
             if verdict.outcome == "down":
-                log.warning("%s reason=%r", fields, verdict.reason)
+                level = logging.WARNING
             elif verdict.previous != "up":
-                log.info("%s", fields)
+                level = logging.INFO
             else:
-                log.debug("%s", fields)
+                level = logging.DEBUG
+            log_event(log, level, fields)
         self.on_report(report)

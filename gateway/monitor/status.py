@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from cpa.certificates import facts, load_der
+from cpa.model import in_force
 from cpa.registry import CpaNotFound, CpaRegistry, select_all
 from gateway.store.database import Cursor
 from gateway.store.pings import LinkStatus, link_statuses
@@ -45,7 +46,7 @@ class CpaInfo:
 
     def active_at(self, now: datetime) -> bool:
         """Agreed and within its validity period."""
-        return self.status in ("agreed", "signed") and self.start <= now <= self.end
+        return in_force(self.status, self.start, self.end, now)
 
 
 @dataclass(frozen=True)

@@ -246,15 +246,7 @@ class InboundProcessor:
             return True
         if request.peer_certificate is None:
             return False
-        peer = _der(request.peer_certificate)
-        for transport in party.transports.values():
-            sec = transport.client_security
-            cert = (
-                party.certificates.get(sec.certificate_id) if sec and sec.certificate_id else None
-            )
-            if cert is not None and cert.der == peer:
-                return True
-        return False
+        return _der(request.peer_certificate) in party.tls_client_certificates()
 
     # -- the transaction ---------------------------------------------------------
 

@@ -175,7 +175,7 @@ def queue_message(
     """
     cpa = registry.get_cpa(cpa_id, cur)
     now = clock()
-    if not cpa.start <= now <= cpa.end or cpa.status not in ("agreed", "signed"):
+    if not cpa.in_force(now):
         raise SendError(f"CPA {cpa_id} is not in force now")
     try:
         route = resolve(
