@@ -127,6 +127,86 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The back-office API listener (REST ``/service/rest/v19``, SOAP ``/service/...``).
+
+    ``port`` None means off.  HTTPS when ``certificate`` and ``key`` are set;
+    mutual TLS when ``client_ca`` is set too (clients must present a
+    certificate chaining to it); HTTP Basic when ``users_file`` is set (lines
+    ``name:hash`` as ``dkgw api hash-password`` prints them).  A listener off
+    loopback without either is refused unless ``allow_unauthenticated`` says so:
+    the API hands out citizens' data.
+    """
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+    certificate: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+    users_file: Path | None = None
+    allow_unauthenticated: bool = False
+    max_request_bytes: int = 150 * 1024 * 1024
+    wait_timeout: float = 30.0  # ping and getMessageStatus wait this long for the answer
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener speaks HTTPS."""
+        return self.certificate is not None
+
+
+EVENT_TYPES = ("RECEIVED", "DELIVERED", "FAILED", "EXPIRED")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One ``[[webhook]]``: POST each matching message event's JSON to ``url``.
+
+    Empty ``cpa_ids``/``services`` match all; ``event_types`` defaults to all
+    four.  Deliveries are retried with exponential backoff (``initial_backoff``
+    doubling up to ``max_backoff``) until ``max_age`` has passed, then marked
+    failed.  With ``secret_file`` each POST carries an HMAC-SHA256 of its body.
+    """
+
+    name: str
+    url: str
+    cpa_ids: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = EVENT_TYPES
+    secret_file: Path | None = None
+    ca_file: Path | None = None
+    timeout: float = 10.0
+    initial_backoff: float = 5.0
+    max_backoff: float = 900.0
+    max_age: float = 86400.0
+
+
+@dataclass(frozen=True)
+class FileDropConfig:
+    """One ``[[filedrop]]`` exchange: an outbox folder sent with fixed ebMS properties
+    and an inbox folder that receives matching messages.
+
+    Either folder may be left out.  The inbox takes the received messages of
+    ``cpa_id`` with this ``service`` and, when ``inbox_actions`` is not empty,
+    one of those actions (default: any action of the service).
+    """
+
+    name: str
+    cpa_id: str
+    service: str
+    action: str = ""
+    from_party: str = ""
+    from_role: str = ""
+    to_party: str = ""
+    to_role: str = ""
+    content_type: str = "application/xml"
+    outbox: Path | None = None
+    inbox: Path | None = None
+    inbox_actions: tuple[str, ...] = ()
+    poll_interval: float = 2.0
+    max_file_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Log output: ``text`` lines or ``json`` objects, one per line."""
 
@@ -185,6 +265,9 @@ class GatewayConfig:
     admin: AdminConfig = field(default_factory=AdminConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    webhooks: tuple[WebhookConfig, ...] = ()
+    filedrops: tuple[FileDropConfig, ...] = ()
     source: Path | None = None
 
 
@@ -203,7 +286,49 @@ _SECTIONS = {
     "admin": {"listen"},
     "logging": {"format", "level"},
     "security": {*KEY_OPTIONS, *TRUST_OPTIONS},
+    "api": {
+        "listen",
+        "certificate",
+        "key",
+        "client_ca",
+        "users_file",
+        "allow_unauthenticated",
+        "max_request_bytes",
+        "wait_timeout",
+    },
+    "webhook": {
+        "name",
+        "url",
+        "cpa_ids",
+        "services",
+        "event_types",
+        "secret_file",
+        "ca_file",
+        "timeout",
+        "initial_backoff",
+        "max_backoff",
+        "max_age",
+    },
+    "filedrop": {
+        "name",
+        "cpa_id",
+        "service",
+        "action",
+        "from_party",
+        "from_role",
+        "to_party",
+        "to_role",
+        "content_type",
+        "outbox",
+        "inbox",
+        "inbox_actions",
+        "poll_interval",
+        "max_file_bytes",
+    },
 }
+
+#: Sections written as arrays of tables (``[[webhook]]``), one entry each.
+_ARRAY_SECTIONS = ("webhook", "filedrop")
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -213,11 +338,18 @@ def _check_keys(data: dict[str, Any]) -> None:
     for section, values in data.items():
         if section not in _SECTIONS:
             raise ConfigError(f"unknown section [{section}]")
-        if not isinstance(values, dict):
+        if section in _ARRAY_SECTIONS:
+            if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+                raise ConfigError(f"[[{section}]] must be an array of tables")
+            tables = values
+        elif not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table")
-        for key in values:
-            if key not in _SECTIONS[section]:
-                raise ConfigError(f"unknown option {key!r} in [{section}]")
+        else:
+            tables = [values]
+        for table in tables:
+            for key in table:
+                if key not in _SECTIONS[section]:
+                    raise ConfigError(f"unknown option {key!r} in [{section}]")
 
 
 def _listen(value: str, section: str = "http") -> tuple[str, int]:
@@ -297,6 +429,9 @@ def load_config(path: Path) -> GatewayConfig:
         admin=_admin(data.get("admin", {})),
         logging=_logging(data.get("logging", {})),
         security=_security(data.get("security", {}), base, tls_chain),
+        api=_api(data.get("api", {}), base),
+        webhooks=_webhooks(data.get("webhook", []), base),
+        filedrops=_filedrops(data.get("filedrop", []), base),
         source=path.resolve(),
     )
     for name in ("certificate", "key", "client_certificate", "client_key", "trust_anchors"):
@@ -333,6 +468,153 @@ def _admin(section: dict[str, Any]) -> AdminConfig:
         return AdminConfig()
     host, port = _listen(listen, "admin")
     return AdminConfig(host=host, port=port)
+
+
+def _path(section: dict[str, Any], key: str, base: Path, where: str) -> Path | None:
+    value = section.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} {key} must be a file path")
+    return (base / value).resolve()
+
+
+def _existing(section: dict[str, Any], key: str, base: Path, where: str) -> Path | None:
+    target = _path(section, key, base, where)
+    if target is not None and not target.exists():
+        raise ConfigError(f"{where} {key}: {target} does not exist")
+    return target
+
+
+def _strings(section: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = section.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} {key} must be a list of strings")
+    return tuple(value)
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _api(section: dict[str, Any], base: Path) -> ApiConfig:
+    listen = _typed(section, "listen", str, "")
+    if not listen:
+        return ApiConfig()
+    host, port = _listen(listen, "api")
+    config = ApiConfig(
+        host=host,
+        port=port,
+        certificate=_existing(section, "certificate", base, "[api]"),
+        key=_existing(section, "key", base, "[api]"),
+        client_ca=_existing(section, "client_ca", base, "[api]"),
+        users_file=_existing(section, "users_file", base, "[api]"),
+        allow_unauthenticated=_typed(section, "allow_unauthenticated", bool, False),
+        max_request_bytes=_typed(section, "max_request_bytes", int, ApiConfig.max_request_bytes),
+        wait_timeout=_typed(section, "wait_timeout", float, ApiConfig.wait_timeout),
+    )
+    if (config.certificate is None) != (config.key is None):
+        raise ConfigError("[api] certificate and key go together")
+    if config.client_ca is not None and config.certificate is None:
+        raise ConfigError("[api] client_ca (mutual TLS) needs certificate and key")
+    authenticated = config.client_ca is not None or config.users_file is not None
+    if not authenticated and not _is_loopback(host) and not config.allow_unauthenticated:
+        raise ConfigError(
+            f"[api] listen {listen!r} is not loopback: set users_file or client_ca, "
+            "or allow_unauthenticated = true"
+        )
+    if config.max_request_bytes < 1024 or config.wait_timeout <= 0:
+        raise ConfigError("[api] max_request_bytes and wait_timeout must be positive")
+    return config
+
+
+def _webhooks(entries: list[dict[str, Any]], base: Path) -> tuple[WebhookConfig, ...]:
+    hooks = []
+    for n, entry in enumerate(entries, 1):
+        where = f"[[webhook]] #{n}"
+        url = _typed(entry, "url", str, "")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where} url must be an http:// or https:// URL")
+        name = _typed(entry, "name", str, f"webhook-{n}")
+        event_types = _strings(entry, "event_types", where) or EVENT_TYPES
+        unknown = set(event_types) - set(EVENT_TYPES)
+        if unknown:
+            raise ConfigError(f"{where} event_types: unknown {', '.join(sorted(unknown))}")
+        hook = WebhookConfig(
+            name=name,
+            url=url,
+            cpa_ids=_strings(entry, "cpa_ids", where),
+            services=_strings(entry, "services", where),
+            event_types=event_types,
+            secret_file=_existing(entry, "secret_file", base, where),
+            ca_file=_existing(entry, "ca_file", base, where),
+            timeout=_typed(entry, "timeout", float, WebhookConfig.timeout),
+            initial_backoff=_typed(entry, "initial_backoff", float, WebhookConfig.initial_backoff),
+            max_backoff=_typed(entry, "max_backoff", float, WebhookConfig.max_backoff),
+            max_age=_typed(entry, "max_age", float, WebhookConfig.max_age),
+        )
+        if min(hook.timeout, hook.initial_backoff, hook.max_age) <= 0:
+            raise ConfigError(f"{where} timeout, initial_backoff and max_age must be positive")
+        if hook.max_backoff < hook.initial_backoff:
+            raise ConfigError(f"{where} max_backoff must be at least initial_backoff")
+        hooks.append(hook)
+    names = [h.name for h in hooks]
+    if len(set(names)) != len(names):
+        raise ConfigError("[[webhook]] names must be unique")
+    return tuple(hooks)
+
+
+def _filedrops(entries: list[dict[str, Any]], base: Path) -> tuple[FileDropConfig, ...]:
+    drops = []
+    for n, entry in enumerate(entries, 1):
+        where = f"[[filedrop]] #{n}"
+        name = _typed(entry, "name", str, "")
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{where} needs a name of letters, digits, - and _")
+        where = f"[[filedrop]] {name}"
+        drop = FileDropConfig(
+            name=name,
+            cpa_id=_typed(entry, "cpa_id", str, ""),
+            service=_typed(entry, "service", str, ""),
+            action=_typed(entry, "action", str, ""),
+            from_party=_typed(entry, "from_party", str, ""),
+            from_role=_typed(entry, "from_role", str, ""),
+            to_party=_typed(entry, "to_party", str, ""),
+            to_role=_typed(entry, "to_role", str, ""),
+            content_type=_typed(entry, "content_type", str, FileDropConfig.content_type),
+            outbox=_path(entry, "outbox", base, where),
+            inbox=_path(entry, "inbox", base, where),
+            inbox_actions=_strings(entry, "inbox_actions", where),
+            poll_interval=_typed(entry, "poll_interval", float, FileDropConfig.poll_interval),
+            max_file_bytes=_typed(entry, "max_file_bytes", int, FileDropConfig.max_file_bytes),
+        )
+        if not drop.cpa_id or not drop.service:
+            raise ConfigError(f"{where} needs cpa_id and service")
+        if drop.outbox is None and drop.inbox is None:
+            raise ConfigError(f"{where} needs an outbox, an inbox or both")
+        if drop.outbox is not None:
+            missing = [
+                k
+                for k in ("action", "from_party", "from_role", "to_party", "to_role")
+                if not getattr(drop, k)
+            ]
+            if missing:
+                raise ConfigError(f"{where} outbox needs {', '.join(missing)}")
+            for party in (drop.from_party, drop.to_party):
+                try:
+                    parse_party(party)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+        if drop.poll_interval <= 0 or drop.max_file_bytes < 1:
+            raise ConfigError(f"{where} poll_interval and max_file_bytes must be positive")
+        drops.append(drop)
+    names = [d.name for d in drops]
+    if len(set(names)) != len(names):
+        raise ConfigError("[[filedrop]] names must be unique")
+    folders = [f for d in drops for f in (d.outbox, d.inbox) if f is not None]
+    if len(set(folders)) != len(folders):
+        raise ConfigError("[[filedrop]] folders must not be shared between exchanges")
+    return tuple(drops)
 
 
 def _logging(section: dict[str, Any]) -> LoggingConfig:

@@ -23,6 +23,10 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from adapters.api.service import BackOffice
+from adapters.api.site import api_site
+from adapters.filedrop import FileDrop
+from adapters.webhooks import WebhookDispatcher
 from cpa.registry import CpaRegistry
 from gateway.config import GatewayConfig
 from gateway.crl import CrlRefresher
@@ -41,7 +45,13 @@ from gateway.store.database import Cursor, Database
 from gateway.store.messages import StoredMessage
 from gateway.store.migrate import apply_migrations
 from gateway.store.timeutil import utcnow
-from gateway.tls import ClientTlsPolicy, TlsIdentity, load_trust_anchors, server_context_factory
+from gateway.tls import (
+    ClientTlsPolicy,
+    TlsIdentity,
+    api_server_context_factory,
+    load_trust_anchors,
+    server_context_factory,
+)
 
 log = logging.getLogger("dkgw.serve")
 
@@ -62,6 +72,11 @@ class Gateway:
         self.security: MessageSecurity | None = None
         self.crl_refresher: CrlRefresher | None = None
         self.admin_port: IListeningPort | None = None
+        self.api_port: IListeningPort | None = None
+        self.backoffice: BackOffice | None = None
+        self.webhooks: WebhookDispatcher | None = None
+        self.filedrops: list[FileDrop] = []
+        self._api_site: object | None = None
         self._site: object | None = None
         self._listeners: list[Callable[[dict[str, str]], None]] = []
         # SQLite serialises writers anyway; a few threads keep reads and the
@@ -199,6 +214,37 @@ class Gateway:
             log.info(
                 "event=admin-listening listen=%s:%d", config.admin.host, self.admin_listening_port
             )
+        self.backoffice = BackOffice(
+            self.db,
+            registry,
+            security=security,
+            wake=self.wake,
+            wait_timeout=config.api.wait_timeout,
+        )
+        if config.webhooks:
+            self.webhooks = WebhookDispatcher(
+                self.reactor,
+                self.db,
+                self.run_in_thread,
+                config.webhooks,
+                node_id=config.node_id,
+            )
+            self.webhooks.start()
+        for exchange in config.filedrops:
+            drop = FileDrop(
+                self.reactor,
+                self.db,
+                registry,
+                self.run_in_thread,
+                exchange,
+                node_id=config.node_id,
+                security=security,
+                wake=self.wake,
+            )
+            drop.start()
+            self.filedrops.append(drop)
+        if config.api.port is not None:
+            self._start_api()
         log.info(
             "event=started node=%s listen=%s:%d path=%s store=%s",
             config.node_id,
@@ -206,6 +252,38 @@ class Gateway:
             self.listening_port,
             config.http.path,
             self.db.dialect,
+        )
+
+    def _start_api(self) -> None:
+        api = self.config.api
+        assert self.backoffice is not None and api.port is not None
+        site = api_site(
+            self.backoffice,
+            self.run_in_thread,
+            self.reactor,
+            api,
+            idle_timeout=self.config.http.idle_timeout,
+        )
+        self._api_site = site
+        if api.certificate is not None and api.key is not None:
+            identity = TlsIdentity.from_files(api.certificate, api.key, None)
+            anchors = load_trust_anchors(api.client_ca) if api.client_ca is not None else ()
+            self.api_port = self.reactor.listenSSL(
+                api.port, site, api_server_context_factory(identity, anchors), interface=api.host
+            )
+        else:
+            self.api_port = self.reactor.listenTCP(api.port, site, interface=api.host)
+        auth = [
+            name
+            for name, on in (("mtls", api.client_ca), ("basic", api.users_file))
+            if on is not None
+        ]
+        log.info(
+            "event=api-listening listen=%s:%d scheme=%s auth=%s",
+            api.host,
+            self.api_listening_port,
+            "https" if api.tls else "http",
+            ",".join(auth) or "none",
         )
 
     # -- in-process sending (the back-office APIs and the tests use these) -------------
@@ -239,6 +317,8 @@ class Gateway:
         self._listeners.append(listener)
 
     def _emit(self, fields: dict[str, str]) -> None:
+        if self.webhooks is not None:
+            self.webhooks.wake()  # a request or attempt may have added an event
         for listener in list(self._listeners):
             try:
                 listener(fields)
@@ -268,6 +348,11 @@ class Gateway:
         return int(self.port.getHost().port) if self.port is not None else 0
 
     @property
+    def api_listening_port(self) -> int:
+        """The back-office API listener's TCP port, 0 when it is off."""
+        return int(self.api_port.getHost().port) if self.api_port is not None else 0
+
+    @property
     def admin_listening_port(self) -> int:
         """The admin listener's TCP port, 0 when it is off."""
         return int(self.admin_port.getHost().port) if self.admin_port is not None else 0
@@ -278,6 +363,16 @@ class Gateway:
                 self.pinger.stop()
             if self.crl_refresher is not None:
                 self.crl_refresher.stop()
+            for drop in self.filedrops:
+                await drop.stop()
+            if self.api_port is not None:
+                stopped_api = self.api_port.stopListening()
+                if stopped_api is not None:
+                    await stopped_api
+            if isinstance(self._api_site, TrackingSite):
+                self._api_site.close_connections()
+            if self.webhooks is not None:
+                await self.webhooks.stop()
             if self.admin_port is not None:
                 stopped_admin = self.admin_port.stopListening()
                 if stopped_admin is not None:

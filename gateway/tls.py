@@ -209,9 +209,14 @@ def load_trust_anchors(path: Path) -> tuple[x509.Certificate, ...]:
     return tuple(anchors.values())
 
 
-def _context(identity: TlsIdentity, trust_anchors: Sequence[x509.Certificate]) -> SSL.Context:
+def _context(
+    identity: TlsIdentity,
+    trust_anchors: Sequence[x509.Certificate],
+    *,
+    verify_peer: bool = True,
+) -> SSL.Context:
     """The settings both directions share; the caller adds the verify mode."""
-    if not trust_anchors:
+    if verify_peer and not trust_anchors:
         raise ValueError("at least one trust anchor is needed to verify the peer")
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)  # [TLS003]: no SSLv3, TLS 1.0, 1.1
@@ -280,6 +285,21 @@ def server_context_factory(
     # several certificates picks the right one.
     for anchor in trust_anchors:
         ctx.add_client_ca(anchor)
+    return ServerTlsOptions(ctx)
+
+
+def api_server_context_factory(
+    identity: TlsIdentity, client_anchors: Sequence[x509.Certificate] = ()
+) -> ServerTlsOptions:
+    """TLS for the back-office API: client certificates required only with ``client_anchors``.
+
+    The same protocol versions and suites as the ebMS endpoint: the API carries
+    the same data.
+    """
+    if client_anchors:
+        return server_context_factory(identity, client_anchors)
+    ctx = _context(identity, (), verify_peer=False)
+    ctx.set_verify(SSL.VERIFY_NONE)
     return ServerTlsOptions(ctx)
 
 

@@ -26,7 +26,7 @@ from cpa.registry import CpaRegistry
 from cpa.resolve import ResolutionError, Route, resolve
 from gateway.ebms.envelope import Envelope, build_envelope
 from gateway.ebms.model import AckRequested, ManifestReference, MessageHeader, SyncReply
-from gateway.ebms.signals import new_message_id, ping
+from gateway.ebms.signals import new_message_id, ping, status_request
 from gateway.msh.security import MessageSecurity, SecurityUnavailable, protect_outbound
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
@@ -288,6 +288,50 @@ def queue_ping(
     return _store(cur, env, route, (), now, status=None, max_attempts=1, retry_interval=None)
 
 
+def queue_status_request(
+    cur: Cursor,
+    registry: CpaRegistry,
+    *,
+    cpa_id: str,
+    from_party: PartyId,
+    to_party: PartyId,
+    ref_to_message_id: str,
+    clock: Callable[[], datetime] = utcnow,
+) -> Queued:
+    """Store and queue a StatusRequest about our message ``ref_to_message_id``.
+
+    The StatusResponse arrives as an inbound message referring to the request
+    (ebMS 2.0 §7.3).  The route is the MSH's own (mshSignal), like a Ping's.
+    """
+    cpa = registry.get_cpa(cpa_id, cur)
+    try:
+        route = resolve(
+            cpa,
+            from_ids=(from_party,),
+            from_role=None,
+            to_ids=(to_party,),
+            to_role=None,
+            service=Service(MSH_SERVICE),
+            action="StatusRequest",
+        )
+    except ResolutionError as exc:
+        raise SendError(f"not allowed by CPA {cpa_id}: {exc.location} {exc.description}") from None
+    now = clock()
+    header = MessageHeader(
+        from_ids=(from_party,),
+        to_ids=(to_party,),
+        cpa_id=cpa_id,
+        conversation_id=str(uuid.uuid4()),
+        service=Service(MSH_SERVICE),
+        action="StatusRequest",
+        message_id=new_message_id(_host(route.send.endpoint)),
+        timestamp=now,
+    )
+    env = status_request(header, ref_to_message_id, sync=route.sync_reply_mode != "none")
+    # Asked for now, answered now: a StatusRequest is not retried either.
+    return _store(cur, env, route, (), now, status=None, max_attempts=1, retry_interval=None)
+
+
 __all__ = [
     "Payload",
     "Queued",
@@ -295,6 +339,7 @@ __all__ = [
     "parse_party",
     "queue_message",
     "queue_ping",
+    "queue_status_request",
     "send_message",
     "send_ping",
 ]

@@ -1,0 +1,153 @@
+"""The back-office API listener: REST under ``/service/rest/v19``, SOAP under ``/service``.
+
+The paths are ebms-admin's (``Start.java`` mounts the services at
+``/service``), so a back office switches from ebms-core by changing only the
+host and port it calls.  Every request passes :class:`AuthGuard` first, then
+the same hardening as the ebMS endpoint: bounded bodies, an idle timeout,
+no form parsing on the reactor, no tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from twisted.web import resource, server
+
+from adapters.api.auth import UsersFile, parse_basic
+from adapters.api.rest import RestApi
+from adapters.api.service import BackOffice
+from adapters.api.soap import soap_resources
+from gateway.config import ApiConfig
+from gateway.http.connections import TrackingSite
+from gateway.http.server import EbmsChannel, limited_request_factory
+from gateway.tls import peer_certificate
+
+log = logging.getLogger("dkgw.api")
+
+__all__ = ["AuthGuard", "api_site"]
+
+
+def _plain(request: server.Request, status: int, text: str) -> bytes:
+    body = text.encode("utf-8") + b"\n"
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    return body
+
+
+class _NotFound(resource.Resource):
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        return _plain(request, 404, "not found")
+
+
+class _Branch(resource.Resource):
+    """A path segment with children; anything else under it is 404."""
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+        return _NotFound()
+
+    def render(self, request: server.Request) -> bytes:
+        return _plain(request, 404, "not found")
+
+
+class AuthGuard(resource.Resource):
+    """Lets a request through to ``inner`` only when it is authenticated.
+
+    Mutual TLS is enforced in the handshake (the listener's TLS context
+    requires a client certificate chaining to ``client_ca``); HTTP Basic here.
+    Checking a password costs PBKDF2 time, so it runs in the thread pool.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: resource.Resource, users: UsersFile | None, run_in_thread: Any):
+        super().__init__()
+        self.inner = inner
+        self.users = users
+        self.run_in_thread = run_in_thread
+
+    def render(self, request: server.Request) -> Any:
+        if self.users is None:
+            return self._forward(request)
+        credentials = parse_basic(request.getHeader(b"authorization"))
+        if credentials is None:
+            return self._challenge(request)
+        d = self.run_in_thread(self.users.check, *credentials)
+
+        def decided(ok: bool) -> None:
+            if request._disconnected:
+                return
+            if not ok:
+                log.warning("event=api-refused reason=bad-credentials user=%r", credentials[0])
+                body = self._challenge(request)
+                request.write(body)
+                request.finish()
+                return
+            request.setUser(credentials[0].encode("utf-8"))
+            result = self._forward(request)
+            if result is not server.NOT_DONE_YET:
+                request.write(result)
+                request.finish()
+
+        def crash(failure: Any) -> None:
+            log.error("event=api-error reason=%s", failure.getErrorMessage())
+            if not request._disconnected:
+                request.write(_plain(request, 500, "internal error"))
+                request.finish()
+
+        d.addCallbacks(decided, crash)
+        return server.NOT_DONE_YET
+
+    def _forward(self, request: server.Request) -> Any:
+        # Walk the tree below the guard as twisted.web would have.
+        request.prepath = []
+        request.postpath = request.path.split(b"?", 1)[0].split(b"/")[1:]
+        target = resource.getChildForRequest(self.inner, request)
+        return target.render(request)
+
+    @staticmethod
+    def _challenge(request: server.Request) -> bytes:
+        request.setHeader(b"WWW-Authenticate", b'Basic realm="dkgw", charset="UTF-8"')
+        return _plain(request, 401, "authentication required")
+
+
+def api_tree(backoffice: BackOffice, run_in_thread: Any, reactor: Any) -> resource.Resource:
+    """The resources below the root: ``/service/rest/v19/...`` and ``/service/<soap>``."""
+    root = _Branch()
+    service = _Branch()
+    root.putChild(b"service", service)
+    rest = _Branch()
+    service.putChild(b"rest", rest)
+    rest.putChild(b"v19", RestApi(backoffice, run_in_thread, reactor))
+    for name, child in soap_resources(backoffice, run_in_thread, reactor).items():
+        service.putChild(name, child)
+    return root
+
+
+def api_site(
+    backoffice: BackOffice,
+    run_in_thread: Any,
+    reactor: Any,
+    config: ApiConfig,
+    *,
+    idle_timeout: float = 30.0,
+) -> server.Site:
+    """The Site for the ``[api]`` listener."""
+    users = UsersFile(config.users_file) if config.users_file is not None else None
+    guard = AuthGuard(api_tree(backoffice, run_in_thread, reactor), users, run_in_thread)
+    site = TrackingSite(guard, parsePOSTFormSubmission=False)
+    site.protocol = EbmsChannel
+    site.timeOut = idle_timeout
+    site.requestFactory = limited_request_factory(config.max_request_bytes)
+    site.displayTracebacks = False
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return site
+
+
+def client_subject(request: server.Request) -> str | None:
+    """The TLS client certificate's subject, for the log line of a request."""
+    cert = peer_certificate(request)
+    return cert.subject.rfc4514_string() if cert is not None else None
