@@ -25,12 +25,15 @@ from cpa.registry import CpaRegistry
 from cpa.validate import ValidationOptions
 from gateway.config import (
     AdminConfig,
+    ApiConfig,
     DeliveryConfig,
+    FileDropConfig,
     GatewayConfig,
     HttpConfig,
     MonitoringConfig,
     SecurityConfig,
     TlsConfig,
+    WebhookConfig,
 )
 from gateway.msh.outbound import Payload, Queued
 from gateway.serve import Gateway
@@ -54,11 +57,16 @@ def gateway_config(
     monitoring: MonitoringConfig | None = None,
     admin_port: int | None = None,
     security: SecurityConfig | None = None,
+    api: ApiConfig | None = None,
+    webhooks: tuple[WebhookConfig, ...] = (),
+    filedrops: tuple[FileDropConfig, ...] = (),
 ) -> GatewayConfig:
     """Config for one side of the example PKI, listening on 127.0.0.1.
 
     Scheduled Pings are off unless ``monitoring`` turns them on: tests that count
-    messages must not meet a Ping that happened to fall due.
+    messages must not meet a Ping that happened to fall due.  ``api`` (e.g.
+    ``ApiConfig(port=0)``) turns on the back-office API listener; its port is then
+    ``side.gateway.api_listening_port``.
     """
     party = pki / slug
     return GatewayConfig(
@@ -78,6 +86,9 @@ def gateway_config(
         monitoring=monitoring or MonitoringConfig(pings=False),
         admin=AdminConfig(host="127.0.0.1", port=admin_port),
         security=security or SecurityConfig(),
+        api=api or ApiConfig(),
+        webhooks=webhooks,
+        filedrops=filedrops,
     )
 
 
