@@ -218,7 +218,8 @@ class Gateway:
             self.db,
             registry,
             security=security,
-            wake=self.wake,
+            # Called from the store's threads: the worker lives on the reactor.
+            wake=lambda: self.reactor.callFromThread(self.wake),
             wait_timeout=config.api.wait_timeout,
         )
         if config.webhooks:

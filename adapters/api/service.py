@@ -41,6 +41,7 @@ from gateway.store import certmap, urlmap
 from gateway.store.backoffice import (
     MessageFilter,
     business_message,
+    find_answer,
     process_event,
     process_message,
     unprocessed_events,
@@ -52,7 +53,6 @@ from gateway.store.messages import (
     EventType,
     StoredMessage,
     find_message,
-    find_reply,
     load_attachments,
     task_for_message,
 )
@@ -543,7 +543,7 @@ class BackOffice:
     def ping_answer(self, ping_id: str) -> bool | None:
         """True: Pong; None: not yet; raises :class:`PartnerUnavailable` on an error."""
         with self.db.transaction() as cur:
-            reply = find_reply(cur, ping_id, ("Pong", "MessageError"))
+            reply = find_answer(cur, ping_id, ("Pong", "MessageError"))
             if reply is not None:
                 if reply.action == "Pong":
                     return True
@@ -579,7 +579,7 @@ class BackOffice:
         from gateway.ebms.envelope import EnvelopeError, parse_envelope
 
         with self.db.transaction() as cur:
-            reply = find_reply(cur, request_id, ("StatusResponse", "MessageError"))
+            reply = find_answer(cur, request_id, ("StatusResponse", "MessageError"))
             if reply is None:
                 self._raise_if_undeliverable(cur, request_id, "StatusRequest")
                 return None
@@ -594,7 +594,8 @@ class BackOffice:
         response = env.status_response
         if response is None:
             raise PartnerUnavailable("the partner's StatusResponse is unreadable")
-        return MessageStatusInfo(response.message_status.value, response.timestamp)
+        # ebMS spells the status "NotRecognized"; ebms-core's API "NOT_RECOGNIZED".
+        return MessageStatusInfo(response.message_status.name, response.timestamp)
 
     async def ping(
         self, run_in_thread: Any, reactor: Any, cpa_id: str, from_id: str, to_id: str

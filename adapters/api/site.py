@@ -86,7 +86,6 @@ class AuthGuard(resource.Resource):
                 request.write(body)
                 request.finish()
                 return
-            request.setUser(credentials[0].encode("utf-8"))
             result = self._forward(request)
             if result is not server.NOT_DONE_YET:
                 request.write(result)

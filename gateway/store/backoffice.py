@@ -32,6 +32,7 @@ from gateway.store.timeutil import to_db
 __all__ = [
     "MessageFilter",
     "business_message",
+    "find_answer",
     "process_event",
     "process_message",
     "unprocessed_events",
@@ -124,6 +125,20 @@ def business_message(cur: Cursor, message_id: str) -> StoredMessage | None:
         if message is not None and message.service != MSH_SERVICE:
             return message
     return None
+
+
+def find_answer(
+    cur: Cursor, ref_to_message_id: str, actions: Sequence[str]
+) -> StoredMessage | None:
+    """The signal the partner sent in answer to our ``ref_to_message_id`` (a Pong,
+    StatusResponse or MessageError), if it has arrived."""
+    marks = ", ".join("?" for _ in actions)
+    row = cur.execute(
+        "SELECT message_id FROM ebms_message WHERE ref_to_message_id = ? "
+        f"AND direction = 'in' AND action IN ({marks}) ORDER BY id LIMIT 1",
+        (ref_to_message_id, *actions),
+    ).fetchone()
+    return None if row is None else find_message(cur, str(row[0]), Direction.IN)
 
 
 def _mark_events(cur: Cursor, message_pk: int, now: datetime, types: Sequence[str] = ()) -> int:
