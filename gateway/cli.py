@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.commands import api as api_commands
 from gateway.commands import check as check_commands
 from gateway.commands import cpa as cpa_commands
 from gateway.commands import demo as demo_commands
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_commands.register(sub)
     demo_commands.register(sub)
     urlmap_commands.register(sub)
+    api_commands.register(sub)
     return parser
 
 
