@@ -52,12 +52,14 @@ def test_the_example_config_names_every_option_with_its_default(example_tree: Pa
     data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
     for section, options in _SECTIONS.items():
         assert section in data, f"[{section}] missing from the example"
-        missing = set(options) - set(data[section])
+        tables = data[section] if isinstance(data[section], list) else [data[section]]
+        missing = set(options) - {key for table in tables for key in table}
         assert not missing, f"[{section}] lacks {sorted(missing)}"
     # Every option is explained: a comment line precedes each section's first option.
     text = EXAMPLE.read_text(encoding="utf-8")
     for section in _SECTIONS:
-        after = text.split(f"[{section}]", 1)[1].lstrip("\n")
+        header = f"[[{section}]]" if f"[[{section}]]" in text else f"[{section}]"
+        after = text.split(header, 1)[1].lstrip("\n")
         assert after.startswith("#"), f"[{section}] has no explanation"
     config = load_config(example_tree)
     assert config.admin.host == "127.0.0.1" and config.admin.port == 8080
