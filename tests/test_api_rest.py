@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -40,7 +41,7 @@ from adapters.api.auth import hash_password
 from adapters.api.openapi import openapi_document
 from adapters.api.rest import ROUTES
 from gateway.config import ApiConfig
-from tests.conftest import GEMEENTE_OIN, NODE_OIN
+from tests.conftest import GEMEENTE_OIN, NODE_OIN, PG_DSN
 from tests.gateways import SERVICE, Pair, Side, gateway_config, store_url, wait_until
 from tests.test_integration import RM_FAST
 
@@ -61,15 +62,22 @@ def client(side: Side, **config: Any) -> EbmsAdapterClient:
     return EbmsAdapterClient(EbmsAdapterClientConfig(base_url=base, timeout=30, **config))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def dialect(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql" and PG_DSN is None:
+        pytest.skip("DKGW_TEST_PG_DSN is not set: no PostgreSQL server to test on")
+    return str(request.param)
+
+
 @pytest_twisted.async_yield_fixture
-async def pair(pki: Path, make_spec, tmp_path: Path) -> AsyncIterator[Pair]:
+async def pair(pki: Path, make_spec, tmp_path: Path, dialect: str) -> AsyncIterator[Pair]:
     sides = []
     for name, slug in (("a", "gemeente-voorbeeld"), ("b", "ggk-rinis-test")):
         config = gateway_config(
             pki,
             slug,
             tmp_path / name,
-            store_url("sqlite", tmp_path, name),
+            store_url(dialect, tmp_path, name),
             api=ApiConfig(port=0, wait_timeout=10.0),
         )
         side = Side(name, config)
@@ -282,6 +290,32 @@ async def test_every_client_method_against_two_gateways(pair: Pair, pki: Path) -
     finally:
         a.close()
         b.close()
+
+
+#: Every client method the test above calls: a new client release with a method we
+#: do not exercise fails here rather than going unnoticed.
+EXERCISED = {
+    "validate_cpa", "insert_cpa", "delete_cpa", "list_cpa_ids", "get_cpa", "clear_cpa_cache",
+    "create_url_mapping", "delete_url_mapping", "list_url_mappings", "clear_url_mapping_cache",
+    "create_certificate_mapping", "delete_certificate_mapping", "list_certificate_mappings",
+    "clear_certificate_mapping_cache", "ping", "send_message", "resend_message",
+    "list_unprocessed_message_ids", "get_message", "process_message", "get_message_status",
+    "list_unprocessed_message_events", "process_message_event",
+}  # fmt: skip
+
+
+def test_the_integration_test_calls_every_client_method() -> None:
+    import inspect
+
+    methods = {
+        name
+        for name, _ in inspect.getmembers(EbmsAdapterClient, inspect.isfunction)
+        if not name.startswith("_") and name != "close"
+    }
+    assert methods == EXERCISED
+    source = inspect.getsource(test_every_client_method_against_two_gateways)
+    for name in EXERCISED:
+        assert re.search(rf"\.{name}[,)]", source), name
 
 
 @pytest_twisted.ensureDeferred
