@@ -29,7 +29,7 @@ class UnsafeXmlError(ValueError):
         self.line = line
 
 
-def _parser() -> etree.XMLParser:
+def _parser(huge_text: bool = False) -> etree.XMLParser:
     # A fresh parser per call: lxml parsers keep error logs and are not
     # thread-safe, and the store calls this from a thread pool later on.
     return etree.XMLParser(
@@ -37,7 +37,7 @@ def _parser() -> etree.XMLParser:
         no_network=True,
         load_dtd=False,
         dtd_validation=False,
-        huge_tree=False,
+        huge_tree=huge_text,
         remove_blank_text=False,
         # Not collect_ids=False: with libxml2 2.14 that option makes the parser
         # load a DOCTYPE's external subset from disk despite load_dtd=False.
@@ -75,16 +75,23 @@ def _check_prolog(data: bytes) -> None:
         raise UnsafeXmlError("a DOCTYPE is not allowed")
 
 
-def parse_xml(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._ElementTree:
+def parse_xml(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, huge_text: bool = False
+) -> etree._ElementTree:
     """Parse ``data`` into an element tree, refusing anything unsafe.
 
     Raises :class:`UnsafeXmlError` for oversized input, a DOCTYPE of any kind,
-    entity references, or malformed XML.
+    entity references, or malformed XML.  ``huge_text`` lifts libxml2's 10 MB
+    limit on one text node (its "huge tree" option), for documents that carry
+    base64 payloads inline (the SOAP API); that limit guards against entity
+    expansion, which is refused here anyway, and ``max_bytes`` still bounds
+    the whole document.  Nesting deeper than :data:`MAX_DEPTH` is refused
+    either way.
     """
     if len(data) > max_bytes:
         raise UnsafeXmlError(f"document is {len(data)} bytes, the limit is {max_bytes}")
     _check_prolog(data)
-    parser = _parser()
+    parser = _parser(huge_text)
     parser.resolvers.add(_RefuseExternal())
     try:
         tree = etree.ElementTree(etree.fromstring(data, parser))
@@ -99,4 +106,20 @@ def parse_xml(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Elem
     # node; none are legal once DTDs are refused, but check rather than trust.
     for node in tree.iter(etree.Entity):
         raise UnsafeXmlError(f"entity reference &{node.name}; is not allowed", node.sourceline)
+    if huge_text:
+        # Without the huge option libxml2 stops at depth 256; keep a bound.
+        _check_depth(tree.getroot())
     return tree
+
+
+#: The deepest nesting accepted with ``huge_text`` (libxml2's own default is 256).
+MAX_DEPTH = 256
+
+
+def _check_depth(root: etree._Element) -> None:
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise UnsafeXmlError(f"elements nested deeper than {MAX_DEPTH}", node.sourceline)
+        stack.extend((child, depth + 1) for child in node)

@@ -72,7 +72,7 @@ class MessageFilter:
 
 def _limit(max_nr: int | None) -> str:
     # maxNr 0 or absent means "all", as in ebms-core.
-    return f" LIMIT {int(max_nr)}" if max_nr else ""
+    return f" LIMIT {int(max_nr)}" if max_nr and max_nr > 0 else ""
 
 
 def _not_signal(alias: str) -> str:
