@@ -54,15 +54,6 @@ _STATUSES = frozenset(
         "EXPIRED",
     }
 )
-#: A StatusResponse's eb:messageStatus (ebMS 2.0 §7.3.2) as ebms-core reports
-#: it: EbMSMessageStatus.get(MessageStatusType) gives the enum name.
-_WIRE_STATUS = {
-    "UnAuthorized": "UNAUTHORIZED",
-    "NotRecognized": "NOT_RECOGNIZED",
-    "Received": "RECEIVED",
-    "Processed": "PROCESSED",
-    "Forwarded": "FORWARDED",
-}
 
 
 def ebms_operations(backoffice: BackOffice, run_in_thread: Any, reactor: Any) -> dict[str, Handler]:
@@ -85,7 +76,8 @@ def ebms_operations(backoffice: BackOffice, run_in_thread: Any, reactor: Any) ->
         status = etree.Element("messageStatus")
         if info.timestamp is not None:
             add(status, "timestamp", xs_datetime(info.timestamp))
-        add(status, "status", _WIRE_STATUS.get(info.status, info.status))
+        # BackOffice already spells it as ebms-core does (PROCESSED, not Processed).
+        add(status, "status", info.status)
         return [status]
 
     def send_message(wrapper: etree._Element) -> list[etree._Element]:
