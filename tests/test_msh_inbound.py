@@ -23,6 +23,7 @@ from gateway.store.messages import (
     task_for_message,
 )
 from gateway.store.migrate import apply_migrations
+from gateway.store.timeutil import from_db, to_db, utcnow
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, load_cert
 from tests.messages import render
 
@@ -115,6 +116,26 @@ def test_async_duplicate_reopens_the_stored_ack(node, store, gemeente_cert) -> N
     assert (again.status, again.log["outcome"]) == (204, "duplicate")
     assert rows(store, "SELECT state, attempts FROM delivery_task") == [("pending", 0)]
     assert rows(store, "SELECT count(*) FROM ebms_message WHERE direction = 'in'") == [(1,)]
+
+
+def test_async_duplicate_brings_a_waiting_ack_forward(node, store, gemeente_cert) -> None:
+    # The ack's first POST failed (the sender was down) and waits for its retry;
+    # the sender's resend shows it is back, so the ack goes now, attempts kept.
+    processor = node(profile="osb-rm")
+    xml = render("EbMSMessageMissingSyncReply")
+    processor.handle(request(xml, gemeente_cert))
+    with store.transaction() as cur:
+        cur.execute(
+            "UPDATE delivery_task SET attempts = 1, next_attempt_at = ?",
+            (to_db(utcnow() + timedelta(minutes=1)),),
+        )
+    again = processor.handle(request(xml, gemeente_cert))
+    assert again.queued and again.log["outcome"] == "duplicate"
+    ((state, attempts, due),) = rows(
+        store, "SELECT state, attempts, next_attempt_at FROM delivery_task"
+    )
+    assert (state, attempts) == ("pending", 1)
+    assert from_db(due) <= utcnow()
 
 
 def test_reused_message_id_with_other_content_is_an_error(node, gemeente_cert) -> None:

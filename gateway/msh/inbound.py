@@ -476,6 +476,13 @@ class InboundProcessor:
                 "AND state IN ('done', 'failed', 'expired')",
                 (to_db(now), to_db(now), stored.pk),
             )
+            # A reply still waiting out a retry interval (the sender was down when
+            # we first sent it) goes now: the sender resending shows it is back.
+            cur.execute(
+                "UPDATE delivery_task SET next_attempt_at = ?, updated_at = ? "
+                "WHERE message_pk = ? AND state = 'pending' AND next_attempt_at > ?",
+                (to_db(now), to_db(now), stored.pk, to_db(now)),
+            )
             return HttpReply(204, log={"outcome": "duplicate", "reply": stored.action}, queued=True)
         return HttpReply(
             200, stored.envelope, XML, {"outcome": "duplicate", "reply": stored.action}

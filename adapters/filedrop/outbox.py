@@ -1,0 +1,438 @@
+"""The outbox: files dropped in a folder are sent as ebMS messages, exactly once.
+
+Runs in a worker thread (:meth:`Outbox.run_pass`); see docs/filedrop.md for the
+folder layout and the reasoning behind the steps.
+
+1. Claim: ``os.rename(outbox/F, outbox/.work/<token>__F)``.  Atomic, so of two
+   passes (or nodes) only one gets the file.
+2. Queue: in one transaction, the ``filedrop_item`` row for the token and the
+   message with its delivery task (or, when refused, the row with the reason).
+3. Settle: when the message is DELIVERED the file moves to ``sent/``; when it is
+   DELIVERY_FAILED or EXPIRED, to ``failed/`` with ``F.error`` stating why.
+
+Every pass starts by going through ``.work/``: a token the store knows is never
+queued again, a token it does not know (a crash between 1 and 2) is queued now,
+and a settled item whose move was not finished is moved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+
+from adapters.filedrop.files import ensure_folder, fsync_folder, move_no_clobber
+from cpa.model import Cpa, Service, parse_party
+from cpa.registry import CpaNotFound, CpaRegistry
+from gateway.config import FileDropConfig
+from gateway.logfmt import log_event
+from gateway.msh.outbound import Payload, SendError, queue_message
+from gateway.msh.security import MessageSecurity
+from gateway.store.database import Database, StoreError
+from gateway.store.filedrop import (
+    FileDropItem,
+    ItemState,
+    claim_item,
+    refuse_item,
+    set_item_message,
+    settle_items,
+)
+from gateway.store.timeutil import to_db, utcnow
+
+log = logging.getLogger("dkgw.filedrop")
+
+WORK = ".work"
+SENT = "sent"
+FAILED = "failed"
+#: Name endings of files still being written: never picked up.
+PARTIAL_SUFFIXES = (".tmp", ".part")
+_WORK_NAME = re.compile(r"([0-9a-f]{32})__(.+)", re.DOTALL)
+#: Errors that say nothing about the file: the pass stops and the next one tries again.
+TRANSIENT = (sqlite3.Error, psycopg.Error, StoreError, OSError)
+#: Longest file name (UTF-8 bytes) taken: the claim adds 34 characters to it.
+MAX_NAME_BYTES = 200
+
+
+def ignored(name: str) -> bool:
+    """True for names the outbox leaves alone: hidden files and files being written."""
+    return name.startswith(".") or name.endswith(PARTIAL_SUFFIXES)
+
+
+def service_of(cpa: Cpa, value: str) -> Service:
+    """The CPA's service whose ``type:value`` is ``value``.
+
+    As :func:`adapters.api.service.service_of`: a service type may contain
+    colons itself, so the string cannot be split without the CPA.
+    """
+    for party in cpa.parties:
+        for role in party.roles:
+            if role.service.key() == value:
+                return role.service
+    raise SendError(f"CPA {cpa.cpa_id} has no service {value!r}")
+
+
+@dataclass(frozen=True)
+class _Read:
+    content: bytes
+    sha256: str
+
+
+class Outbox:
+    """One exchange's outbox folder (all methods block: call them in a worker thread)."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry: CpaRegistry,
+        exchange: FileDropConfig,
+        *,
+        security: MessageSecurity | None,
+        stopping: threading.Event,
+        queued: Callable[[], None],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        assert exchange.outbox is not None
+        self.db = db
+        self.registry = registry
+        self.exchange = exchange
+        self.security = security
+        self.stopping = stopping
+        self.queued = queued
+        self.clock = clock
+        self.folder = exchange.outbox
+        self.work = self.folder / WORK
+        self.sent = self.folder / SENT
+        self.failed = self.folder / FAILED
+
+    def prepare(self) -> None:
+        """Create the outbox and its ``.work/``, ``sent/`` and ``failed/`` folders."""
+        for folder in (self.folder, self.work, self.sent, self.failed):
+            ensure_folder(folder)
+
+    def run_pass(self) -> None:
+        """Finish what ``.work/`` holds, then claim and queue newly dropped files."""
+        self.reconcile()
+        if not self.stopping.is_set():
+            self.claim_new()
+
+    # -- .work/ ----------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Act on every claimed file according to the store."""
+        claimed: dict[str, str] = {}
+        with os.scandir(self.work) as entries:
+            for entry in entries:
+                match = _WORK_NAME.fullmatch(entry.name)
+                if match and entry.is_file(follow_symlinks=False):
+                    claimed[match[1]] = match[2]
+        if not claimed:
+            return
+        with self.db.transaction() as cur:
+            items = settle_items(cur, self.exchange.name, claimed, now=self.clock())
+        for token, name in sorted(claimed.items(), key=lambda t: t[1]):
+            if self.stopping.is_set():
+                return
+            item = items.get(token)
+            if item is None:
+                # Claimed, but the transaction that queues it never committed.
+                self._queue(token, name)
+            elif item.state is ItemState.SENT:
+                self._finish(token, item, self.sent)
+            elif item.state is ItemState.FAILED:
+                self._finish(token, item, self.failed)
+
+    # -- new files -------------------------------------------------------------------
+
+    def claim_new(self) -> None:
+        """Claim the files dropped since the last pass (oldest first) and queue them."""
+        found: list[tuple[float, str]] = []
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                if ignored(entry.name) or not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    found.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
+                except FileNotFoundError:
+                    continue
+        if not found:
+            return
+        found.sort()
+        claimed: list[tuple[str, str]] = []
+        for _, name in found:
+            if self.stopping.is_set():
+                break
+            if len(os.fsencode(name)) > MAX_NAME_BYTES:
+                self._refuse_unclaimed(name)
+                continue
+            token = uuid.uuid4().hex
+            try:
+                os.rename(self.folder / name, self.work / f"{token}__{name}")
+            except FileNotFoundError:
+                continue  # taken by another node, or withdrawn
+            claimed.append((token, name))
+        if not claimed:
+            return
+        # The claims must be on disk before their tokens are: after a power loss a
+        # file back in the outbox under a token already queued would be sent twice.
+        fsync_folder(self.work)
+        fsync_folder(self.folder)
+        for token, name in claimed:
+            if self.stopping.is_set():
+                # The rest wait in .work/ under tokens the store does not know:
+                # the next start queues them, exactly as after a crash.
+                break
+            self._queue(token, name)
+
+    def _refuse_unclaimed(self, name: str) -> None:
+        error = (
+            f"the file name is longer than {MAX_NAME_BYTES} bytes; rename it shorter "
+            "and drop it again"
+        )
+        src = self.folder / name
+        try:
+            size = src.stat().st_size
+            dest = move_no_clobber(
+                src,
+                self.failed,
+                name,
+                free=self._error_free(None),
+                before=lambda d: self._write_error(d, name, None, None, error),
+            )
+        except FileNotFoundError:
+            return
+        self._log(logging.WARNING, name, size, None, "failed", error=error, moved_to=dest.name)
+
+    # -- one file --------------------------------------------------------------------
+
+    def _queue(self, token: str, name: str) -> None:
+        """Send the claimed file ``token``, or refuse it; never twice."""
+        path = self.work / f"{token}__{name}"
+        exchange = self.exchange
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return  # another node finished it
+        refusal: str | None = None
+        read: _Read | None = None
+        if size == 0:
+            refusal = "the file is empty"
+        elif size > exchange.max_file_bytes:
+            refusal = (
+                f"the file has {size} bytes, more than max_file_bytes ({exchange.max_file_bytes})"
+            )
+        else:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                refusal = "the file name is not valid UTF-8"
+        if refusal is None:
+            try:
+                read = self._read(path)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                refusal = f"the file cannot be read: {exc.strerror or exc}"
+            else:
+                size = len(read.content)
+                if size == 0:
+                    refusal = "the file is empty"
+                elif size > exchange.max_file_bytes:
+                    refusal = (
+                        f"the file has more than max_file_bytes ({exchange.max_file_bytes}) bytes"
+                    )
+        if refusal is None and read is not None:
+            try:
+                message_id = self._send(token, name, read)
+            except (SendError, CpaNotFound) as exc:
+                refusal = str(exc)
+            except TRANSIENT:
+                raise  # the store or the disk: the next pass tries again
+            except Exception as exc:
+                # Not the store's fault, so trying again would fail again and keep
+                # the file (and the pass) stuck: refuse it, with the reason.
+                log.exception("filedrop %s: %s cannot be sent", exchange.name, name)
+                refusal = f"the file cannot be sent: {type(exc).__name__}: {exc}"
+            else:
+                if message_id is not None:
+                    self._log(logging.INFO, name, size, message_id, "queued", token=token)
+                    self.queued()
+                return
+        assert refusal is not None
+        sha256 = read.sha256 if read is not None else None
+        with self.db.transaction() as cur:
+            recorded = refuse_item(
+                cur,
+                exchange=exchange.name,
+                token=token,
+                file_name=name,
+                size=size,
+                sha256=sha256,
+                error=refusal,
+                now=self.clock(),
+            )
+        if recorded:
+            item = FileDropItem(
+                exchange.name, token, name, size, sha256, None, ItemState.FAILED, refusal,
+                self.clock(), self.clock(),
+            )  # fmt: skip
+            self._finish(token, item, self.failed)
+
+    def _read(self, path: Path) -> _Read:
+        """The whole file (at most max_file_bytes + 1 bytes of it) and its SHA-256.
+
+        ``gateway.msh.outbound.Payload`` carries bytes only, so the file is sent
+        from memory; see docs/filedrop.md.
+        """
+        with path.open("rb") as f:
+            content = f.read(self.exchange.max_file_bytes + 1)
+        return _Read(content, hashlib.sha256(content).hexdigest())
+
+    def _send(self, token: str, name: str, read: _Read) -> str | None:
+        """Queue the message in the transaction that records the token; its id or None."""
+        exchange = self.exchange
+        with self.db.transaction() as cur:
+            now = self.clock()
+            if not claim_item(
+                cur,
+                exchange=exchange.name,
+                token=token,
+                file_name=name,
+                size=len(read.content),
+                sha256=read.sha256,
+                now=now,
+            ):
+                return None  # queued by another node already
+            cpa = self.registry.get_cpa(exchange.cpa_id, cur)
+            queued = queue_message(
+                cur,
+                self.registry,
+                cpa_id=exchange.cpa_id,
+                from_party=parse_party(exchange.from_party),
+                from_role=exchange.from_role,
+                to_party=parse_party(exchange.to_party),
+                to_role=exchange.to_role,
+                service=service_of(cpa, exchange.service),
+                action=exchange.action,
+                payloads=(Payload(read.content, exchange.content_type, name),),
+                correlation_id=f"filedrop:{exchange.name}:{token}",
+                security=self.security,
+                clock=lambda: now,
+            )
+            set_item_message(cur, token, queued.message_id, now=now)
+        return queued.message_id
+
+    # -- settled files ---------------------------------------------------------------
+
+    def _finish(self, token: str, item: FileDropItem, folder: Path) -> None:
+        """Move a settled file from ``.work/`` to ``sent/`` or ``failed/``."""
+        src = self.work / f"{token}__{item.file_name}"
+        failed = folder == self.failed
+        error = item.error or "not delivered"
+        try:
+            if failed:
+                dest = move_no_clobber(
+                    src,
+                    folder,
+                    item.file_name,
+                    free=self._error_free(token),
+                    before=lambda d: self._write_error(d, item.file_name, token, item, error),
+                )
+            else:
+                dest = move_no_clobber(src, folder, item.file_name)
+        except FileNotFoundError:
+            return  # moved by another node
+        fsync_folder(folder)
+        fsync_folder(self.work)
+        self._log(
+            logging.WARNING if failed else logging.INFO,
+            item.file_name,
+            item.size,
+            item.message_id,
+            "failed" if failed else "sent",
+            token=token,
+            moved_to=dest.name,
+            error=error if failed else None,
+        )
+
+    @staticmethod
+    def _error_free(token: str | None) -> Callable[[Path], bool]:
+        """A name in failed/ is free when its ``.error`` is absent or was ours."""
+
+        def free(dest: Path) -> bool:
+            error_file = dest.with_name(dest.name + ".error")
+            try:
+                text = error_file.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                return True
+            return token is not None and f"\ntoken: {token}\n" in text
+
+        return free
+
+    def _write_error(
+        self,
+        dest: Path,
+        name: str,
+        token: str | None,
+        item: FileDropItem | None,
+        error: str,
+    ) -> None:
+        lines = [
+            f"error: {error}",
+            f"file: {name}",
+            f"exchange: {self.exchange.name}",
+            f"cpa: {self.exchange.cpa_id}",
+            f"service: {self.exchange.service}",
+            f"action: {self.exchange.action}",
+        ]
+        if item is not None:
+            lines.append(f"size: {item.size}")
+            if item.sha256:
+                lines.append(f"sha256: {item.sha256}")
+            if item.message_id:
+                lines.append(f"message id: {item.message_id}")
+            lines.append(f"dropped: {to_db(item.created_at)}")
+        lines.append(f"failed: {to_db(self.clock())}")
+        text = "\n".join(lines) + "\n"
+        if token is not None:
+            text += f"token: {token}\n"
+        tmp = dest.with_name(f".tmp-{uuid.uuid4().hex}-{dest.name}.error")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest.with_name(dest.name + ".error"))
+
+    def _log(
+        self,
+        level: int,
+        name: str,
+        size: int,
+        message_id: str | None,
+        outcome: str,
+        **extra: str | None,
+    ) -> None:
+        log_event(
+            log,
+            level,
+            {
+                "event": "filedrop",
+                "exchange": self.exchange.name,
+                "direction": "out",
+                "file": name,
+                "size": size,
+                "message_id": message_id,
+                "outcome": outcome,
+                **extra,
+            },
+        )
