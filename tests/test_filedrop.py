@@ -121,7 +121,9 @@ def drop(folder: Path, name: str, content: bytes) -> None:
 
 
 def files(folder: Path) -> list[str]:
-    """Regular files in ``folder``, sorted."""
+    """Regular files in ``folder``, sorted (none while it is not there yet)."""
+    if not folder.is_dir():
+        return []
     return sorted(p.name for p in folder.iterdir() if p.is_file())
 
 
