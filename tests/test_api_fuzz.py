@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +26,11 @@ from cpa.generate import make_cpa
 from cpa.registry import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
-from tests.conftest import SpecFactory
-from tests.gateways import free_port
+from tests.conftest import GEMEENTE_OIN, NODE_OIN, SpecFactory
+from tests.gateways import SERVICE, free_port
+
+GEMEENTE = f"urn:osb:oin:{GEMEENTE_OIN}"
+NODE = f"urn:osb:oin:{NODE_OIN}"
 
 SCHEMATHESIS = Path(sys.executable).parent / "st"
 CHECKS = ",".join(
@@ -40,26 +44,14 @@ CHECKS = ",".join(
 )
 
 
-@pytest.fixture
-def api(pki: Path, make_spec: SpecFactory, tmp_path: Path) -> Iterator[str]:
-    port, api_port = free_port(), free_port()
-    store = tmp_path / "store.sqlite3"
-    db = Database.from_url(f"sqlite:///{store}")
-    try:
-        apply_migrations(db)
-        spec = make_spec(profile="osb-rm", cpa_id="fuzz-cpa")
-        # The partner is never up: a generated ping must not wait long for it.
-        spec = replace(spec, b=replace(spec.b, endpoint=f"https://localhost:{free_port()}/ebms"))
-        CpaRegistry(db).insert(make_cpa(spec), overwrite=True)
-    finally:
-        db.close()
-    party, ca = pki / "gemeente-voorbeeld", pki / "ca"
-    config = tmp_path / "gateway.toml"
+def _serve(base: Path, pki: Path, slug: str, port: int, api_port: int, store: Path) -> Any:
+    party, ca = pki / slug, pki / "ca"
+    config = base / f"{slug}.toml"
     config.write_text(
         f"""[gateway]
-data_dir = "{tmp_path / "data"}"
+data_dir = "{base / slug}"
 store = "sqlite:///{store}"
-node_id = "fuzz"
+node_id = "fuzz-{slug}"
 
 [http]
 listen = "127.0.0.1:{port}"
@@ -76,50 +68,122 @@ trust_anchors = "{ca / "root.pem"}"
 pings = false
 
 [delivery]
-connect_timeout = 1.0
+connect_timeout = 2.0
+poll_interval = 0.2
 
 [api]
 listen = "127.0.0.1:{api_port}"
 max_request_bytes = 1048576
-wait_timeout = 1.0
+wait_timeout = 5.0
 """,
         encoding="utf-8",
     )
-    log = tmp_path / "gateway.log"
+    log = base / f"{slug}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    try:
-        deadline = time.monotonic() + 30
-        while "event=started" not in log.read_text(errors="replace"):
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{api_port}"
-    finally:
-        process.terminate()
+    deadline = time.monotonic() + 30
+    while "event=started" not in log.read_text(errors="replace"):
+        assert process.poll() is None, log.read_text(errors="replace")
+        assert time.monotonic() < deadline, "the gateway did not start"
+        time.sleep(0.05)
+    return process, log
+
+
+def _post(url: str, body: bytes, content_type: str) -> str:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": content_type}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return str(answer.read().decode())
+
+
+@dataclass
+class Fuzzed:
+    """The API under fuzzing, and real ids for schemathesis to use in paths."""
+
+    url: str
+    message_id: str
+
+
+@pytest.fixture
+def api(pki: Path, make_spec: SpecFactory, tmp_path: Path) -> Iterator[Fuzzed]:
+    ports = {name: (free_port(), free_port()) for name in ("a", "b")}
+    spec = make_spec(profile="osb-rm", cpa_id="fuzz-cpa")
+    spec = replace(
+        spec,
+        a=replace(spec.a, endpoint=f"https://127.0.0.1:{ports['a'][0]}/ebms"),
+        b=replace(spec.b, endpoint=f"https://localhost:{ports['b'][0]}/ebms"),
+    )
+    stores = {name: tmp_path / f"{name}.sqlite3" for name in ports}
+    for store in stores.values():
+        db = Database.from_url(f"sqlite:///{store}")
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        text = log.read_text(errors="replace")
-        assert "Traceback" not in text, text[-3000:]
+            apply_migrations(db)
+            CpaRegistry(db).insert(make_cpa(spec), overwrite=True)
+        finally:
+            db.close()
+    processes = []
+    try:
+        for name, slug in (("a", "gemeente-voorbeeld"), ("b", "ggk-rinis-test")):
+            processes.append(_serve(tmp_path, pki, slug, *ports[name], stores[name]))
+        url = f"http://127.0.0.1:{ports['a'][1]}"
+        # One real exchange first, so that the generated requests can reach
+        # stored messages and a partner that answers (ping, status).
+        message = {
+            "properties": {
+                "cpaId": "fuzz-cpa",
+                "fromPartyId": GEMEENTE,
+                "service": SERVICE.key(),
+                "action": "WMO301",
+            },
+            "dataSources": [{"contentType": "application/xml", "content": "PHgvPg=="}],
+        }
+        message_id = _post(
+            f"{url}/service/rest/v19/ebms/messages",
+            json.dumps(message).encode(),
+            "application/json",
+        )
+        yield Fuzzed(url, message_id)
+    finally:
+        for process, log in processes:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            text = log.read_text(errors="replace")
+            assert "Traceback" not in text, text[-3000:]
 
 
 @pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis is not installed")
-def test_schemathesis_finds_no_server_error(api: str, tmp_path: Path) -> None:
+def test_schemathesis_finds_no_server_error(api: Fuzzed, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
+    # Real values for the path parameters: random ones only ever meet a 404.
+    (tmp_path / "schemathesis.toml").write_text(
+        "[parameters]\n"
+        + "".join(
+            f"{json.dumps('path.' + name)} = {json.dumps(value)}\n"
+            for name, value in (
+                ("cpaId", "fuzz-cpa"),
+                ("fromPartyId", GEMEENTE),
+                ("toPartyId", NODE),
+                ("messageId", api.message_id),
+            )
+        ),
+        encoding="utf-8",
+    )
     done = subprocess.run(
         [
             str(SCHEMATHESIS),
             "run",
-            f"{api}/service/rest/v19/openapi.json",
+            f"{api.url}/service/rest/v19/openapi.json",
             "--url",
-            f"{api}/service/rest/v19",
+            f"{api.url}/service/rest/v19",
             "--checks",
             CHECKS,
             "--max-examples",
@@ -151,4 +215,3 @@ def test_schemathesis_finds_no_server_error(api: str, tmp_path: Path) -> None:
     assert report.exists()
     tested = json.loads(report.read_text())
     assert "not_a_server_error" in json.dumps(tested)
-    shutil.rmtree(tmp_path / "data", ignore_errors=True)
