@@ -91,7 +91,9 @@ def exported() -> dict[str, frozenset[str]]:
     )
     cert = CertificateInfo("Gemeente", "tls", "CN=gw.example.nl", None, now + timedelta(days=90))
     cpa = CpaInfo("cpa-test", "agreed", now - timedelta(days=1), now + timedelta(days=365), (cert,))
-    queue = QueueInfo(1, 1, now - timedelta(minutes=1), 1, now - timedelta(minutes=2))
+    queue = QueueInfo(
+        1, 1, now - timedelta(minutes=1), 1, now - timedelta(minutes=2), (("bo", "failed", 1),)
+    )
     snap = Snapshot(now, (cpa,), (link,), queue)
     metrics = GatewayMetrics(lambda: snap)
     metrics.on_pings(TickReport(verdicts=[Verdict(key, "up", 0.02, None, "ping-1", "up")]))
@@ -122,9 +124,11 @@ def test_the_exposition_has_every_metric_the_files_are_written_against() -> None
         "ebms_events_oldest_unprocessed_age_seconds",
         "ebms_inbound_requests_total",
         "ebms_delivery_attempts_total",
+        "dkgw_webhook_deliveries",
         "process_resident_memory_bytes",
     ):
         assert name in names, name
+    assert names["dkgw_webhook_deliveries"] == {"webhook", "state"}
     assert names["ebms_ping_rtt_seconds_bucket"] == {"cpa", "from", "to", "le"}
     assert names["ebms_certificate_not_after_timestamp_seconds"] == {
         "cpa",

@@ -309,6 +309,44 @@ def test_status_document_reports_links_certificates_and_expiry(schedule: Schedul
     json.dumps(doc)  # serialisable as is
 
 
+def test_webhook_backlog_is_in_the_status_and_the_scrape(schedule: Schedule) -> None:
+    from gateway.monitor.metrics import GatewayMetrics
+
+    stamp = to_db(schedule.now)
+    with schedule.db.transaction() as cur:
+        for n, (hook, state) in enumerate(
+            [
+                ("bo", "pending"),
+                ("bo", "pending"),
+                ("bo", "failed"),
+                ("bo", "done"),
+                ("x", "sending"),
+            ]
+        ):
+            cur.execute(
+                "INSERT INTO webhook_delivery (webhook, event_id, message_id, event_type, state, "
+                "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (hook, n, f"m{n}@x", "RECEIVED", state, stamp, stamp, stamp),
+            )
+    with schedule.db.transaction() as cur:
+        snap = snapshot(cur, schedule.registry, schedule.now)
+    doc = status_document(snap, node="n1")
+    assert doc["queue"]["webhooks"] == [
+        {"webhook": "bo", "state": "failed", "deliveries": 1},
+        {"webhook": "bo", "state": "pending", "deliveries": 2},
+        {"webhook": "x", "state": "sending", "deliveries": 1},
+    ]
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(GatewayMetrics(lambda: snap).exposition().decode())
+    }
+    samples = {
+        (s.labels["webhook"], s.labels["state"]): s.value
+        for s in families["dkgw_webhook_deliveries"].samples
+    }
+    assert samples == {("bo", "failed"): 1.0, ("bo", "pending"): 2.0, ("x", "sending"): 1.0}
+
+
 # -- the Nagios verdicts ------------------------------------------------------------------
 
 

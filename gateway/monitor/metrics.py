@@ -121,6 +121,14 @@ class _StoreCollector(Collector):
             [], (snap.now - queue.oldest_event).total_seconds() if queue.oldest_event else 0.0
         )
         yield event_age
+        hooks = GaugeMetricFamily(
+            "dkgw_webhook_deliveries",
+            "Event pushes to back-office webhooks waiting (pending, sending) or given up (failed)",
+            labels=["webhook", "state"],
+        )
+        for name, state, count in queue.webhooks:
+            hooks.add_metric([name, state], float(count))
+        yield hooks
 
 
 class GatewayMetrics:

@@ -58,6 +58,8 @@ class QueueInfo:
     oldest_pending: datetime | None
     events_unprocessed: int
     oldest_event: datetime | None
+    #: (webhook name, state) -> deliveries, for pending/sending/failed pushes.
+    webhooks: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,12 +125,21 @@ def _queue(cur: Cursor) -> QueueInfo:
         "SELECT COUNT(*), MIN(created_at) FROM message_event WHERE processed_at IS NULL"
     ).fetchone()
     assert events is not None
+    webhooks = tuple(
+        (str(name), str(state), int(count))
+        for name, state, count in cur.execute(
+            "SELECT webhook, state, COUNT(*) FROM webhook_delivery "
+            "WHERE state IN ('pending', 'sending', 'failed') GROUP BY webhook, state "
+            "ORDER BY webhook, state"
+        ).fetchall()
+    )
     return QueueInfo(
         pending=counts["pending"],
         sending=counts["sending"],
         oldest_pending=from_db(oldest[0]) if oldest and oldest[0] else None,
         events_unprocessed=int(events[0]),
         oldest_event=from_db(events[1]) if events[1] else None,
+        webhooks=webhooks,
     )
 
 
@@ -208,6 +219,10 @@ def status_document(snap: Snapshot, *, node: str) -> dict[str, Any]:
             "oldest_pending": _iso(queue.oldest_pending),
             "events_unprocessed": queue.events_unprocessed,
             "oldest_event": _iso(queue.oldest_event),
+            "webhooks": [
+                {"webhook": name, "state": state, "deliveries": count}
+                for name, state, count in queue.webhooks
+            ],
         },
         "cpas": cpas,
     }
