@@ -337,6 +337,20 @@ async def test_to_party_and_roles_are_taken_from_the_cpa_when_left_out(pair: Pai
             "SELECT from_role, to_party, to_role FROM ebms_message WHERE message_id = ?", sent
         )
         assert row == [("Gemeente", NODE, "GGk")]
+        # The back office's own request id travels with the message (X-Correlation-ID).
+        assert pair.a.gateway is not None
+        status, _, body = await call(
+            raw,
+            pair.a.gateway.api_listening_port,
+            "POST",
+            REST + "/ebms/messages",
+            json.dumps({"properties": bare.properties.to_dict(), "dataSources": []}).encode(),
+            {"Content-Type": "application/json", "X-Correlation-ID": "bo-req-42"},
+        )
+        assert status == 200
+        assert pair.a.rows(
+            "SELECT correlation_id FROM ebms_message WHERE message_id = ?", body.decode()
+        ) == [("bo-req-42",)]
     finally:
         a.close()
 

@@ -290,6 +290,16 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     },
     "sendMessage": {
         "summary": "Store a message for delivery; returns its message id",
+        "parameters": [
+            {
+                "name": "X-Correlation-ID",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "maxLength": 200},
+                "description": "the back office's id for this request: logged with the "
+                "message, its delivery attempts and its acknowledgment",
+            }
+        ],
         "requestBody": _json_body(_ref("MessageRequest")),
         "responses": _answers(_OK_TEXT, 400),
     },

@@ -66,6 +66,7 @@ class Call:
     params: dict[str, str]  # path parameters, percent-decoded
     query: dict[str, list[str]]
     body: bytes
+    correlation_id: str | None = None  # X-Correlation-ID: the back office's request id
 
     def flag(self, name: str) -> bool:
         value = self.one(name)
@@ -341,7 +342,8 @@ def _delete_certificate_mapping(bo: BackOffice, call: Call) -> Reply:
 
 
 def _send_message(bo: BackOffice, call: Call) -> Reply:
-    return _text(bo.send_message(message_request(call.json())))
+    request = message_request(call.json())
+    return _text(bo.send_message(request, correlation_id=call.correlation_id))
 
 
 def _resend_message(bo: BackOffice, call: Call) -> Reply:
@@ -501,7 +503,13 @@ class RestApi(resource.Resource):
     async def _run(self, route: Route, params: dict[str, str], request: server.Request) -> Reply:
         try:
             body = request.content.read() if request.content is not None else b""
-            call = Call(params, _query(request), body)
+            correlation = request.getHeader(b"x-correlation-id")
+            call = Call(
+                params,
+                _query(request),
+                body,
+                correlation_id=correlation.decode("latin-1")[:200] if correlation else None,
+            )
             if route.async_handler is not None:
                 return await route.async_handler(
                     self.backoffice, call, self.run_in_thread, self.reactor
