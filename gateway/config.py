@@ -59,6 +59,7 @@ See ``deploy/example.toml`` for every option with its explanation.
 
 from __future__ import annotations
 
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -206,6 +207,67 @@ class FileDropConfig:
     max_file_bytes: int = 100 * 1024 * 1024
 
 
+STUF_ROLES = ("gemeente", "node")
+
+
+@dataclass(frozen=True)
+class StufMunicipality:
+    """A municipality connected to the node: its CPA and the gemeentecodes it answers for."""
+
+    cpa_id: str
+    gemeentecodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StufConfig:
+    """``[stuf]``: the iWmo/iJw relay (StUF-GGk envelope ggk0210); ``role`` "" is off.
+
+    ``gemeente``: this gateway serves a municipality's back office; messages go to
+    and come from the node over ``cpa_id``, for the ``gemeentecodes`` listed.
+    ``node``: this gateway plays the GGk; each ``[[stuf.gemeente]]`` is one
+    municipality's CPA and the gemeentecodes it may send and receive for;
+    messages for care providers (AGB codes) go to ``provider_outbox`` and
+    theirs come from ``provider_inbox``.  Business messages go with the CPA
+    service of their standard (``services``) and, as action, the message type
+    unless ``actions`` maps it to another.
+    """
+
+    role: str = ""
+    cpa_id: str = ""
+    gemeentecodes: tuple[str, ...] = ()
+    applicatie: str = "dkgw"
+    applicatie_versie: str = "0001"
+    applicatie_subversie: str = "0000"
+    releases: tuple[str, ...] = ("3.2",)
+    max_envelope_bytes: int = 25 * 1024 * 1024
+    services: tuple[tuple[str, str], ...] = (
+        ("iwmo", "urn:osb:services:GGK:iWmo:3.2"),
+        ("ijw", "urn:osb:services:GGK:iJw:3.2"),
+        ("ieb", "urn:osb:services:GGK:iEb:1.0"),
+    )
+    actions: tuple[tuple[str, str], ...] = ()
+    gemeenten: tuple[StufMunicipality, ...] = ()
+    provider_outbox: Path | None = None
+    provider_inbox: Path | None = None
+    read_retention_hours: float = 168.0
+    max_age_days: int = 90
+    poll_interval: float = 1.0
+
+    def service_for(self, standard: str) -> str | None:
+        """The CPA service (``type:value``) messages of ``standard`` travel with."""
+        return dict(self.services).get(standard)
+
+    def action_for(self, functie: str) -> str:
+        """The CPA action a message type travels with."""
+        return dict(self.actions).get(functie, functie)
+
+    def cpa_ids(self) -> tuple[str, ...]:
+        """The CPAs whose business messages are StUF envelopes."""
+        if self.role == "gemeente":
+            return (self.cpa_id,)
+        return tuple(g.cpa_id for g in self.gemeenten)
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     """Log output: ``text`` lines or ``json`` objects, one per line."""
@@ -268,6 +330,7 @@ class GatewayConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     webhooks: tuple[WebhookConfig, ...] = ()
     filedrops: tuple[FileDropConfig, ...] = ()
+    stuf: StufConfig = field(default_factory=StufConfig)
     source: Path | None = None
 
 
@@ -324,6 +387,24 @@ _SECTIONS = {
         "inbox_actions",
         "poll_interval",
         "max_file_bytes",
+    },
+    "stuf": {
+        "role",
+        "cpa_id",
+        "gemeentecodes",
+        "applicatie",
+        "applicatie_versie",
+        "applicatie_subversie",
+        "releases",
+        "max_envelope_bytes",
+        "services",
+        "actions",
+        "gemeente",
+        "provider_outbox",
+        "provider_inbox",
+        "read_retention_hours",
+        "max_age_days",
+        "poll_interval",
     },
 }
 
@@ -432,6 +513,7 @@ def load_config(path: Path) -> GatewayConfig:
         api=_api(data.get("api", {}), base),
         webhooks=_webhooks(data.get("webhook", []), base),
         filedrops=_filedrops(data.get("filedrop", []), base),
+        stuf=_stuf(data.get("stuf", {}), base),
         source=path.resolve(),
     )
     for name in ("certificate", "key", "client_certificate", "client_key", "trust_anchors"):
@@ -615,6 +697,91 @@ def _filedrops(entries: list[dict[str, Any]], base: Path) -> tuple[FileDropConfi
     if len(set(folders)) != len(folders):
         raise ConfigError("[[filedrop]] folders must not be shared between exchanges")
     return tuple(drops)
+
+
+_GEMEENTECODE = re.compile(r"[0-9]{4}")
+_VERSION = re.compile(r"[0-9]{4}")
+
+
+def _codes(values: tuple[str, ...], where: str) -> tuple[str, ...]:
+    for code in values:
+        if not _GEMEENTECODE.fullmatch(code):
+            raise ConfigError(f"{where} gemeentecodes: {code!r} is not a 4-digit CBS code")
+    return values
+
+
+def _pairs(section: dict[str, Any], key: str, where: str) -> tuple[tuple[str, str], ...] | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
+    ):
+        raise ConfigError(f"{where} {key} must be a table of strings")
+    return tuple(sorted(value.items()))
+
+
+def _stuf(section: dict[str, Any], base: Path) -> StufConfig:
+    where = "[stuf]"
+    role = _typed(section, "role", str, "")
+    if role == "":
+        if set(section) - {"role"}:
+            raise ConfigError('[stuf] options need role = "gemeente" or "node"')
+        return StufConfig()
+    if role not in STUF_ROLES:
+        raise ConfigError(f"[stuf] role must be one of {', '.join(STUF_ROLES)}")
+    gemeenten = []
+    entries = section.get("gemeente", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError("[[stuf.gemeente]] must be an array of tables")
+    for n, entry in enumerate(entries, 1):
+        unknown = set(entry) - {"cpa_id", "gemeentecodes"}
+        if unknown:
+            raise ConfigError(f"unknown option {sorted(unknown)[0]!r} in [[stuf.gemeente]]")
+        cpa_id = _typed(entry, "cpa_id", str, "")
+        codes = _codes(_strings(entry, "gemeentecodes", f"[[stuf.gemeente]] #{n}"), where)
+        if not cpa_id or not codes:
+            raise ConfigError(f"[[stuf.gemeente]] #{n} needs cpa_id and gemeentecodes")
+        gemeenten.append(StufMunicipality(cpa_id, codes))
+    defaults = StufConfig()
+    config = StufConfig(
+        role=role,
+        cpa_id=_typed(section, "cpa_id", str, ""),
+        gemeentecodes=_codes(_strings(section, "gemeentecodes", where), where),
+        applicatie=_typed(section, "applicatie", str, defaults.applicatie),
+        applicatie_versie=_typed(section, "applicatie_versie", str, defaults.applicatie_versie),
+        applicatie_subversie=_typed(
+            section, "applicatie_subversie", str, defaults.applicatie_subversie
+        ),
+        releases=_strings(section, "releases", where) or defaults.releases,
+        max_envelope_bytes=_typed(section, "max_envelope_bytes", int, defaults.max_envelope_bytes),
+        services=_pairs(section, "services", where) or defaults.services,
+        actions=_pairs(section, "actions", where) or (),
+        gemeenten=tuple(gemeenten),
+        provider_outbox=_path(section, "provider_outbox", base, where),
+        provider_inbox=_path(section, "provider_inbox", base, where),
+        read_retention_hours=_typed(
+            section, "read_retention_hours", float, defaults.read_retention_hours
+        ),
+        max_age_days=_typed(section, "max_age_days", int, defaults.max_age_days),
+        poll_interval=_typed(section, "poll_interval", float, defaults.poll_interval),
+    )
+    if role == "gemeente" and (not config.cpa_id or not config.gemeentecodes):
+        raise ConfigError("[stuf] role gemeente needs cpa_id and gemeentecodes")
+    if role == "node" and not config.gemeenten:
+        raise ConfigError("[stuf] role node needs at least one [[stuf.gemeente]]")
+    if role == "node" and len({g.cpa_id for g in gemeenten}) != len(gemeenten):
+        raise ConfigError("[[stuf.gemeente]] cpa_ids must be unique")
+    if not 3 <= len(config.applicatie) <= 50:
+        raise ConfigError("[stuf] applicatie must be 3 to 50 characters (StUF)")
+    for name in ("applicatie_versie", "applicatie_subversie"):
+        if not _VERSION.fullmatch(getattr(config, name)):
+            raise ConfigError(f"[stuf] {name} must be 4 digits (ggk0210)")
+    if not 1024 <= config.max_envelope_bytes <= 1 << 30:
+        raise ConfigError("[stuf] max_envelope_bytes must be between 1 KiB and 1 GiB")
+    if config.read_retention_hours <= 0 or config.max_age_days < 1 or config.poll_interval <= 0:
+        raise ConfigError("[stuf] read_retention_hours, max_age_days, poll_interval: positive")
+    return config
 
 
 def _logging(section: dict[str, Any]) -> LoggingConfig:
