@@ -117,8 +117,11 @@ class ActionSpec:
 
     name: str
     """The ebMS Action (no whitespace)."""
-    sender: Literal["a", "b"]
-    """The party that sends it (``CanSend``); the other one receives it (``CanReceive``)."""
+    sender: Literal["a", "b", "both"]
+    """The party that sends it (``CanSend``); the other one receives it (``CanReceive``).
+
+    ``"both"``: each party may send it to the other (a StUF Fo01 goes either way).
+    """
 
 
 @dataclass(frozen=True)
@@ -296,8 +299,8 @@ def _check_actions(actions: Sequence[ActionSpec]) -> None:
     for index, action in enumerate(actions):
         field = f"actions[{index}]"
         _require_token(action.name, f"{field}.name")
-        if action.sender not in ("a", "b"):
-            raise _fail(f"{field}.sender", f"must be 'a' or 'b', got {action.sender!r}")
+        if action.sender not in ("a", "b", "both"):
+            raise _fail(f"{field}.sender", f"must be 'a', 'b' or 'both', got {action.sender!r}")
         if action.name in seen:
             raise _fail(f"{field}.name", f"duplicate action {action.name!r}")
         seen.add(action.name)
@@ -507,7 +510,7 @@ def _action_binding(
 
 
 def _service_binding(ctx: _Context, side: _Side) -> etree._Element:
-    sends = [a for a in ctx.spec.actions if a.sender == side.key]
+    sends = [a for a in ctx.spec.actions if a.sender in (side.key, "both")]
     receives = [a for a in ctx.spec.actions if a.sender != side.key]
     # Schema order: Service, all CanSend, then all CanReceive.
     return _E.ServiceBinding(

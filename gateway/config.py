@@ -226,6 +226,8 @@ class StufConfig:
     and come from the node over ``cpa_id``, for the ``gemeentecodes`` listed.
     ``node``: this gateway plays the GGk; each ``[[stuf.gemeente]]`` is one
     municipality's CPA and the gemeentecodes it may send and receive for;
+    in the gemeente role the back office drops bare messages in ``outbox`` and
+    finds what arrived, unwrapped with a JSON sidecar, in ``inbox``;
     messages for care providers (AGB codes) go to ``provider_outbox`` and
     theirs come from ``provider_inbox``.  Business messages go with the CPA
     service of their standard (``services``) and, as action, the message type
@@ -247,6 +249,8 @@ class StufConfig:
     )
     actions: tuple[tuple[str, str], ...] = ()
     gemeenten: tuple[StufMunicipality, ...] = ()
+    outbox: Path | None = None
+    inbox: Path | None = None
     provider_outbox: Path | None = None
     provider_inbox: Path | None = None
     read_retention_hours: float = 168.0
@@ -400,6 +404,8 @@ _SECTIONS = {
         "services",
         "actions",
         "gemeente",
+        "outbox",
+        "inbox",
         "provider_outbox",
         "provider_inbox",
         "read_retention_hours",
@@ -758,6 +764,8 @@ def _stuf(section: dict[str, Any], base: Path) -> StufConfig:
         services=_pairs(section, "services", where) or defaults.services,
         actions=_pairs(section, "actions", where) or (),
         gemeenten=tuple(gemeenten),
+        outbox=_path(section, "outbox", base, where),
+        inbox=_path(section, "inbox", base, where),
         provider_outbox=_path(section, "provider_outbox", base, where),
         provider_inbox=_path(section, "provider_inbox", base, where),
         read_retention_hours=_typed(

@@ -26,6 +26,8 @@ from twisted.python.threadpool import ThreadPool
 from adapters.api.service import BackOffice
 from adapters.api.site import api_site
 from adapters.filedrop import FileDrop
+from adapters.stuf.relay import Relay
+from adapters.stuf.service import RelayService
 from adapters.webhooks import WebhookDispatcher
 from cpa.registry import CpaRegistry
 from gateway.config import GatewayConfig
@@ -76,6 +78,7 @@ class Gateway:
         self.backoffice: BackOffice | None = None
         self.webhooks: WebhookDispatcher | None = None
         self.filedrops: list[FileDrop] = []
+        self.stuf: RelayService | None = None
         self._api_site: object | None = None
         self._site: object | None = None
         self._listeners: list[Callable[[dict[str, str]], None]] = []
@@ -244,6 +247,25 @@ class Gateway:
             )
             drop.start()
             self.filedrops.append(drop)
+        if config.stuf.role:
+            relay = Relay(
+                self.db,
+                registry,
+                config.stuf,
+                security=security,
+                own_parties=config.party_ids,
+                node_id=config.node_id,
+            )
+            self.backoffice.relay = relay
+            self.stuf = RelayService(
+                self.reactor,
+                self.db,
+                self.run_in_thread,
+                relay,
+                node_id=config.node_id,
+                wake_delivery=self.wake,
+            )
+            self.stuf.start()
         if config.api.port is not None:
             self._start_api()
         log.info(
@@ -320,6 +342,8 @@ class Gateway:
     def _emit(self, fields: dict[str, str]) -> None:
         if self.webhooks is not None:
             self.webhooks.wake()  # a request or attempt may have added an event
+        if self.stuf is not None and fields.get("event") == "inbound":
+            self.stuf.wake()  # a StUF message may have arrived
         for listener in list(self._listeners):
             try:
                 listener(fields)
@@ -366,6 +390,8 @@ class Gateway:
                 self.crl_refresher.stop()
             for drop in self.filedrops:
                 await drop.stop()
+            if self.stuf is not None:
+                await self.stuf.stop()
             if self.api_port is not None:
                 stopped_api = self.api_port.stopListening()
                 if stopped_api is not None:

@@ -230,7 +230,6 @@ def test_outbound_status_moves_and_guards(db: Database) -> None:
         assert not update_status(cur, log_id, StufStatus.SENT, ebms_message_id="m2@gw")
         assert update_status(cur, log_id, StufStatus.DELIVERED, now=T0 + 2 * HOUR)
         assert not update_status(cur, log_id, StufStatus.DELIVERED)  # once
-        assert not update_status(cur, log_id, StufStatus.FAILED)
         assert update_status(cur, log_id, StufStatus.READ, now=T0 + 3 * HOUR)
         (item,) = query_log(cur)
     assert (item.status, item.ebms_message_id, item.cpa_id) == (StufStatus.READ, "m1@gw", "c1")
@@ -244,6 +243,15 @@ def test_received_message_read_directly_counts_as_delivered(db: Database) -> Non
         assert update_status(cur, log_id, StufStatus.READ, now=T0 + HOUR)
         (item,) = query_log(cur)
     assert item.delivered_at == item.read_at == T0 + HOUR
+
+
+def test_an_fo01_after_delivery_fails_the_message(db: Database) -> None:
+    log_id = log(db, ebms_message_id="m@gw")
+    with db.transaction() as cur:
+        assert update_status(cur, log_id, StufStatus.DELIVERED, now=T0 + HOUR)
+        assert update_status(cur, log_id, StufStatus.FAILED, reason_code="IB002", now=T0 + HOUR)
+        (item,) = query_log(cur)
+    assert (item.status, item.reason_code) == (StufStatus.FAILED, "IB002")
 
 
 def test_rejected_is_final(db: Database) -> None:

@@ -351,6 +351,31 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "parameters": [_path("messageId")],
         "responses": _answers(_NO_CONTENT, 404),
     },
+    "sendStufMessage": {
+        "summary": "iWmo/iJw relay: wrap a bare message in its StUF-GGk envelope, check "
+        "and send it (404 when [stuf] has no role)",
+        "requestBody": {
+            "required": True,
+            "content": {"application/xml": {"schema": {"type": "string"}}},
+        },
+        "responses": _answers(
+            _json_answer(
+                {
+                    "type": "object",
+                    "required": ["referentienummer", "functie", "berichtcode", "messageId"],
+                    "properties": {
+                        "referentienummer": {"type": "string"},
+                        "functie": {"type": "string"},
+                        "berichtcode": {"type": "string", "enum": ["Di01", "Du01"]},
+                        "messageId": {"type": "string"},
+                    },
+                },
+                "sent: the envelope's referentienummer and the ebMS message id",
+            ),
+            400,
+            404,
+        ),
+    },
     "getOpenApi": {
         "summary": "This document",
         "responses": _answers(_json_answer({"type": "object"}, "OpenAPI 3.0")),

@@ -41,6 +41,7 @@ from adapters.api.service import (
     MessageRequest,
     MessageRequestProperties,
     MessageStatusInfo,
+    NotFound,
 )
 from gateway.logfmt import log_event
 from gateway.store.backoffice import MessageFilter
@@ -388,6 +389,29 @@ async def _message_status(bo: BackOffice, call: Call, run: Any, reactor: Any) ->
     return _json(status_json(status))
 
 
+def _stuf_send(bo: BackOffice, call: Call) -> Reply:
+    # Not an ebms-core operation: the iWmo/iJw relay takes a bare message (or an
+    # envelope), wraps, checks and sends it (docs/stuf.md).
+    from adapters.stuf.relay import Refused
+
+    if bo.relay is None:
+        raise NotFound("the iWmo/iJw relay is not configured ([stuf] role)")
+    if not call.body:
+        raise BadRequest("the body must be an iWmo/iJw message (XML)")
+    try:
+        sent = bo.relay.send(call.body, file_name=None)
+    except Refused as refused:
+        raise BadRequest(f"{refused.code}: {refused.reason}") from None
+    return _json(
+        {
+            "referentienummer": sent.referentienummer,
+            "functie": sent.functie,
+            "berichtcode": sent.berichtcode,
+            "messageId": sent.message_id,
+        }
+    )
+
+
 def _openapi(bo: BackOffice, call: Call) -> Reply:
     from adapters.api.openapi import openapi_document
 
@@ -432,6 +456,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/ebms/events/unprocessed", "getUnprocessedMessageEvents", _unprocessed_events),
     Route("PATCH", "/ebms/events/{messageId}", "processMessageEvent", _process_event),
+    Route("POST", "/stuf/messages", "sendStufMessage", _stuf_send),
     Route("GET", "/openapi.json", "getOpenApi", _openapi),
 )
 

@@ -247,6 +247,8 @@ class BackOffice:
         self.wake = wake
         self.wait_timeout = wait_timeout
         self.clock = clock
+        #: The iWmo/iJw relay (adapters.stuf.relay.Relay) when ``[stuf]`` has a role.
+        self.relay: Any = None
 
     # -- CPAs -------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 
 from adapters.filedrop.inbox import Inbox
-from adapters.filedrop.outbox import Outbox
+from adapters.filedrop.outbox import Outbox, OutboxSender
 from cpa.registry import CpaRegistry
 from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
@@ -46,6 +46,7 @@ class FileDrop:
         node_id: str,
         security: MessageSecurity | None = None,
         wake: Callable[[], None] = lambda: None,
+        sender: OutboxSender | None = None,
     ) -> None:
         self.reactor = reactor
         self.db = db
@@ -68,6 +69,7 @@ class FileDrop:
                 security=security,
                 stopping=self._stopping,
                 queued=self._queued,
+                sender=sender,
             )
             if exchange.outbox is not None
             else None

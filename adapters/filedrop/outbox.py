@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 
@@ -38,7 +39,7 @@ from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
 from gateway.msh.outbound import Payload, SendError, queue_message
 from gateway.msh.security import MessageSecurity
-from gateway.store.database import Database, StoreError
+from gateway.store.database import Cursor, Database, StoreError
 from gateway.store.filedrop import (
     FileDropItem,
     ItemState,
@@ -87,6 +88,24 @@ class _Read:
     sha256: str
 
 
+class OutboxSender(Protocol):
+    """Sends a file in place of the exchange's fixed ebMS properties (the StUF relay).
+
+    ``queue_file`` queues the file's message in ``cur`` (the transaction that
+    records the file's token) and returns its ebMS message id, or raises
+    :class:`~gateway.msh.outbound.SendError` to refuse it; ``file_refused`` is
+    then told, outside that transaction, so it can log the refusal.
+    """
+
+    def queue_file(self, cur: Cursor, name: str, content: bytes) -> str:
+        """Queue ``content``; its ebMS message id."""
+        ...
+
+    def file_refused(self, name: str, content: bytes, error: SendError) -> None:
+        """Record that ``name`` was refused."""
+        ...
+
+
 class Outbox:
     """One exchange's outbox folder (all methods block: call them in a worker thread)."""
 
@@ -100,8 +119,10 @@ class Outbox:
         stopping: threading.Event,
         queued: Callable[[], None],
         clock: Callable[[], datetime] = utcnow,
+        sender: OutboxSender | None = None,
     ) -> None:
         assert exchange.outbox is not None
+        self.sender = sender
         self.db = db
         self.registry = registry
         self.exchange = exchange
@@ -255,6 +276,11 @@ class Outbox:
                 message_id = self._send(token, name, read)
             except (SendError, CpaNotFound) as exc:
                 refusal = str(exc)
+                if self.sender is not None and isinstance(exc, SendError):
+                    try:
+                        self.sender.file_refused(name, read.content, exc)
+                    except Exception:
+                        log.exception("filedrop %s: recording the refusal failed", exchange.name)
             except TRANSIENT:
                 raise  # the store or the disk: the next pass tries again
             except Exception as exc:
@@ -312,6 +338,10 @@ class Outbox:
                 now=now,
             ):
                 return None  # queued by another node already
+            if self.sender is not None:
+                message_id = self.sender.queue_file(cur, name, read.content)
+                set_item_message(cur, token, message_id, now=now)
+                return message_id
             cpa = self.registry.get_cpa(exchange.cpa_id, cur)
             queued = queue_message(
                 cur,

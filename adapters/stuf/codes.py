@@ -60,3 +60,7 @@ class Rejection:
     code: str
     text: str
     location: str | None = None
+
+
+#: No CPA (or no route in it) for the message [FC18 IB101/IB102: no valid CPA / routing].
+NO_CPA = "IB101"

@@ -105,7 +105,10 @@ class BatchSource(StrEnum):
 TRANSITIONS: dict[StufStatus, frozenset[StufStatus]] = {
     StufStatus.SENT: frozenset({StufStatus.ACCEPTED}),
     StufStatus.DELIVERED: frozenset({StufStatus.SENT, StufStatus.RECEIVED}),
-    StufStatus.FAILED: frozenset({StufStatus.ACCEPTED, StufStatus.SENT, StufStatus.RECEIVED}),
+    # An Fo01 usually comes after ebMS delivered the message to the node.
+    StufStatus.FAILED: frozenset(
+        {StufStatus.ACCEPTED, StufStatus.SENT, StufStatus.DELIVERED, StufStatus.RECEIVED}
+    ),
     StufStatus.READ: frozenset({StufStatus.DELIVERED, StufStatus.RECEIVED}),
 }
 """Status -> the statuses a message may have before it moves there."""

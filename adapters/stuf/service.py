@@ -1,0 +1,134 @@
+"""The relay in a running gateway: its timer, and its folders.
+
+Every ``poll_interval`` (and whenever the gateway wakes it) one pass runs in the
+store's thread pool: relay what arrived over ebMS, carry ebMS outcomes into
+the message log, notice files the recipients took away.  Retention runs once
+an hour.  The folders (the gemeente's ``outbox``, the node's
+``provider_inbox``) are :class:`~adapters.filedrop.FileDrop` outboxes whose
+files the relay sends, so they get the file drop's exactly-once handling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from adapters.filedrop import FileDrop
+from adapters.stuf.relay import Relay
+from gateway.config import FileDropConfig
+from gateway.store.database import Database
+
+log = logging.getLogger("dkgw.stuf")
+
+__all__ = ["RelayService"]
+
+PURGE_EVERY = 3600.0
+
+
+class RelayService:
+    """Runs a :class:`Relay` on the reactor's timer."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        db: Database,
+        run_in_thread: Any,
+        relay: Relay,
+        *,
+        node_id: str,
+        wake_delivery: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.reactor = reactor
+        self.run_in_thread = run_in_thread
+        self.relay = relay
+        self.wake_delivery = wake_delivery
+        self._call: Any = None
+        self._pass: Deferred[None] | None = None
+        self._again = False
+        self._running = False
+        self._last_purge = 0.0
+        config = relay.config
+        folder = config.outbox if relay.gemeente else config.provider_inbox
+        self.folder: FileDrop | None = None
+        if folder is not None:
+            exchange = FileDropConfig(
+                name="stuf-outbox" if relay.gemeente else "stuf-providers",
+                cpa_id=config.cpa_id,
+                service="stuf",
+                outbox=folder,
+                poll_interval=config.poll_interval,
+                max_file_bytes=config.max_envelope_bytes,
+            )
+            self.folder = FileDrop(
+                reactor,
+                db,
+                relay.registry,
+                run_in_thread,
+                exchange,
+                node_id=node_id,
+                security=relay.security,
+                wake=wake_delivery,
+                sender=relay,
+            )
+
+    def start(self) -> None:
+        """Begin: the first pass runs at once."""
+        self._running = True
+        if self.folder is not None:
+            self.folder.start()
+        self._schedule(0.0)
+
+    def wake(self) -> None:
+        """Run a pass soon (a message may have arrived)."""
+        if not self._running:
+            return
+        if self._pass is not None:
+            self._again = True
+        elif self._call is not None and self._call.active():
+            self._call.reset(0)
+
+    def _schedule(self, delay: float) -> None:
+        if self._running:
+            self._call = self.reactor.callLater(delay, self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        self._pass = self.run_in_thread(self._one_pass)
+        self._pass.addErrback(lambda f: log.error("event=stuf-pass-failed reason=%s",
+                                                  f.getErrorMessage()))  # fmt: skip
+        self._pass.addBoth(self._done)
+
+    def _done(self, result: object) -> None:
+        self._pass = None
+        again, self._again = self._again, False
+        self._schedule(0.0 if again else self.relay.config.poll_interval)
+
+    def _one_pass(self) -> None:
+        relay = self.relay
+        if relay.process_received():
+            # An Fo01 or a forwarded message may wait in the delivery queue.
+            self.reactor.callFromThread(self.wake_delivery)
+        relay.sync_statuses()
+        relay.detect_read()
+        if time.monotonic() - self._last_purge >= PURGE_EVERY:
+            self._last_purge = time.monotonic()
+            relay.purge()
+
+    def stop(self) -> Deferred[None]:
+        """Stop the timer; a pass in progress is finished first."""
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        self._running = False
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self.folder is not None:
+            await self.folder.stop()
+        if self._pass is not None:
+            await self._pass
