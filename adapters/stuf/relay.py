@@ -41,7 +41,7 @@ from typing import Any
 from adapters.filedrop.files import atomic_write, ensure_folder, fsync_folder, safe_name
 from adapters.stuf import codes
 from adapters.stuf.bare import BareError, BareMessage, read_bare, wrap_bare
-from adapters.stuf.catalogue import message_type
+from adapters.stuf.catalogue import CATALOGUE, message_type
 from adapters.stuf.envelope import (
     GGK_NS,
     STUF_NS,
@@ -59,7 +59,7 @@ from gateway.config import StufConfig
 from gateway.logfmt import log_event
 from gateway.msh.outbound import Payload, SendError, queue_message
 from gateway.msh.security import MessageSecurity
-from gateway.store.backoffice import MessageFilter, process_message, unprocessed_message_ids
+from gateway.store.backoffice import process_message
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
     Direction,
@@ -121,11 +121,14 @@ class Sent:
 
 
 def _reasons(verdict: Verdict) -> str:
-    """Every rejection, the first without its code (the caller shows that one apart)."""
-    return "; ".join(
-        (f"{r.code} " if n else "") + r.text + (f" ({r.location})" if r.location else "")
-        for n, r in enumerate(verdict.rejections)
-    )
+    """The first rejection (its code is shown apart), and the codes of the others."""
+    if not verdict.rejections:
+        return "refused"
+    first, *others = verdict.rejections
+    text = first.text + (f" ({first.location})" if first.location else "")
+    if others:
+        text += "; also " + ", ".join(dict.fromkeys(r.code for r in others))
+    return text
 
 
 def _root_name(data: bytes) -> tuple[str | None, str]:
@@ -453,15 +456,39 @@ class Relay:
 
     # -- receiving: what arrived over ebMS ---------------------------------------------
 
+    def stuf_actions(self) -> tuple[str, ...]:
+        """The ebMS actions StUF messages travel with: every message type, and Fo01.
+
+        Other traffic on the same CPAs (another service, another action) is not
+        the relay's: it stays for the back office, as any received message.
+        """
+        return tuple(
+            sorted({self.config.action_for(name) for name in CATALOGUE} | {self.fo01_action})
+        )
+
+    @property
+    def fo01_action(self) -> str:
+        """The ebMS action of an Fo01."""
+        return self.config.action_for("Fo01")
+
     def process_received(self, limit: int = 50) -> int:
         """Relay the received ebMS messages of the StUF CPAs; returns how many."""
+        cpas, actions = self.config.cpa_ids(), self.stuf_actions()
+        services = sorted({value for _, value in self.config.services})
         with self.db.transaction() as cur:
             ids = [
-                mid
-                for cpa_id in self.config.cpa_ids()
-                for mid in unprocessed_message_ids(cur, MessageFilter(cpa_id=cpa_id), limit)
+                str(row[0])
+                for row in cur.execute(
+                    "SELECT message_id FROM ebms_message WHERE direction = 'in' "
+                    "AND status = 'RECEIVED' "
+                    f"AND cpa_id IN ({', '.join('?' for _ in cpas)}) "
+                    f"AND service IN ({', '.join('?' for _ in services)}) "
+                    f"AND action IN ({', '.join('?' for _ in actions)}) "
+                    f"ORDER BY id LIMIT {int(limit)}",
+                    (*cpas, *services, *actions),
+                ).fetchall()
             ]
-        for mid in ids[:limit]:
+        for mid in ids:
             try:
                 with self.db.transaction() as cur:
                     self._process_one(cur, mid)
