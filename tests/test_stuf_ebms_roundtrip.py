@@ -26,8 +26,16 @@ from adapters.stuf.fo01 import parse_fo01
 from cpa.generate import ActionSpec
 from gateway.msh.outbound import Payload
 from gateway.store.messages import Direction, find_message, load_attachments
-from tests.gateways import GEMEENTE, NODE, SERVICE, Pair, Side, gateway_config, store_url
-from tests.gateways import wait_until
+from tests.gateways import (
+    GEMEENTE,
+    NODE,
+    SERVICE,
+    Pair,
+    Side,
+    gateway_config,
+    store_url,
+    wait_until,
+)
 from tests.test_integration import RM_FAST
 
 pytestmark = pytest.mark.integration

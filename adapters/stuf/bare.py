@@ -71,7 +71,8 @@ def _text(header: etree._Element, ns: str, name: str) -> str | None:
 
 
 def _four(value: str | None, what: str) -> str:
-    if value is None or not value.isdigit() or len(value) > 4:
+    # ASCII digits only: str.isdigit() also takes "٣" and "²".
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 4:
         raise BareError(Rejection(UNREADABLE, f"the header's {what} is missing or not a number"))
     return value.zfill(4)
 

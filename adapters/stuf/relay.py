@@ -451,7 +451,7 @@ class Relay:
         fo01 = fo01_for(env, code, refused.reason, zender=NODE_SYSTEEM)
         ref = parse_fo01(fo01).stuurgegevens.referentienummer
         self._deliver_to_provider(
-            env.stuurgegevens.zender.organisatie, f"{safe_name(ref)}.xml", fo01
+            env.stuurgegevens.zender.organisatie, f"IB-{safe_name(ref)}.xml", fo01
         )
 
     # -- receiving: what arrived over ebMS ---------------------------------------------
@@ -550,24 +550,46 @@ class Relay:
             cpa_id=message.cpa_id,
             size=len(data),
         )
+        # A referentienummer is unique per sender only: the sender is in the name.
+        stem = f"{safe_name(sg.zender.organisatie)}-{safe_name(sg.referentienummer)}"
         if self.gemeente:
             gemeente, counterpart = sg.ontvanger.organisatie, sg.zender.organisatie
             if not _GEMEENTECODE.fullmatch(gemeente):
                 gemeente, counterpart = counterpart, gemeente
-            folder, name = self.config_inbox(), f"{safe_name(sg.referentienummer)}.xml"
-            written = self._deliver_to_inbox(folder, name, env, message) if folder else None
+            folder = self.config_inbox()
+            name = f"{stem}.xml" if folder is not None else None
         else:
             gemeente, counterpart = sg.zender.organisatie, sg.ontvanger.organisatie
-            name = f"{safe_name(counterpart)}/{safe_name(sg.referentienummer)}.xml"
-            written = self._deliver_to_provider(counterpart, name, data)
+            name = f"{safe_name(counterpart)}/{stem}.xml"
+            if self.config.provider_outbox is None:
+                name = None
+        # The log row first: its unique (sender, referentienummer) is the last word
+        # on duplicates (another node may have taken the same envelope a moment ago),
+        # and no file is put in place for a duplicate.
         log_id = record_message(
             cur,
-            replace(entry, gemeente=gemeente, counterpart=counterpart,
-                    file_name=name if written else None),
+            replace(entry, gemeente=gemeente, counterpart=counterpart, file_name=name),
             now=self.clock(),
-        )  # fmt: skip
-        if log_id is not None and written:
+        )
+        if log_id is None:
+            self._reject_inbound(
+                cur,
+                message,
+                data,
+                codes.DUPLICATE,
+                f"referentienummer {sg.referentienummer} was already used by "
+                f"{sg.zender.organisatie} [IB216]",
+                verdict,
+            )
+            return
+        if name is not None:
+            if self.gemeente:
+                assert folder is not None
+                self._deliver_to_inbox(folder, name, env, message)
+            else:
+                self._deliver_to_provider(counterpart, name, data)
             update_status(cur, log_id, StufStatus.DELIVERED, now=self.clock())
+        written = name is not None
         self._log(
             "stuf-received",
             referentienummer=sg.referentienummer,
@@ -711,20 +733,24 @@ class Relay:
         )
         refused = [
             item
-            for item in query_log(cur, referentienummer=sg.cross_refnummer, limit=10)
+            for item in (
+                query_log(cur, referentienummer=sg.cross_refnummer, limit=10)
+                if sg.cross_refnummer
+                else []
+            )
             if item.referentienummer == sg.cross_refnummer and item.direction is StufDirection.OUT
         ]
         for item in refused:
-            update_status(cur, item.id, StufStatus.FAILED, reason_code=fo01.code[:20],
-                          reason=fo01.omschrijving[:1000], now=self.clock())  # fmt: skip
+            moved = update_status(cur, item.id, StufStatus.FAILED, reason_code=fo01.code[:20],
+                                  reason=fo01.omschrijving[:1000], now=self.clock())  # fmt: skip
             ours = find_message(cur, item.ebms_message_id or "", Direction.OUT)
-            if ours is not None:
+            if moved and ours is not None:
                 # The back office learns it as ebms-core clients learn a failure:
                 # a FAILED event on the message it sent.
                 add_event(cur, ours.pk, ours.message_id, EventType.FAILED, now=self.clock())
         if not self.gemeente and self.config.provider_outbox is not None:
             # The node passes a gemeente's Fo01 on to the provider it concerns.
-            name = f"{safe_name(sg.referentienummer)}.xml"
+            name = f"{safe_name(sg.zender.organisatie)}-{safe_name(sg.referentienummer)}.xml"
             self._deliver_to_provider(sg.ontvanger.organisatie, name, data)
         self._log(
             "stuf-fo01",

@@ -341,7 +341,11 @@ def _versions(env: Envelope, header: etree._Element | None, ns: str, run: _Run) 
         ("BerichtSubversie", p.functie_subversie),
     ):
         value = _header_text(header, ns, element)
-        if value is None or not value.isdigit() or int(value) != int(envelope_value):
+        if (
+            value is None
+            or not (value.isascii() and value.isdigit())
+            or int(value) != int(envelope_value)
+        ):
             run.reject(
                 codes.VERSION_MISMATCH,
                 f"payload Header/{element} differs from functie"
