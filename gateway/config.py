@@ -216,6 +216,9 @@ class StufMunicipality:
 
     cpa_id: str
     gemeentecodes: tuple[str, ...]
+    #: iStandaarden releases this municipality sends ("" none: ``[stuf] releases``),
+    #: as the node's per-exchange StUF version setting selects them.
+    releases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -741,14 +744,15 @@ def _stuf(section: dict[str, Any], base: Path) -> StufConfig:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ConfigError("[[stuf.gemeente]] must be an array of tables")
     for n, entry in enumerate(entries, 1):
-        unknown = set(entry) - {"cpa_id", "gemeentecodes"}
+        unknown = set(entry) - {"cpa_id", "gemeentecodes", "releases"}
         if unknown:
             raise ConfigError(f"unknown option {sorted(unknown)[0]!r} in [[stuf.gemeente]]")
         cpa_id = _typed(entry, "cpa_id", str, "")
         codes = _codes(_strings(entry, "gemeentecodes", f"[[stuf.gemeente]] #{n}"), where)
         if not cpa_id or not codes:
             raise ConfigError(f"[[stuf.gemeente]] #{n} needs cpa_id and gemeentecodes")
-        gemeenten.append(StufMunicipality(cpa_id, codes))
+        releases = _strings(entry, "releases", f"[[stuf.gemeente]] #{n}")
+        gemeenten.append(StufMunicipality(cpa_id, codes, releases))
     defaults = StufConfig()
     config = StufConfig(
         role=role,

@@ -52,8 +52,11 @@ def test_node_role(write, tmp_path: Path) -> None:
             '[stuf]\nrole = "node"\nprovider_outbox = "out"\n'
             '[[stuf.gemeente]]\ncpa_id = "cpa-0363"\ngemeentecodes = ["0363"]\n'
             '[[stuf.gemeente]]\ncpa_id = "cpa-0384"\ngemeentecodes = ["0384", "0385"]\n'
+            'releases = ["2.3"]\n'
         )
     ).stuf
+    assert stuf.gemeenten[0].releases == ()
+    assert stuf.gemeenten[1].releases == ("2.3",)
     assert stuf.cpa_ids() == ("cpa-0363", "cpa-0384")
     assert stuf.gemeenten[1].gemeentecodes == ("0384", "0385")
     assert stuf.provider_outbox == (tmp_path / "out").resolve()

@@ -586,3 +586,27 @@ def test_two_senders_with_the_same_referentienummer_both_reach_the_inbox(gemeent
     assert [r[0] for r in gemeente.log("status")] == ["delivered", "delivered"]
     payloads = {v for k, v in folder_files(gemeente.tmp / "inbox").items() if k.endswith(".xml")}
     assert payloads == {sample("ijw/3.2/JW302.xml"), sample("ijw/3.2/JW305.xml")}
+
+
+def test_the_node_checks_each_municipality_against_its_own_releases(
+    db: Database, tmp_path: Path
+) -> None:
+    # This municipality is still on release 2.3 (the GGk's per-exchange setting).
+    node = _env(
+        db,
+        tmp_path,
+        _node_config(
+            tmp_path,
+            gemeenten=(StufMunicipality(CPA_ID, ("0384",), ("2.3",)),),
+            releases=("3.2",),
+        ),
+    )
+    old = envelope_of("iwmo/2.3/WMO301.xml")
+    new = envelope_of("iwmo/3.2/WMO301.xml")
+    node.receive(old, action="WMO301")
+    node.receive(new, action="WMO301")
+    assert node.relay.process_received() == 2
+    assert node.log("functie", "status", "reason_code") == [
+        ("WMO301", "delivered", None),
+        ("WMO301", "rejected", "GW004"),
+    ]

@@ -194,6 +194,13 @@ class Relay:
             releases=frozenset(config.releases) | {"ieb/1.0"},
             gemeentecodes=inbound,
         )
+        # At the node each municipality may be on its own release (the GGk's
+        # per-exchange setting); a message from it is checked against those.
+        self._per_cpa = {
+            g.cpa_id: replace(self.inbound_settings, releases=frozenset(g.releases) | {"ieb/1.0"})
+            for g in config.gemeenten
+            if g.releases
+        }
 
     # -- sending: from the back office, an upload, or a care provider ----------------
 
@@ -526,7 +533,7 @@ class Relay:
         verdict = check(
             data,
             role=Role.NODE if self.gemeente else Role.GEMEENTE,
-            settings=self.inbound_settings,
+            settings=self._per_cpa.get(message.cpa_id, self.inbound_settings),
             sender=NODE if self.gemeente else message.cpa_id,
             seen=lambda org, ref: reference_used(cur, org, ref),
         )
