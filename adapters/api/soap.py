@@ -10,8 +10,13 @@ back office generated from ebms-core's WSDL talks to dkgw unchanged:
   (``wsdl/certificateMapping.wsdl``)
 - ``/service/ebms``: ``EbMSMessageService`` (``wsdl/ebms.wsdl``)
 
+and one of dkgw's own, in its own namespace (not an ebms-core service):
+
+- ``/service/stuf``: ``StufService`` (``wsdl/stuf.wsdl``), the iWmo/iJw relay
+
 SOAP handling is :mod:`adapters.api.soap_http`; the operations are in
-:mod:`adapters.api.soap_cpa` and :mod:`adapters.api.soap_ebms`.
+:mod:`adapters.api.soap_cpa`, :mod:`adapters.api.soap_ebms` and
+:mod:`adapters.api.soap_stuf`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from adapters.api.soap_cpa import (
 )
 from adapters.api.soap_ebms import ebms_operations
 from adapters.api.soap_http import WSDL_DIR, Handler, SoapResource, WsdlDescription
+from adapters.api.soap_stuf import StufSoapResource, stuf_operations
 
 __all__ = ["soap_resources"]
 
@@ -60,5 +66,10 @@ def soap_resources(
             "ebms.wsdl",
             "EbMSMessageServiceException",
             ebms_operations(backoffice, run_in_thread, reactor),
+        ),
+        b"stuf": StufSoapResource(
+            WsdlDescription(WSDL_DIR / "stuf.wsdl"),
+            stuf_operations(backoffice, run_in_thread),
+            run_in_thread,
         ),
     }
