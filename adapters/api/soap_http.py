@@ -195,7 +195,7 @@ class SoapResource(resource.Resource):
                 http_status=415,
             )
             self._log(request, "-", fault.http_status, "fault", str(fault), time.monotonic())
-            answer = self._fault_envelope(fault)
+            answer = self.fault_envelope(fault)
             request.setResponseCode(fault.http_status)
             request.setHeader(b"Content-Type", _CONTENT_TYPE)
             request.setHeader(b"Content-Length", str(len(answer)).encode())
@@ -225,16 +225,16 @@ class SoapResource(resource.Resource):
         except SoapFault as fault:
             operation = fault.operation if operation == "-" else operation
             status, outcome, reason = fault.http_status, "fault", str(fault)
-            payload = self._fault_envelope(fault)
+            payload = self.fault_envelope(fault)
         except ApiError as exc:
             code = "Server" if isinstance(exc, PartnerUnavailable) else "Client"
             status, outcome, reason = 500, "fault", str(exc)
-            payload = self._fault_envelope(SoapFault(code, str(exc), detail=True))
+            payload = self.fault_envelope(SoapFault(code, str(exc), detail=True))
         except Exception:
             # Our log gets the traceback; the caller gets two words.
             log.exception("event=soap-error service=%s op=%s", self.wsdl.path.stem, operation)
             status, outcome, reason = 500, "error", "internal error"
-            payload = self._fault_envelope(SoapFault("Server", "internal error"))
+            payload = self.fault_envelope(SoapFault("Server", "internal error"))
         self._log(request, operation, status, outcome, reason, started)
         if request._disconnected:
             return
@@ -332,12 +332,13 @@ class SoapResource(resource.Resource):
         wrapper.extend(children)
         return bytes(etree.tostring(envelope, xml_declaration=True, encoding="UTF-8"))
 
-    def _fault_envelope(self, fault: SoapFault) -> bytes:
+    def fault_envelope(self, fault: SoapFault) -> bytes:
+        """The SOAP 1.1 fault envelope for ``fault`` (a service may add to its detail)."""
         envelope = etree.Element(f"{{{SOAP_NS}}}Envelope", nsmap={"soap": SOAP_NS})
         body = etree.SubElement(envelope, f"{{{SOAP_NS}}}Body")
         element = etree.SubElement(body, f"{{{SOAP_NS}}}Fault")
         # faultcode and faultstring are unqualified (SOAP 1.1 §4.4).
-        reason = _xml_text(str(fault))
+        reason = xml_text(str(fault))
         add(element, "faultcode", f"soap:{fault.code}")
         add(element, "faultstring", reason)
         if fault.detail:
@@ -391,7 +392,7 @@ def _address(request: server.Request) -> str:
     return f"{scheme}://{host}{path}"
 
 
-def _xml_text(text: str) -> str:
+def xml_text(text: str) -> str:
     """``text`` with the characters XML 1.0 cannot carry replaced (a fault must always render)."""
     return _NOT_XML.sub("\ufffd", text)
 

@@ -25,9 +25,9 @@ from adapters.api.soap_http import (
     SoapFault,
     SoapResource,
     WsdlDescription,
-    _xml_text,
     add,
     in_thread,
+    xml_text,
 )
 
 __all__ = ["NOT_CONFIGURED", "STUF_NS", "StufRefusal", "StufSoapResource", "stuf_operations"]
@@ -56,8 +56,8 @@ class StufSoapResource(SoapResource):
         super().__init__(wsdl, operations, FAULT_ELEMENT, run_in_thread)
         wsdl.schema  # noqa: B018 - compiled now, so a broken schema stops the start-up
 
-    def _fault_envelope(self, fault: SoapFault) -> bytes:
-        payload = super()._fault_envelope(fault)
+    def fault_envelope(self, fault: SoapFault) -> bytes:
+        payload = super().fault_envelope(fault)
         if not isinstance(fault, StufRefusal):
             return payload
         # Our own envelope, just built: add code and reason after its message.
@@ -67,8 +67,8 @@ class StufSoapResource(SoapResource):
         )
         if exception is None:  # pragma: no cover - the base class always writes it
             return payload
-        add(exception, "code", _xml_text(fault.refusal_code))
-        add(exception, "reason", _xml_text(fault.refusal_reason))
+        add(exception, "code", xml_text(fault.refusal_code))
+        add(exception, "reason", xml_text(fault.refusal_reason))
         return bytes(etree.tostring(envelope, xml_declaration=True, encoding="UTF-8"))
 
 
