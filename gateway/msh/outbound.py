@@ -249,16 +249,22 @@ def send_ping(db: Database, registry: CpaRegistry, **kwargs: Any) -> Queued:
         return queue_ping(cur, registry, **kwargs)
 
 
-def queue_ping(
+def _queue_msh_request(
     cur: Cursor,
     registry: CpaRegistry,
     *,
     cpa_id: str,
     from_party: PartyId,
     to_party: PartyId,
-    clock: Callable[[], datetime] = utcnow,
+    action: str,
+    build: Callable[[MessageHeader, bool], Envelope],
+    clock: Callable[[], datetime],
 ) -> Queued:
-    """Store and queue a Ping; its Pong arrives as an inbound message (ebMS 2.0 §8)."""
+    """Store and queue an MSH request (Ping, StatusRequest) on the MSH's own route.
+
+    Neither is retried: a monitoring probe or a status question wants the truth
+    about now, not an answer from a later attempt.
+    """
     cpa = registry.get_cpa(cpa_id, cur)
     try:
         route = resolve(
@@ -268,7 +274,7 @@ def queue_ping(
             to_ids=(to_party,),
             to_role=None,
             service=Service(MSH_SERVICE),
-            action="Ping",
+            action=action,
         )
     except ResolutionError as exc:
         raise SendError(f"not allowed by CPA {cpa_id}: {exc.location} {exc.description}") from None
@@ -279,13 +285,34 @@ def queue_ping(
         cpa_id=cpa_id,
         conversation_id=str(uuid.uuid4()),
         service=Service(MSH_SERVICE),
-        action="Ping",
+        action=action,
         message_id=new_message_id(_host(route.send.endpoint)),
         timestamp=now,
     )
-    env = ping(header, sync=route.sync_reply_mode != "none")
-    # A Ping is not retried: a monitoring probe wants the truth about now.
+    env = build(header, route.sync_reply_mode != "none")
     return _store(cur, env, route, (), now, status=None, max_attempts=1, retry_interval=None)
+
+
+def queue_ping(
+    cur: Cursor,
+    registry: CpaRegistry,
+    *,
+    cpa_id: str,
+    from_party: PartyId,
+    to_party: PartyId,
+    clock: Callable[[], datetime] = utcnow,
+) -> Queued:
+    """Store and queue a Ping; its Pong arrives as an inbound message (ebMS 2.0 §8)."""
+    return _queue_msh_request(
+        cur,
+        registry,
+        cpa_id=cpa_id,
+        from_party=from_party,
+        to_party=to_party,
+        action="Ping",
+        build=lambda header, sync: ping(header, sync=sync),
+        clock=clock,
+    )
 
 
 def queue_status_request(
@@ -301,35 +328,18 @@ def queue_status_request(
     """Store and queue a StatusRequest about our message ``ref_to_message_id``.
 
     The StatusResponse arrives as an inbound message referring to the request
-    (ebMS 2.0 §7.3).  The route is the MSH's own (mshSignal), like a Ping's.
+    (ebMS 2.0 §7.3).
     """
-    cpa = registry.get_cpa(cpa_id, cur)
-    try:
-        route = resolve(
-            cpa,
-            from_ids=(from_party,),
-            from_role=None,
-            to_ids=(to_party,),
-            to_role=None,
-            service=Service(MSH_SERVICE),
-            action="StatusRequest",
-        )
-    except ResolutionError as exc:
-        raise SendError(f"not allowed by CPA {cpa_id}: {exc.location} {exc.description}") from None
-    now = clock()
-    header = MessageHeader(
-        from_ids=(from_party,),
-        to_ids=(to_party,),
+    return _queue_msh_request(
+        cur,
+        registry,
         cpa_id=cpa_id,
-        conversation_id=str(uuid.uuid4()),
-        service=Service(MSH_SERVICE),
+        from_party=from_party,
+        to_party=to_party,
         action="StatusRequest",
-        message_id=new_message_id(_host(route.send.endpoint)),
-        timestamp=now,
+        build=lambda header, sync: status_request(header, ref_to_message_id, sync=sync),
+        clock=clock,
     )
-    env = status_request(header, ref_to_message_id, sync=route.sync_reply_mode != "none")
-    # Asked for now, answered now: a StatusRequest is not retried either.
-    return _store(cur, env, route, (), now, status=None, max_attempts=1, retry_interval=None)
 
 
 __all__ = [
