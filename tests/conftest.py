@@ -134,3 +134,23 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
 def store(open_store: StoreFactory) -> Database:
     """One fresh, empty store (no migrations applied yet)."""
     return open_store()
+
+
+@pytest.fixture
+def write(pki: Path, tmp_path: Path) -> Callable[[str], Path]:
+    """Write a gateway config: the example municipality's [tls] plus ``extra`` TOML."""
+    party, ca = pki / "gemeente-voorbeeld", pki / "ca"
+    head = f"""[tls]
+certificate = "{party / "tls-server.pem"}"
+key = "{party / "tls-server.key"}"
+client_certificate = "{party / "tls-client.pem"}"
+client_key = "{party / "tls-client.key"}"
+trust_anchors = "{ca / "root.pem"}"
+"""
+
+    def config(extra: str) -> Path:
+        path = tmp_path / "gateway.toml"
+        path.write_text(head + extra, encoding="utf-8")
+        return path
+
+    return config

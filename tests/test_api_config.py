@@ -13,25 +13,6 @@ from adapters.api.auth import UsersFile, hash_password, parse_basic
 from gateway.config import ConfigError, load_config
 
 
-@pytest.fixture
-def write(pki: Path, tmp_path: Path):
-    party, ca = pki / "gemeente-voorbeeld", pki / "ca"
-    head = f"""[tls]
-certificate = "{party / "tls-server.pem"}"
-key = "{party / "tls-server.key"}"
-client_certificate = "{party / "tls-client.pem"}"
-client_key = "{party / "tls-client.key"}"
-trust_anchors = "{ca / "root.pem"}"
-"""
-
-    def config(extra: str) -> Path:
-        path = tmp_path / "gateway.toml"
-        path.write_text(head + extra, encoding="utf-8")
-        return path
-
-    return config
-
-
 def test_api_is_off_by_default_and_loopback_needs_no_auth(write) -> None:
     assert load_config(write("")).api.port is None
     api = load_config(write('[api]\nlisten = "127.0.0.1:8443"\n')).api

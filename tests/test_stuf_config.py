@@ -9,25 +9,6 @@ import pytest
 from gateway.config import ConfigError, load_config
 
 
-@pytest.fixture
-def write(pki: Path, tmp_path: Path):
-    party, ca = pki / "gemeente-voorbeeld", pki / "ca"
-    head = f"""[tls]
-certificate = "{party / "tls-server.pem"}"
-key = "{party / "tls-server.key"}"
-client_certificate = "{party / "tls-client.pem"}"
-client_key = "{party / "tls-client.key"}"
-trust_anchors = "{ca / "root.pem"}"
-"""
-
-    def config(extra: str) -> Path:
-        path = tmp_path / "gateway.toml"
-        path.write_text(head + extra, encoding="utf-8")
-        return path
-
-    return config
-
-
 def test_off_by_default(write) -> None:
     assert load_config(write("")).stuf.role == ""
 
