@@ -104,6 +104,10 @@ def event_body(delivery: store.Delivery) -> bytes:
         "conversationId": delivery.conversation_id,
         "refToMessageId": delivery.ref_to_message_id,
     }
+    if delivery.error_code is not None:
+        # Why a FAILED event failed, when the gateway knows (a StUF Fo01's code and text).
+        document["errorCode"] = delivery.error_code
+        document["errorText"] = delivery.error_text
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 

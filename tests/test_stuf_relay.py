@@ -200,6 +200,19 @@ async def test_the_node_refuses_with_an_fo01_that_fails_the_message_at_the_gemee
         sent["messageId"],
     )
     assert ("FAILED",) in events
+    # ... with the Fo01's code and text, over the REST API as well.
+    assert a.gateway is not None
+    url = (
+        f"http://127.0.0.1:{a.gateway.api_listening_port}/service/rest/v19/ebms/events/unprocessed"
+    )
+
+    def fetch() -> Any:
+        with urllib.request.urlopen(f"{url}?eventTypes=FAILED", timeout=10) as answer:
+            return json.loads(answer.read())
+
+    failed = await deferToThread(fetch)
+    assert [(e["messageId"], e["errorCode"]) for e in failed] == [(sent["messageId"], "IB002")]
+    assert "0363" in failed[0]["errorText"]
 
 
 @pytest_twisted.ensureDeferred

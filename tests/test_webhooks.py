@@ -70,6 +70,7 @@ def new_event(
     service: str = SERVICE,
     now: datetime = T0,
     message_id: str | None = None,
+    error: tuple[str, str] | None = None,
 ) -> tuple[int, str]:
     """Store a message and one event for it; returns (event id, message id)."""
     message_id = message_id or f"m{next(_counter)}@test"
@@ -92,7 +93,15 @@ def new_event(
     )
     with db.transaction() as cur:
         pk = insert_message(cur, record, (), now=now)
-        add_event(cur, pk, message_id, EventType(event), now=now)
+        add_event(
+            cur,
+            pk,
+            message_id,
+            EventType(event),
+            now=now,
+            error_code=error[0] if error else None,
+            error_text=error[1] if error else None,
+        )
         row = cur.execute("SELECT MAX(id) FROM message_event").fetchone()
     assert row is not None
     return int(row[0]), message_id
@@ -570,6 +579,23 @@ async def test_signed_body_carries_ids_and_properties_only(
         "conversationId": f"conv-{message_id}",
         "refToMessageId": "earlier@test",
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_event_says_why_when_the_gateway_knows(
+    db: Database, receivers, dispatchers
+) -> None:
+    receiver = receivers()
+    dispatchers(db, hook(receiver.url))
+    await wait_until(lambda: _cursor_exists(db))
+    await in_thread(lambda: new_event(db, "FAILED", error=("IB002", "not authorised for 0363")))
+    await wait_until(lambda: receiver.acked)
+    [posted] = receiver.posts
+    assert (posted.json["type"], posted.json["errorCode"], posted.json["errorText"]) == (
+        "FAILED",
+        "IB002",
+        "not authorised for 0363",
+    )
 
 
 def test_signature_is_hmac_sha256_of_the_body() -> None:

@@ -119,6 +119,11 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "messageId": {"type": "string"},
             "type": {"type": "string", "enum": list(EVENT_TYPES)},
+            "errorCode": {
+                "type": "string",
+                "description": "FAILED: the code of the refusal, when known (a StUF Fo01's)",
+            },
+            "errorText": {"type": "string", "description": "FAILED: its text"},
         },
     },
     "URLMapping": {

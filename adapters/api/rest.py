@@ -370,7 +370,19 @@ def _unprocessed_events(bo: BackOffice, call: Call) -> Reply:
     for value in call.query.get("eventTypes", []):
         types.extend(t for t in value.split(",") if t)
     events = bo.unprocessed_events(call.filter(), types, call.max_nr())
-    return _json([{"messageId": e.message_id, "type": e.type} for e in events])
+    return _json(
+        [
+            _omit_none(
+                {
+                    "messageId": e.message_id,
+                    "type": e.type,
+                    "errorCode": e.error_code,
+                    "errorText": e.error_text,
+                }
+            )
+            for e in events
+        ]
+    )
 
 
 def _process_event(bo: BackOffice, call: Call) -> Reply:

@@ -180,10 +180,12 @@ class MessageStatusInfo:
 
 @dataclass(frozen=True)
 class MessageEvent:
-    """ebms-core's ``MessageEvent``."""
+    """ebms-core's ``MessageEvent``, and why a FAILED one failed when that is known."""
 
     message_id: str
     type: str
+    error_code: str | None = None
+    error_text: str | None = None
 
 
 def decode_base64(value: str, what: str) -> bytes:
@@ -510,7 +512,8 @@ class BackOffice:
             ) from None
         with self.db.transaction() as cur:
             return [
-                MessageEvent(mid, t.value) for mid, t in unprocessed_events(cur, flt, types, max_nr)
+                MessageEvent(e.message_id, e.type.value, e.error_code, e.error_text)
+                for e in unprocessed_events(cur, flt, types, max_nr)
             ]
 
     def process_event(self, message_id: str) -> None:

@@ -754,7 +754,15 @@ class Relay:
             if moved and ours is not None:
                 # The back office learns it as ebms-core clients learn a failure:
                 # a FAILED event on the message it sent.
-                add_event(cur, ours.pk, ours.message_id, EventType.FAILED, now=self.clock())
+                add_event(
+                    cur,
+                    ours.pk,
+                    ours.message_id,
+                    EventType.FAILED,
+                    now=self.clock(),
+                    error_code=fo01.code[:20],
+                    error_text=fo01.omschrijving[:1000],
+                )
         if not self.gemeente and self.config.provider_outbox is not None:
             # The node passes a gemeente's Fo01 on to the provider it concerns.
             name = f"{safe_name(sg.zender.organisatie)}-{safe_name(sg.referentienummer)}.xml"

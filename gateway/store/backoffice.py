@@ -30,6 +30,7 @@ from gateway.store.messages import (
 from gateway.store.timeutil import to_db
 
 __all__ = [
+    "Event",
     "MessageFilter",
     "business_message",
     "find_answer",
@@ -94,20 +95,30 @@ def unprocessed_message_ids(cur: Cursor, flt: MessageFilter, max_nr: int | None)
     return [str(r[0]) for r in rows]
 
 
+@dataclass(frozen=True)
+class Event:
+    """An unprocessed event: the message, the type, and why when it failed."""
+
+    message_id: str
+    type: EventType
+    error_code: str | None = None
+    error_text: str | None = None
+
+
 def unprocessed_events(
     cur: Cursor,
     flt: MessageFilter,
     event_types: Sequence[EventType] = (),
     max_nr: int | None = None,
-) -> list[tuple[str, EventType]]:
-    """(message id, event type) of unprocessed events, oldest first."""
+) -> list[Event]:
+    """Unprocessed events, oldest first."""
     where, params = flt.where("m")
     types = ""
     if event_types:
         types = f" AND e.event_type IN ({', '.join('?' for _ in event_types)})"
         params = [*(t.value for t in event_types), *params]
     rows = cur.execute(
-        "SELECT e.message_id, e.event_type FROM message_event e "
+        "SELECT e.message_id, e.event_type, e.error_code, e.error_text FROM message_event e "
         "JOIN ebms_message m ON m.id = e.message_pk WHERE e.processed_at IS NULL"
         + types
         + where
@@ -115,7 +126,7 @@ def unprocessed_events(
         + _limit(max_nr),
         params,
     ).fetchall()
-    return [(str(r[0]), EventType(r[1])) for r in rows]
+    return [Event(str(r[0]), EventType(r[1]), r[2], r[3]) for r in rows]
 
 
 def business_message(cur: Cursor, message_id: str) -> StoredMessage | None:

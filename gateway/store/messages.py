@@ -551,13 +551,20 @@ def set_status(
 
 
 def add_event(
-    cur: Cursor, message_pk: int, message_id: str, event: EventType, *, now: datetime
+    cur: Cursor,
+    message_pk: int,
+    message_id: str,
+    event: EventType,
+    *,
+    now: datetime,
+    error_code: str | None = None,
+    error_text: str | None = None,
 ) -> None:
-    """Record an event for the back office."""
+    """Record an event for the back office; a FAILED one may say why (code and text)."""
     cur.execute(
-        "INSERT INTO message_event (message_pk, message_id, event_type, created_at) "
-        "VALUES (?, ?, ?, ?)",
-        (message_pk, message_id, event.value, to_db(now)),
+        "INSERT INTO message_event (message_pk, message_id, event_type, created_at, "
+        "error_code, error_text) VALUES (?, ?, ?, ?, ?, ?)",
+        (message_pk, message_id, event.value, to_db(now), error_code, error_text),
     )
 
 

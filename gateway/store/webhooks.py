@@ -108,6 +108,8 @@ class Delivery:
     action: str | None
     conversation_id: str | None
     ref_to_message_id: str | None
+    error_code: str | None = None
+    error_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ def enqueue(
 _DELIVERY_COLUMNS = (
     "d.id, d.webhook, d.event_id, d.message_id, d.event_type, d.attempts, d.created_at, "
     "d.lease_until, e.created_at, m.cpa_id, m.from_party, m.from_role, m.to_party, m.to_role, "
-    "m.service, m.action, m.conversation_id, m.ref_to_message_id"
+    "m.service, m.action, m.conversation_id, m.ref_to_message_id, e.error_code, e.error_text"
 )
 
 
@@ -241,6 +243,8 @@ def _delivery(row: Row) -> Delivery:
         action=row[15],
         conversation_id=row[16],
         ref_to_message_id=row[17],
+        error_code=row[18],
+        error_text=row[19],
     )
 
 
