@@ -13,6 +13,7 @@ import json
 import re
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.error import HTTPError
@@ -530,6 +531,47 @@ async def test_mutual_tls(pki: Path, tmp_path: Path) -> None:
 
         with pytest.raises(httpx.HTTPError):
             await call(without_cert)
+    finally:
+        await side.stop()
+        side.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_api_listener_bounds_bodies_and_stalled_clients(
+    pki: Path, tmp_path: Path
+) -> None:
+    import socket
+    import time
+
+    config = gateway_config(
+        pki,
+        "gemeente-voorbeeld",
+        tmp_path / "a",
+        store_url("sqlite", tmp_path, "a"),
+        api=ApiConfig(port=0, max_request_bytes=4096),
+    )
+    config = replace(config, http=replace(config.http, idle_timeout=1.0))
+    side = Side("a", config)
+    side.start()
+    try:
+        assert side.gateway is not None
+        port = side.gateway.api_listening_port
+        status, _, body = await call(
+            raw, port, "POST", REST + "/cpas", b"x" * 10_000, {"Content-Type": "text/plain"}
+        )
+        assert status == 413 and b"Traceback" not in body
+
+        def stall() -> float:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(
+                    b"POST /service/rest/v19/cpas HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: 100\r\n\r\n"
+                )
+                started = time.monotonic()
+                s.recv(1024)  # returns b"" when the server hangs up
+                return time.monotonic() - started
+
+        assert await call(stall) < 5.0
     finally:
         await side.stop()
         side.close()
