@@ -245,6 +245,7 @@ class StufConfig:
     applicatie_subversie: str = "0000"
     releases: tuple[str, ...] = ("3.2",)
     max_envelope_bytes: int = 25 * 1024 * 1024
+    require_payload_schema: bool = False
     services: tuple[tuple[str, str], ...] = (
         ("iwmo", "urn:osb:services:GGK:iWmo:3.2"),
         ("ijw", "urn:osb:services:GGK:iJw:3.2"),
@@ -404,6 +405,7 @@ _SECTIONS = {
         "applicatie_subversie",
         "releases",
         "max_envelope_bytes",
+        "require_payload_schema",
         "services",
         "actions",
         "gemeente",
@@ -765,6 +767,7 @@ def _stuf(section: dict[str, Any], base: Path) -> StufConfig:
         ),
         releases=_strings(section, "releases", where) or defaults.releases,
         max_envelope_bytes=_typed(section, "max_envelope_bytes", int, defaults.max_envelope_bytes),
+        require_payload_schema=_typed(section, "require_payload_schema", bool, False),
         services=_pairs(section, "services", where) or defaults.services,
         actions=_pairs(section, "actions", where) or (),
         gemeenten=tuple(gemeenten),

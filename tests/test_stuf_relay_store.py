@@ -610,3 +610,18 @@ def test_the_node_checks_each_municipality_against_its_own_releases(
         ("WMO301", "delivered", None),
         ("WMO301", "rejected", "GW004"),
     ]
+
+
+def test_a_payload_without_its_xsd_passes_unless_the_schema_is_required(
+    db: Database, tmp_path: Path
+) -> None:
+    # No iWmo 3.2 WMO302 XSD ships: the JW302 sample in iWmo dress stands for one.
+    from gateway.commands.demo import _wmo302
+
+    wmo302 = envelope_of("ijw/3.2/JW302.xml", cross_ref=str(uuid.uuid4()), data=_wmo302())
+    lenient = _env(db, tmp_path, _node_config(tmp_path))
+    strict = _env(db, tmp_path, _node_config(tmp_path, require_payload_schema=True))
+    with pytest.raises(Refused) as refused:
+        strict.relay.send(wmo302)
+    assert refused.value.code == "GW005"
+    assert lenient.relay.send(wmo302).functie == "WMO302"

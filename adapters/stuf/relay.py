@@ -188,12 +188,9 @@ class Relay:
             max_bytes=config.max_envelope_bytes,
             releases=frozenset(config.releases) | {"ieb/1.0"},
             gemeentecodes=table,
+            require_payload_schema=config.require_payload_schema,
         )
-        self.inbound_settings = Settings(
-            max_bytes=config.max_envelope_bytes,
-            releases=frozenset(config.releases) | {"ieb/1.0"},
-            gemeentecodes=inbound,
-        )
+        self.inbound_settings = replace(self.outbound_settings, gemeentecodes=inbound)
         # At the node each municipality may be on its own release (the GGk's
         # per-exchange setting); a message from it is checked against those.
         self._per_cpa = {
