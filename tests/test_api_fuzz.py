@@ -190,8 +190,11 @@ def test_schemathesis_finds_no_server_error(api: Fuzzed, tmp_path: Path) -> None
             os.environ.get("DKGW_FUZZ_EXAMPLES", "50"),
             "--phases",
             "examples,coverage,fuzzing",
+            # One worker: with several, schemathesis 4.32 sometimes trips over a
+            # CPython thread race while compiling its own code ("AST constructor
+            # recursion depth mismatch"), a runtime error that is not ours.
             "--workers",
-            "2",
+            "1",
             "--seed",
             os.environ.get("DKGW_FUZZ_SEED", str(int(time.time()))),
             "--request-timeout",

@@ -110,7 +110,10 @@ def post_bare(side: Side, body: bytes) -> tuple[int, Any]:
 
 
 def files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    """The finished files under ``folder``: not the hidden ``.tmp-`` ones being written."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def log_rows(side: Side, *columns: str) -> list[tuple[Any, ...]]:

@@ -270,6 +270,11 @@ def _wait_for(check: object, timeout: float = 20.0) -> bool:
     return False
 
 
+def _finished(folder: Path, pattern: str) -> list[Path]:
+    """Files in ``folder``, leaving out the hidden ones still being written (``.tmp-``)."""
+    return sorted(p for p in folder.glob(pattern) if not p.name.startswith("."))
+
+
 def _wmo302() -> bytes:
     """The WMO302 retour of the samples' WMO301: the JW302 sample in iWmo dress.
 
@@ -313,9 +318,9 @@ def _show_relay(gemeente: DemoGateway, node: DemoGateway, base: Path) -> bool:
         "   $ cp JW301.xml stuf-out/JW301.xml.part && mv stuf-out/JW301.xml.part stuf-out/JW301.xml"
     )
     provider = base / "aanbieders-out" / AGB
-    arrived = _wait_for(lambda: len(list(provider.glob("*.xml"))) >= 2)
+    arrived = _wait_for(lambda: len(_finished(provider, "*.xml")) >= 2)
     print(f"   the node routed both to the aanbieder's folder aanbieders-out/{AGB}/:")
-    for f in sorted(provider.glob("*.xml")):
+    for f in _finished(provider, "*.xml"):
         print(f"     {f.name} ({f.stat().st_size} bytes, a Di01 envelope)")
     inbox = base / "aanbieders-in"
     _wait_for(inbox.is_dir)
@@ -328,9 +333,9 @@ def _show_relay(gemeente: DemoGateway, node: DemoGateway, base: Path) -> bool:
         (inbox / f".{name}").write_bytes(data)
         (inbox / f".{name}").rename(inbox / name)
     gemeente_in = base / "stuf-in"
-    returned = _wait_for(lambda: len(list(gemeente_in.glob("*.json"))) >= 2)
+    returned = _wait_for(lambda: len(_finished(gemeente_in, "*.json")) >= 2)
     print("   the gemeente's back office finds them unwrapped in stuf-in/, each with a sidecar:")
-    for sidecar in sorted(gemeente_in.glob("*.json")):
+    for sidecar in _finished(gemeente_in, "*.json"):
         meta = json.loads(sidecar.read_text())
         print(
             f"     {meta['payload']['file']}: {meta['functie']} in a {meta['berichtcode']}, "
