@@ -414,7 +414,7 @@ class BackOffice:
             service=props.service,
             action=props.action,
             parts=str(len(payloads)),
-            bytes=str(sum(len(p.content) for p in payloads)),
+            bytes=str(sum(len(ds.content) for ds in request.data_sources)),
         )
         self.wake()
         return queued.message_id

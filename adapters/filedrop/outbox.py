@@ -17,7 +17,6 @@ and a settled item whose move was not finished is moved.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -48,6 +47,7 @@ from gateway.store.filedrop import (
     set_item_message,
     settle_items,
 )
+from gateway.store.messages import CHUNK_BYTES, SpooledPayload
 from gateway.store.timeutil import to_db, utcnow
 
 log = logging.getLogger("dkgw.filedrop")
@@ -84,8 +84,12 @@ def service_of(cpa: Cpa, value: str) -> Service:
 
 @dataclass(frozen=True)
 class _Read:
-    content: bytes
+    content: SpooledPayload  # a copy: up to a chunk in memory, the rest in a temp file
     sha256: str
+
+    def data(self) -> bytes:
+        """The whole content in memory (the StUF relay's envelopes, at most 25 MB)."""
+        return self.content.open().read()
 
 
 class OutboxSender(Protocol):
@@ -264,13 +268,28 @@ class Outbox:
             except OSError as exc:
                 refusal = f"the file cannot be read: {exc.strerror or exc}"
             else:
-                size = len(read.content)
+                size = read.content.size
                 if size == 0:
                     refusal = "the file is empty"
                 elif size > exchange.max_file_bytes:
                     refusal = (
                         f"the file has more than max_file_bytes ({exchange.max_file_bytes}) bytes"
                     )
+        try:
+            self._queue_or_refuse(token, name, size, read, refusal)
+        finally:
+            if read is not None:
+                read.content.close()
+
+    def _queue_or_refuse(
+        self,
+        token: str,
+        name: str,
+        size: int,
+        read: _Read | None,
+        refusal: str | None,
+    ) -> None:
+        exchange = self.exchange
         if refusal is None and read is not None:
             try:
                 message_id = self._send(token, name, read)
@@ -278,7 +297,7 @@ class Outbox:
                 refusal = str(exc)
                 if self.sender is not None and isinstance(exc, SendError):
                     try:
-                        self.sender.file_refused(name, read.content, exc)
+                        self.sender.file_refused(name, read.data(), exc)
                     except Exception:
                         log.exception("filedrop %s: recording the refusal failed", exchange.name)
             except TRANSIENT:
@@ -314,14 +333,22 @@ class Outbox:
             self._finish(token, item, self.failed)
 
     def _read(self, path: Path) -> _Read:
-        """The whole file (at most max_file_bytes + 1 bytes of it) and its SHA-256.
+        """A spooled copy of the file (at most max_file_bytes + 1 bytes) and its SHA-256.
 
-        ``gateway.msh.outbound.Payload`` carries bytes only, so the file is sent
-        from memory; see docs/filedrop.md.
+        Copied in chunks, so a 100 MB file never sits in memory whole: the store
+        takes it from the copy in 1 MiB rows.  A copy, not the file itself: what
+        is hashed is exactly what is stored, whatever happens to the file.
         """
-        with path.open("rb") as f:
-            content = f.read(self.exchange.max_file_bytes + 1)
-        return _Read(content, hashlib.sha256(content).hexdigest())
+        limit = self.exchange.max_file_bytes + 1
+        copy = SpooledPayload()
+        try:
+            with path.open("rb") as f:
+                while copy.size < limit and (chunk := f.read(min(CHUNK_BYTES, limit - copy.size))):
+                    copy.write(chunk)
+        except BaseException:
+            copy.close()
+            raise
+        return _Read(copy, copy.sha256)
 
     def _send(self, token: str, name: str, read: _Read) -> str | None:
         """Queue the message in the transaction that records the token; its id or None."""
@@ -333,13 +360,13 @@ class Outbox:
                 exchange=exchange.name,
                 token=token,
                 file_name=name,
-                size=len(read.content),
+                size=read.content.size,
                 sha256=read.sha256,
                 now=now,
             ):
                 return None  # queued by another node already
             if self.sender is not None:
-                message_id = self.sender.queue_file(cur, name, read.content)
+                message_id = self.sender.queue_file(cur, name, read.data())
                 set_item_message(cur, token, message_id, now=now)
                 return message_id
             cpa = self.registry.get_cpa(exchange.cpa_id, cur)

@@ -34,6 +34,7 @@ from gateway.store.messages import (
     Direction,
     MessageRecord,
     OutboundStatus,
+    PayloadFile,
     insert_message,
     insert_task,
 )
@@ -48,9 +49,13 @@ class SendError(ValueError):
 
 @dataclass(frozen=True)
 class Payload:
-    """One business document to send as a MIME part."""
+    """One business document to send as a MIME part.
 
-    content: bytes
+    ``content`` is the bytes, or a :class:`~gateway.store.messages.PayloadFile`
+    for a large document, which the store then copies in chunks, never whole.
+    """
+
+    content: bytes | PayloadFile
     content_type: str = "application/xml"
     filename: str | None = None
     content_id: str | None = None  # default: a new uuid@host
