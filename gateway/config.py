@@ -121,10 +121,19 @@ class MonitoringConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    """The operator's listener for /metrics and /status; ``port`` None means off."""
+    """The operator's listener for /metrics and /status; ``port`` None means off.
+
+    Plain HTTP on loopback by default.  Like ``[api]``: HTTPS with ``certificate``
+    and ``key``, mutual TLS with ``client_ca``, HTTP Basic with ``users_file``
+    (Prometheus has ``basic_auth`` and ``tls_config`` for these).
+    """
 
     host: str = "127.0.0.1"
     port: int | None = None
+    certificate: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+    users_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -354,7 +363,7 @@ _SECTIONS = {
         "lease_seconds",
     },
     "monitoring": {"pings", "ping_interval", "ping_timeout", "ping_jitter", "ping_history_days"},
-    "admin": {"listen"},
+    "admin": {"listen", "certificate", "key", "client_ca", "users_file"},
     "logging": {"format", "level"},
     "security": {*KEY_OPTIONS, *TRUST_OPTIONS},
     "api": {
@@ -518,7 +527,7 @@ def load_config(path: Path) -> GatewayConfig:
             lease_seconds=_typed(delivery, "lease_seconds", float, 300.0),
         ),
         monitoring=_monitoring(data.get("monitoring", {})),
-        admin=_admin(data.get("admin", {})),
+        admin=_admin(data.get("admin", {}), base),
         logging=_logging(data.get("logging", {})),
         security=_security(data.get("security", {}), base, tls_chain),
         api=_api(data.get("api", {}), base),
@@ -555,12 +564,24 @@ def _monitoring(section: dict[str, Any]) -> MonitoringConfig:
     return config
 
 
-def _admin(section: dict[str, Any]) -> AdminConfig:
+def _admin(section: dict[str, Any], base: Path) -> AdminConfig:
     listen = _typed(section, "listen", str, "")
     if not listen:
         return AdminConfig()
     host, port = _listen(listen, "admin")
-    return AdminConfig(host=host, port=port)
+    config = AdminConfig(
+        host=host,
+        port=port,
+        certificate=_existing(section, "certificate", base, "[admin]"),
+        key=_existing(section, "key", base, "[admin]"),
+        client_ca=_existing(section, "client_ca", base, "[admin]"),
+        users_file=_existing(section, "users_file", base, "[admin]"),
+    )
+    if (config.certificate is None) != (config.key is None):
+        raise ConfigError("[admin] certificate and key go together")
+    if config.client_ca is not None and config.certificate is None:
+        raise ConfigError("[admin] client_ca (mutual TLS) needs certificate and key")
+    return config
 
 
 def _path(section: dict[str, Any], key: str, base: Path, where: str) -> Path | None:

@@ -204,16 +204,27 @@ class Gateway:
         )
         if config.admin.port is not None:
             metrics = self.metrics
-            self.admin_port = self.reactor.listenTCP(
-                config.admin.port,
-                admin_site(
-                    self.run_in_thread,
-                    metrics=metrics.exposition,
-                    metrics_content_type=CONTENT_TYPE,
-                    status=lambda: status_document(self.snapshot(), node=config.node_id),
-                ),
-                interface=config.admin.host,
+            admin = config.admin
+            site = admin_site(
+                self.run_in_thread,
+                metrics=metrics.exposition,
+                metrics_content_type=CONTENT_TYPE,
+                status=lambda: status_document(self.snapshot(), node=config.node_id),
+                users_file=admin.users_file,
             )
+            if admin.certificate is not None and admin.key is not None:
+                identity = TlsIdentity.from_files(admin.certificate, admin.key, None)
+                admin_anchors = (
+                    load_trust_anchors(admin.client_ca) if admin.client_ca is not None else ()
+                )
+                self.admin_port = self.reactor.listenSSL(
+                    admin.port,
+                    site,
+                    api_server_context_factory(identity, admin_anchors),
+                    interface=admin.host,
+                )
+            else:
+                self.admin_port = self.reactor.listenTCP(admin.port, site, interface=admin.host)
             log.info(
                 "event=admin-listening listen=%s:%d", config.admin.host, self.admin_listening_port
             )

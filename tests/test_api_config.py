@@ -139,3 +139,21 @@ def test_users_file_rejects_broken_lines_and_basic_header_parsing(tmp_path: Path
     assert parse_basic(b"Basic !!!") is None
     assert parse_basic(b"Bearer x") is None
     assert parse_basic(b"Basic YWI=") is None  # no colon
+
+
+def test_the_admin_listener_takes_basic_auth_and_tls(write, pki: Path, tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text("")
+    party, ca = pki / "gemeente-voorbeeld", pki / "ca"
+    admin = load_config(
+        write(
+            f'[admin]\nlisten = "127.0.0.1:9100"\nusers_file = "{users}"\n'
+            f'certificate = "{party / "tls-server.pem"}"\nkey = "{party / "tls-server.key"}"\n'
+            f'client_ca = "{ca / "root.pem"}"\n'
+        )
+    ).admin
+    assert (admin.port, admin.users_file, admin.client_ca) == (9100, users, ca / "root.pem")
+    with pytest.raises(ConfigError, match="go together"):
+        load_config(write(f'[admin]\nlisten = "127.0.0.1:9100"\nkey = "{users}"\n'))
+    with pytest.raises(ConfigError, match="needs certificate"):
+        load_config(write(f'[admin]\nlisten = "127.0.0.1:9100"\nclient_ca = "{users}"\n'))

@@ -575,3 +575,28 @@ async def test_the_api_listener_bounds_bodies_and_stalled_clients(
     finally:
         await side.stop()
         side.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_admin_listener_asks_for_basic_auth_when_configured(
+    pki: Path, tmp_path: Path, users_file: Path
+) -> None:
+    config = gateway_config(
+        pki, "gemeente-voorbeeld", tmp_path / "a", store_url("sqlite", tmp_path, "a"), admin_port=0
+    )
+    config = replace(config, admin=replace(config.admin, users_file=users_file))
+    side = Side("a", config)
+    side.start()
+    try:
+        assert side.gateway is not None
+        port = side.gateway.admin_listening_port
+        status, headers, _ = await call(raw, port, "GET", "/metrics")
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+        good = base64.b64encode(b"sociaal-domein:geheim").decode()
+        status, _, body = await call(
+            raw, port, "GET", "/metrics", None, {"Authorization": f"Basic {good}"}
+        )
+        assert status == 200 and b"ebms_delivery_tasks" in body
+    finally:
+        await side.stop()
+        side.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -69,8 +70,14 @@ def admin_site(
     metrics: Callable[[], bytes],
     metrics_content_type: str,
     status: Callable[[], dict[str, Any]],
+    users_file: Path | None = None,
 ) -> server.Site:
-    """A Site with ``/metrics`` (Prometheus text), ``/status`` (JSON) and ``/health``."""
+    """A Site with ``/metrics`` (Prometheus text), ``/status`` (JSON) and ``/health``.
+
+    With ``users_file`` every path needs HTTP Basic (the back-office API's users
+    file format, :mod:`adapters.api.auth`); ``/health`` too, since a load balancer
+    that checks it can send credentials like any other client.
+    """
     root = resource.Resource()
     root.putChild(b"metrics", _Computed(run_in_thread, lambda: (metrics_content_type, metrics())))
     root.putChild(
@@ -84,7 +91,13 @@ def admin_site(
         ),
     )
     root.putChild(b"health", _Health())
-    site = server.Site(root)
+    top: resource.Resource = root
+    if users_file is not None:
+        from adapters.api.auth import UsersFile
+        from adapters.api.site import AuthGuard
+
+        top = AuthGuard(root, UsersFile(users_file), run_in_thread)
+    site = server.Site(top)
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]
     return site
