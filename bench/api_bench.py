@@ -54,6 +54,15 @@ from ebms_adapter_client import (
     MessageRequest,
     MessageRequestProperties,
 )
+from msh_bench import (  # the benchmark next to this one (run as bench/api_bench.py)
+    cpu_model,
+    cpu_seconds,
+    fmt,
+    free_port,
+    git_revision,
+    percentile,
+    say,
+)
 
 from cpa.generate import ActionSpec, CpaSpec, make_cpa
 from cpa.registry import CpaRegistry
@@ -79,30 +88,7 @@ STUF_PATH = "/service/rest/v19/stuf/messages"
 pc = time.perf_counter
 
 
-def say(text: str) -> None:
-    """Progress, on stderr (the report goes to stdout)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
 # -- measurements ----------------------------------------------------------------------
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile of unsorted ``values``."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads, from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return math.nan
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -151,12 +137,6 @@ class Phase:
 
 
 # -- processes ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class GatewayProcess:
@@ -527,40 +507,6 @@ def stuf_phase(setup: Setup, args: argparse.Namespace, count: int, name: str, pr
 
 
 # -- the report -----------------------------------------------------------------------
-
-
-def fmt(value: float, digits: int = 0) -> str:
-    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def git_revision() -> str:
-    git = shutil.which("git")
-    if git is None:
-        return "unknown"
-    try:
-        head = subprocess.run(
-            [git, "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [git, "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}{' + uncommitted changes' if dirty else ''}"
 
 
 def report(args: argparse.Namespace, setup: Setup, phases: list[Phase], rss: dict[str, float],

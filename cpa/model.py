@@ -291,6 +291,14 @@ class PartyInfo:
         """
         return bool(ids) and all(i in self.party_ids for i in ids)
 
+    def role_for(self, service: Service, action: str, *, sends: bool) -> str | None:
+        """This party's role that sends (``sends``) or receives ``action`` of ``service``."""
+        for role in self.roles:
+            bindings = role.can_send if sends else role.can_receive
+            if role.service == service and any(b.action == action for b in bindings):
+                return role.role
+        return None
+
 
 @dataclass(frozen=True)
 class Cpa:
@@ -311,6 +319,18 @@ class Cpa:
         for party in self.parties:
             if party.has_party_ids(ids):
                 return party
+        return None
+
+    def service_by_key(self, key: str) -> Service | None:
+        """The service whose ``type:value`` is ``key``, as ebms-core compares them.
+
+        A service type may itself contain colons (``urn:osb:services``), so the
+        string cannot be split without the CPA.
+        """
+        for party in self.parties:
+            for role in party.roles:
+                if role.service.key() == key:
+                    return role.service
         return None
 
     def in_force(self, when: datetime) -> bool:

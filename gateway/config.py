@@ -569,19 +569,20 @@ def _admin(section: dict[str, Any], base: Path) -> AdminConfig:
     if not listen:
         return AdminConfig()
     host, port = _listen(listen, "admin")
-    config = AdminConfig(
-        host=host,
-        port=port,
-        certificate=_existing(section, "certificate", base, "[admin]"),
-        key=_existing(section, "key", base, "[admin]"),
-        client_ca=_existing(section, "client_ca", base, "[admin]"),
-        users_file=_existing(section, "users_file", base, "[admin]"),
-    )
-    if (config.certificate is None) != (config.key is None):
-        raise ConfigError("[admin] certificate and key go together")
-    if config.client_ca is not None and config.certificate is None:
-        raise ConfigError("[admin] client_ca (mutual TLS) needs certificate and key")
-    return config
+    return AdminConfig(host=host, port=port, **_listener_security(section, base, "[admin]"))
+
+
+def _listener_security(section: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
+    """``certificate``, ``key``, ``client_ca`` and ``users_file`` of an HTTP listener."""
+    found = {
+        name: _existing(section, name, base, where)
+        for name in ("certificate", "key", "client_ca", "users_file")
+    }
+    if (found["certificate"] is None) != (found["key"] is None):
+        raise ConfigError(f"{where} certificate and key go together")
+    if found["client_ca"] is not None and found["certificate"] is None:
+        raise ConfigError(f"{where} client_ca (mutual TLS) needs certificate and key")
+    return found
 
 
 def _path(section: dict[str, Any], key: str, base: Path, where: str) -> Path | None:
@@ -619,18 +620,11 @@ def _api(section: dict[str, Any], base: Path) -> ApiConfig:
     config = ApiConfig(
         host=host,
         port=port,
-        certificate=_existing(section, "certificate", base, "[api]"),
-        key=_existing(section, "key", base, "[api]"),
-        client_ca=_existing(section, "client_ca", base, "[api]"),
-        users_file=_existing(section, "users_file", base, "[api]"),
+        **_listener_security(section, base, "[api]"),
         allow_unauthenticated=_typed(section, "allow_unauthenticated", bool, False),
         max_request_bytes=_typed(section, "max_request_bytes", int, ApiConfig.max_request_bytes),
         wait_timeout=_typed(section, "wait_timeout", float, ApiConfig.wait_timeout),
     )
-    if (config.certificate is None) != (config.key is None):
-        raise ConfigError("[api] certificate and key go together")
-    if config.client_ca is not None and config.certificate is None:
-        raise ConfigError("[api] client_ca (mutual TLS) needs certificate and key")
     authenticated = config.client_ca is not None or config.users_file is not None
     if not authenticated and not _is_loopback(host) and not config.allow_unauthenticated:
         raise ConfigError(

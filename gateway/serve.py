@@ -30,7 +30,7 @@ from adapters.stuf.relay import Relay
 from adapters.stuf.service import RelayService
 from adapters.webhooks import WebhookDispatcher
 from cpa.registry import CpaRegistry
-from gateway.config import GatewayConfig
+from gateway.config import AdminConfig, ApiConfig, GatewayConfig
 from gateway.crl import CrlRefresher
 from gateway.delivery import DeliveryWorker
 from gateway.http.admin import admin_site
@@ -212,19 +212,7 @@ class Gateway:
                 status=lambda: status_document(self.snapshot(), node=config.node_id),
                 users_file=admin.users_file,
             )
-            if admin.certificate is not None and admin.key is not None:
-                identity = TlsIdentity.from_files(admin.certificate, admin.key, None)
-                admin_anchors = (
-                    load_trust_anchors(admin.client_ca) if admin.client_ca is not None else ()
-                )
-                self.admin_port = self.reactor.listenSSL(
-                    admin.port,
-                    site,
-                    api_server_context_factory(identity, admin_anchors),
-                    interface=admin.host,
-                )
-            else:
-                self.admin_port = self.reactor.listenTCP(admin.port, site, interface=admin.host)
+            self.admin_port = self._listen_http(admin, admin.port, site)
             log.info(
                 "event=admin-listening listen=%s:%d", config.admin.host, self.admin_listening_port
             )
@@ -288,6 +276,15 @@ class Gateway:
             self.db.dialect,
         )
 
+    def _listen_http(self, listener: AdminConfig | ApiConfig, port: int, site: Any) -> Any:
+        """Listen for the admin or API site: HTTPS (mutual TLS with ``client_ca``) or HTTP."""
+        if listener.certificate is None or listener.key is None:
+            return self.reactor.listenTCP(port, site, interface=listener.host)
+        identity = TlsIdentity.from_files(listener.certificate, listener.key, None)
+        anchors = load_trust_anchors(listener.client_ca) if listener.client_ca is not None else ()
+        factory = api_server_context_factory(identity, anchors)
+        return self.reactor.listenSSL(port, site, factory, interface=listener.host)
+
     def _start_api(self) -> None:
         api = self.config.api
         assert self.backoffice is not None and api.port is not None
@@ -299,14 +296,7 @@ class Gateway:
             idle_timeout=self.config.http.idle_timeout,
         )
         self._api_site = site
-        if api.certificate is not None and api.key is not None:
-            identity = TlsIdentity.from_files(api.certificate, api.key, None)
-            anchors = load_trust_anchors(api.client_ca) if api.client_ca is not None else ()
-            self.api_port = self.reactor.listenSSL(
-                api.port, site, api_server_context_factory(identity, anchors), interface=api.host
-            )
-        else:
-            self.api_port = self.reactor.listenTCP(api.port, site, interface=api.host)
+        self.api_port = self._listen_http(api, api.port, site)
         auth = [
             name
             for name, on in (("mtls", api.client_ca), ("basic", api.users_file))

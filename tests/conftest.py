@@ -139,14 +139,9 @@ def store(open_store: StoreFactory) -> Database:
 @pytest.fixture
 def write(pki: Path, tmp_path: Path) -> Callable[[str], Path]:
     """Write a gateway config: the example municipality's [tls] plus ``extra`` TOML."""
-    party, ca = pki / "gemeente-voorbeeld", pki / "ca"
-    head = f"""[tls]
-certificate = "{party / "tls-server.pem"}"
-key = "{party / "tls-server.key"}"
-client_certificate = "{party / "tls-client.pem"}"
-client_key = "{party / "tls-client.key"}"
-trust_anchors = "{ca / "root.pem"}"
-"""
+    from tests.gateways import tls_toml
+
+    head = tls_toml(pki, "gemeente-voorbeeld")
 
     def config(extra: str) -> Path:
         path = tmp_path / "gateway.toml"

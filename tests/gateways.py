@@ -9,6 +9,8 @@ generated with their real ports and imported into both stores.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -266,3 +268,45 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def tls_toml(pki: Path, slug: str) -> str:
+    """The ``[tls]`` section of a config file for one party of the example PKI."""
+    party, ca = pki / slug, pki / "ca"
+    return f"""[tls]
+certificate = "{party / "tls-server.pem"}"
+key = "{party / "tls-server.key"}"
+client_certificate = "{party / "tls-client.pem"}"
+client_key = "{party / "tls-client.key"}"
+chain = "{ca / "intermediate.pem"}"
+trust_anchors = "{ca / "root.pem"}"
+"""
+
+
+def start_serve(config: Path, log: Path, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+    """``dkgw serve --config CONFIG`` in a subprocess, logging to ``log``; returns once started."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    while "event=started" not in log.read_text(errors="replace"):
+        if process.poll() is not None:
+            raise AssertionError(log.read_text(errors="replace"))
+        if time.monotonic() > deadline:
+            stop_serve(process)
+            raise AssertionError(f"the gateway did not start; see {log}")
+        time.sleep(0.05)
+    return process
+
+
+def stop_serve(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL when the gateway has not stopped within 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -27,7 +27,7 @@ from cpa.registry import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, SpecFactory
-from tests.gateways import SERVICE, free_port
+from tests.gateways import SERVICE, free_port, start_serve, stop_serve, tls_toml
 
 GEMEENTE = f"urn:osb:oin:{GEMEENTE_OIN}"
 NODE = f"urn:osb:oin:{NODE_OIN}"
@@ -45,7 +45,6 @@ CHECKS = ",".join(
 
 
 def _serve(base: Path, pki: Path, slug: str, port: int, api_port: int, store: Path) -> Any:
-    party, ca = pki / slug, pki / "ca"
     config = base / f"{slug}.toml"
     config.write_text(
         f"""[gateway]
@@ -56,14 +55,7 @@ node_id = "fuzz-{slug}"
 [http]
 listen = "127.0.0.1:{port}"
 
-[tls]
-certificate = "{party / "tls-server.pem"}"
-key = "{party / "tls-server.key"}"
-client_certificate = "{party / "tls-client.pem"}"
-client_key = "{party / "tls-client.key"}"
-chain = "{ca / "intermediate.pem"}"
-trust_anchors = "{ca / "root.pem"}"
-
+{tls_toml(pki, slug)}
 [monitoring]
 pings = false
 
@@ -79,18 +71,7 @@ wait_timeout = 5.0
         encoding="utf-8",
     )
     log = base / f"{slug}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while "event=started" not in log.read_text(errors="replace"):
-        assert process.poll() is None, log.read_text(errors="replace")
-        assert time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.05)
-    return process, log
+    return start_serve(config, log), log
 
 
 def _post(url: str, body: bytes, content_type: str) -> str:
@@ -150,12 +131,7 @@ def api(pki: Path, make_spec: SpecFactory, tmp_path: Path) -> Iterator[Fuzzed]:
         yield Fuzzed(url, message_id)
     finally:
         for process, log in processes:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_serve(process)
             text = log.read_text(errors="replace")
             assert "Traceback" not in text, text[-3000:]
 

@@ -25,7 +25,6 @@ import socket
 import sqlite3
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -42,7 +41,7 @@ from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
 from tests.conftest import SpecFactory
-from tests.gateways import free_port
+from tests.gateways import free_port, start_serve, stop_serve, tls_toml
 from tests.messages import render
 
 CPA_ID = "hardening-cpa"
@@ -250,7 +249,6 @@ def target(
         CpaRegistry(db).insert(make_cpa(spec), overwrite=True)
     finally:
         db.close()
-    party, ca = pki / "ggk-rinis-test", pki / "ca"
     config = base / "gateway.toml"
     config.write_text(
         f"""[gateway]
@@ -264,44 +262,22 @@ path = "/ebms"
 max_request_bytes = {MAX_REQUEST}
 idle_timeout = {IDLE_TIMEOUT}
 
-[tls]
-certificate = "{party / "tls-server.pem"}"
-key = "{party / "tls-server.key"}"
-client_certificate = "{party / "tls-client.pem"}"
-client_key = "{party / "tls-client.key"}"
-chain = "{ca / "intermediate.pem"}"
-trust_anchors = "{ca / "root.pem"}"
-""",
+{tls_toml(pki, "ggk-rinis-test")}""",
         encoding="utf-8",
     )
     log = base / "gateway.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_serve(config, log)
     trap = socket.socket()
     trap.bind(("127.0.0.1", 0))
     trap.listen(8)
     trap.setblocking(False)
     gw = Target(process, port, pki, store, log, trap)
     try:
-        deadline = time.monotonic() + 30
-        while "event=started" not in log.read_text(errors="replace"):
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.05)
         _warm_up(gw)
         yield gw
     finally:
         trap.close()
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_serve(process)
 
 
 def _warm_up(gw: Target) -> None:

@@ -53,6 +53,7 @@ from tests.gateways import (
     gateway_config,
     security_config,
     store_url,
+    tls_toml,
     wait_until,
 )
 from tests.test_endpoint import Endpoint, error_of
@@ -556,19 +557,12 @@ async def test_dkgw_send_with_the_gateway_config_signs_and_encrypts(
     """``dkgw send --config`` loads the [security] keys; without them it refuses clearly."""
     pair = await secure_pair(profile="osb-rm-e", ack_signed=True, **RM_FAST)
     a = pair.a
-    party, ca = pki / A_DIR, pki / "ca"
+    party = pki / A_DIR
     config = tmp_path / "a.toml"
     config.write_text(
         f"""[gateway]
 store = "{a.config.store}"
-[tls]
-certificate = "{party / "tls-server.pem"}"
-key = "{party / "tls-server.key"}"
-client_certificate = "{party / "tls-client.pem"}"
-client_key = "{party / "tls-client.key"}"
-chain = "{ca / "intermediate.pem"}"
-trust_anchors = "{ca / "root.pem"}"
-[security]
+{tls_toml(pki, A_DIR)}[security]
 signing_certificate = "{party / "signing.pem"}"
 signing_key = "{party / "signing.key"}"
 encryption_certificate = "{party / "encryption.pem"}"

@@ -21,6 +21,7 @@ from cpa.registry import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.conftest import SpecFactory
+from tests.gateways import tls_toml
 from tests.test_stuf_relay import ACTIONS, CPA_ID, FIXTURES, SERVICE
 
 
@@ -87,7 +88,6 @@ def test_upload_of_100_messages_sends_90_and_reports_10_reasons(
         )
     finally:
         db.close()
-    party, ca = pki / "gemeente-voorbeeld", pki / "ca"
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"""[gateway]
@@ -95,14 +95,7 @@ data_dir = "{tmp_path / "data"}"
 store = "sqlite:///{store}"
 node_id = "upload-test"
 
-[tls]
-certificate = "{party / "tls-server.pem"}"
-key = "{party / "tls-server.key"}"
-client_certificate = "{party / "tls-client.pem"}"
-client_key = "{party / "tls-client.key"}"
-chain = "{ca / "intermediate.pem"}"
-trust_anchors = "{ca / "root.pem"}"
-
+{tls_toml(pki, "gemeente-voorbeeld")}
 [stuf]
 role = "gemeente"
 cpa_id = "{CPA_ID}"

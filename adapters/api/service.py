@@ -197,26 +197,11 @@ def decode_base64(value: str, what: str) -> bytes:
 
 
 def service_of(cpa: Cpa, value: str) -> Service:
-    """The CPA's service whose ``type:value`` is ``value`` (ebms-core compares them so).
-
-    A service type may itself contain colons (``urn:osb:services``), so the
-    string cannot be split without the CPA.
-    """
-    for party in cpa.parties:
-        for role in party.roles:
-            if role.service.key() == value:
-                return role.service
-    raise BadRequest(f"CPA {cpa.cpa_id} has no service {value!r}")
-
-
-def _role_for(party: PartyInfo, service: Service, action: str, sends: bool) -> str | None:
-    for role in party.roles:
-        if role.service != service:
-            continue
-        bindings = role.can_send if sends else role.can_receive
-        if any(b.action == action for b in bindings):
-            return role.role
-    return None
+    """The CPA's service whose ``type:value`` is ``value``; BadRequest if none."""
+    service = cpa.service_by_key(value)
+    if service is None:
+        raise BadRequest(f"CPA {cpa.cpa_id} has no service {value!r}")
+    return service
 
 
 def _party(cpa: Cpa, party_id: str, what: str) -> tuple[PartyId, PartyInfo]:
@@ -369,7 +354,7 @@ class BackOffice:
             cpa = self._cpa(cur, props.cpa_id, bad=True)
             service = service_of(cpa, props.service)
             from_party, from_info = _party(cpa, props.from_party_id, "fromPartyId")
-            from_role = props.from_role or _role_for(from_info, service, props.action, True)
+            from_role = props.from_role or from_info.role_for(service, props.action, sends=True)
             if from_role is None:
                 raise BadRequest(
                     f"party {props.from_party_id} cannot send {props.service} {props.action}"
@@ -379,7 +364,7 @@ class BackOffice:
             else:
                 to_info = cpa.other_party(from_info)
                 to_party = to_info.party_ids[0]
-            to_role = props.to_role or _role_for(to_info, service, props.action, False)
+            to_role = props.to_role or to_info.role_for(service, props.action, sends=False)
             if to_role is None:
                 raise BadRequest(
                     f"party {to_party.key()} cannot receive {props.service} {props.action}"

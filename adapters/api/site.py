@@ -18,6 +18,7 @@ from adapters.api.auth import UsersFile, parse_basic
 from adapters.api.rest import RestApi
 from adapters.api.service import BackOffice
 from adapters.api.soap import soap_resources
+from adapters.api.text import plain
 from gateway.config import ApiConfig
 from gateway.http.connections import TrackingSite
 from gateway.http.server import EbmsChannel, limited_request_factory
@@ -28,19 +29,11 @@ log = logging.getLogger("dkgw.api")
 __all__ = ["AuthGuard", "api_site"]
 
 
-def _plain(request: server.Request, status: int, text: str) -> bytes:
-    body = text.encode("utf-8") + b"\n"
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    request.setHeader(b"Content-Length", str(len(body)).encode())
-    return body
-
-
 class _NotFound(resource.Resource):
     isLeaf = True
 
     def render(self, request: server.Request) -> bytes:
-        return _plain(request, 404, "not found")
+        return plain(request, 404, "not found")
 
 
 class _Branch(resource.Resource):
@@ -50,7 +43,7 @@ class _Branch(resource.Resource):
         return _NotFound()
 
     def render(self, request: server.Request) -> bytes:
-        return _plain(request, 404, "not found")
+        return plain(request, 404, "not found")
 
 
 class AuthGuard(resource.Resource):
@@ -94,7 +87,7 @@ class AuthGuard(resource.Resource):
         def crash(failure: Any) -> None:
             log.error("event=api-error reason=%s", failure.getErrorMessage())
             if not request._disconnected:
-                request.write(_plain(request, 500, "internal error"))
+                request.write(plain(request, 500, "internal error"))
                 request.finish()
 
         d.addCallbacks(decided, crash)
@@ -110,7 +103,7 @@ class AuthGuard(resource.Resource):
     @staticmethod
     def _challenge(request: server.Request) -> bytes:
         request.setHeader(b"WWW-Authenticate", b'Basic realm="dkgw", charset="UTF-8"')
-        return _plain(request, 401, "authentication required")
+        return plain(request, 401, "authentication required")
 
 
 def api_tree(backoffice: BackOffice, run_in_thread: Any, reactor: Any) -> resource.Resource:

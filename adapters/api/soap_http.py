@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
 from adapters.api.service import ApiError, PartnerUnavailable
+from adapters.api.text import plain
 from gateway.config import ApiConfig
 from gateway.logfmt import log_event
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
@@ -166,16 +167,16 @@ class SoapResource(resource.Resource):
 
     def render(self, request: server.Request) -> Any:
         if request.postpath not in ([], [b""]):
-            return _plain(request, 404, "not found")
+            return plain(request, 404, "not found")
         if request.method == b"GET":
             if _asks_wsdl(request.uri or b""):
                 return self._render_wsdl(request)
             request.setHeader(b"Allow", b"GET, POST")
-            return _plain(request, 405, "POST a SOAP 1.1 request, or GET ?wsdl")
+            return plain(request, 405, "POST a SOAP 1.1 request, or GET ?wsdl")
         if request.method == b"POST":
             return self._render_post(request)
         request.setHeader(b"Allow", b"GET, POST")
-        return _plain(request, 405, "method not allowed")
+        return plain(request, 405, "method not allowed")
 
     def _render_wsdl(self, request: server.Request) -> bytes:
         body = self.wsdl.with_address(_address(request))
@@ -395,14 +396,6 @@ def _address(request: server.Request) -> str:
 def xml_text(text: str) -> str:
     """``text`` with the characters XML 1.0 cannot carry replaced (a fault must always render)."""
     return _NOT_XML.sub("\ufffd", text)
-
-
-def _plain(request: server.Request, status: int, text: str) -> bytes:
-    body = text.encode("utf-8") + b"\n"
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    request.setHeader(b"Content-Length", str(len(body)).encode())
-    return body
 
 
 # -- building blocks for the operation modules -----------------------------------------

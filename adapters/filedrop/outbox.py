@@ -70,16 +70,11 @@ def ignored(name: str) -> bool:
 
 
 def service_of(cpa: Cpa, value: str) -> Service:
-    """The CPA's service whose ``type:value`` is ``value``.
-
-    As :func:`adapters.api.service.service_of`: a service type may contain
-    colons itself, so the string cannot be split without the CPA.
-    """
-    for party in cpa.parties:
-        for role in party.roles:
-            if role.service.key() == value:
-                return role.service
-    raise SendError(f"CPA {cpa.cpa_id} has no service {value!r}")
+    """The CPA's service whose ``type:value`` is ``value``; SendError if none."""
+    service = cpa.service_by_key(value)
+    if service is None:
+        raise SendError(f"CPA {cpa.cpa_id} has no service {value!r}")
+    return service
 
 
 @dataclass(frozen=True)

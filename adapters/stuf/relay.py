@@ -47,13 +47,14 @@ from adapters.stuf.envelope import (
     STUF_NS,
     Envelope,
     EnvelopeError,
+    Stuurgegevens,
     Systeem,
     wrap,
 )
 from adapters.stuf.fo01 import FO01_ROOT, fo01_for, parse_fo01
 from adapters.stuf.rules import Role, Settings, Verdict, check
 from adapters.upload import Accepted, Rejected
-from cpa.model import Cpa, PartyId, PartyInfo, Service, parse_party
+from cpa.model import Cpa, PartyId, Service, parse_party
 from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.config import StufConfig
 from gateway.logfmt import log_event
@@ -74,6 +75,7 @@ from gateway.store.stuf import (
     PurgeCounts,
     StufDirection,
     StufStatus,
+    mark_by_ebms_id,
     purge,
     query_log,
     record_message,
@@ -282,18 +284,13 @@ class Relay:
             cpa_id = self._cpa_of(gemeente)
         log_id = record_message(
             cur,
-            LogEntry(
-                direction=StufDirection.OUT,
-                status=StufStatus.ACCEPTED,
-                referentienummer=sg.referentienummer,
-                cross_ref=sg.cross_refnummer,
-                berichtcode=sg.berichtcode,
-                functie=sg.functie,
+            _log_entry(
+                StufDirection.OUT,
+                StufStatus.ACCEPTED,
+                sg,
                 gemeente=gemeente,
                 counterpart=counterpart,
                 bericht_id=_bericht_id(env),
-                sender_org=sg.zender.organisatie,
-                receiver_org=sg.ontvanger.organisatie,
                 cpa_id=cpa_id,
                 file_name=file_name,
                 size=len(env_bytes),
@@ -390,10 +387,9 @@ class Relay:
         self, cpa: Cpa, service: Service, action: str
     ) -> tuple[PartyId, str, PartyId, str]:
         senders = [
-            (p, r.role)
+            (p, role)
             for p in cpa.parties
-            for r in p.roles
-            if r.service == service and any(b.action == action for b in r.can_send)
+            if (role := p.role_for(service, action, sends=True)) is not None
         ]
         if self.own_parties:
             senders = [s for s in senders if s[0].has_party_ids(self.own_parties)] or senders
@@ -411,15 +407,10 @@ class Relay:
         with self.db.transaction() as cur:
             record_message(
                 cur,
-                LogEntry(
-                    direction=StufDirection.OUT,
-                    status=StufStatus.REJECTED,
-                    referentienummer=sg.referentienummer if sg else None,
-                    cross_ref=sg.cross_refnummer if sg else None,
-                    berichtcode=sg.berichtcode if sg else None,
-                    functie=sg.functie if sg else None,
-                    sender_org=sg.zender.organisatie if sg else None,
-                    receiver_org=sg.ontvanger.organisatie if sg else None,
+                _log_entry(
+                    StufDirection.OUT,
+                    StufStatus.REJECTED,
+                    sg,
                     reason_code=refused.code[:20],
                     reason=refused.reason[:1000],
                     file_name=file_name,
@@ -540,16 +531,11 @@ class Relay:
             self._reject_inbound(cur, message, data, code, _reasons(verdict), verdict)
             return
         sg = env.stuurgegevens
-        entry = LogEntry(
-            direction=StufDirection.IN,
-            status=StufStatus.RECEIVED,
-            referentienummer=sg.referentienummer,
-            cross_ref=sg.cross_refnummer,
-            berichtcode=sg.berichtcode,
-            functie=sg.functie,
+        entry = _log_entry(
+            StufDirection.IN,
+            StufStatus.RECEIVED,
+            sg,
             bericht_id=_bericht_id(env),
-            sender_org=sg.zender.organisatie,
-            receiver_org=sg.ontvanger.organisatie,
             ebms_message_id=message.message_id,
             cpa_id=message.cpa_id,
             size=len(data),
@@ -560,7 +546,7 @@ class Relay:
             gemeente, counterpart = sg.ontvanger.organisatie, sg.zender.organisatie
             if not _GEMEENTECODE.fullmatch(gemeente):
                 gemeente, counterpart = counterpart, gemeente
-            folder = self.config_inbox()
+            folder = self.config.inbox
             name = f"{stem}.xml" if folder is not None else None
         else:
             gemeente, counterpart = sg.zender.organisatie, sg.ontvanger.organisatie
@@ -591,9 +577,8 @@ class Relay:
                 assert folder is not None
                 self._deliver_to_inbox(folder, name, env, message)
             else:
-                self._deliver_to_provider(counterpart, name, data)
+                self._deliver_to_provider(counterpart, f"{stem}.xml", data)
             update_status(cur, log_id, StufStatus.DELIVERED, now=self.clock())
-        written = name is not None
         self._log(
             "stuf-received",
             referentienummer=sg.referentienummer,
@@ -602,15 +587,11 @@ class Relay:
             gemeente=gemeente,
             counterpart=counterpart,
             message_id=message.message_id,
-            delivered=name if written else None,
+            delivered=name,
         )
 
-    def config_inbox(self) -> Path | None:
-        """Where a gemeente's received messages are written (``[stuf] inbox``)."""
-        return self.config.inbox
-
     def _deliver_to_inbox(self, folder: Path, name: str, env: Envelope,
-                          message: StoredMessage) -> bool:  # fmt: skip
+                          message: StoredMessage) -> None:  # fmt: skip
         """The payload (unwrapped) and then its sidecar: the sidecar means complete."""
         ensure_folder(folder)
         size, sha256 = atomic_write(folder, name, env.payload)
@@ -636,17 +617,16 @@ class Relay:
         body = json.dumps(sidecar, indent=2, sort_keys=True).encode() + b"\n"
         atomic_write(folder, name.removesuffix(".xml") + ".json", body)
         fsync_folder(folder)
-        return True
 
-    def _deliver_to_provider(self, organisatie: str, name: str, data: bytes) -> bool:
+    def _deliver_to_provider(self, organisatie: str, file_name: str, data: bytes) -> None:
+        """Write ``data`` to ``provider_outbox/<organisatie>/<file_name>`` (if configured)."""
         outbox = self.config.provider_outbox
         if outbox is None:
-            return False
+            return
         folder = outbox / safe_name(organisatie)
         ensure_folder(folder)
-        atomic_write(folder, name.rsplit("/", 1)[-1], data)
+        atomic_write(folder, file_name, data)
         fsync_folder(folder)
-        return True
 
     def _reject_inbound(self, cur: Cursor, message: StoredMessage, data: bytes, code: str,
                         reason: str, verdict: Verdict | None = None) -> None:  # fmt: skip
@@ -654,15 +634,10 @@ class Relay:
         sg = env.stuurgegevens if env else None
         record_message(
             cur,
-            LogEntry(
-                direction=StufDirection.IN,
-                status=StufStatus.REJECTED,
-                referentienummer=sg.referentienummer if sg else None,
-                cross_ref=sg.cross_refnummer if sg else None,
-                berichtcode=sg.berichtcode if sg else None,
-                functie=sg.functie if sg else None,
-                sender_org=sg.zender.organisatie if sg else None,
-                receiver_org=sg.ontvanger.organisatie if sg else None,
+            _log_entry(
+                StufDirection.IN,
+                StufStatus.REJECTED,
+                sg,
                 ebms_message_id=message.message_id,
                 cpa_id=message.cpa_id,
                 reason_code=code[:20],
@@ -719,14 +694,10 @@ class Relay:
         sg = fo01.stuurgegevens
         record_message(
             cur,
-            LogEntry(
-                direction=StufDirection.IN,
-                status=StufStatus.RECEIVED,
-                referentienummer=sg.referentienummer,
-                cross_ref=sg.cross_refnummer,
-                berichtcode="Fo01",
-                sender_org=sg.zender.organisatie,
-                receiver_org=sg.ontvanger.organisatie,
+            _log_entry(
+                StufDirection.IN,
+                StufStatus.RECEIVED,
+                sg,
                 ebms_message_id=message.message_id,
                 cpa_id=message.cpa_id,
                 reason_code=fo01.code[:20],
@@ -780,25 +751,24 @@ class Relay:
         moved = 0
         with self.db.transaction() as cur:
             rows = cur.execute(
-                "SELECT s.id, m.status FROM stuf_message s JOIN ebms_message m "
-                "ON m.message_id = s.ebms_message_id AND m.direction = 'out' "
+                "SELECT DISTINCT s.ebms_message_id, m.status FROM stuf_message s "
+                "JOIN ebms_message m ON m.message_id = s.ebms_message_id AND m.direction = 'out' "
                 "WHERE s.status = 'sent' AND m.status IN ('DELIVERED', 'DELIVERY_FAILED', "
-                "'EXPIRED') ORDER BY s.id LIMIT 500"
+                "'EXPIRED') LIMIT 500"
             ).fetchall()
-            for log_id, status in rows:
+            for ebms_id, status in rows:
                 if status == "DELIVERED":
-                    ok = update_status(cur, int(log_id), StufStatus.DELIVERED, now=self.clock())
+                    moved += mark_by_ebms_id(cur, ebms_id, StufStatus.DELIVERED, now=self.clock())
                 else:
-                    ok = update_status(
-                        cur, int(log_id), StufStatus.FAILED, reason_code=str(status)[:20],
+                    moved += mark_by_ebms_id(
+                        cur, ebms_id, StufStatus.FAILED, reason_code=str(status)[:20],
                         reason=f"ebMS {status.lower().replace('_', ' ')}", now=self.clock(),
                     )  # fmt: skip
-                moved += int(ok)
         return moved
 
     def detect_read(self) -> int:
         """Mark delivered items whose file the recipient has taken away as read."""
-        base = self.config_inbox() if self.gemeente else self.config.provider_outbox
+        base = self.config.inbox if self.gemeente else self.config.provider_outbox
         if base is None:
             return 0
         read = 0
@@ -830,6 +800,23 @@ class Relay:
         log_event(log, level, {"event": event, "node": self.node_id or None, **fields})
 
 
+def _log_entry(
+    direction: StufDirection, status: StufStatus, sg: Stuurgegevens | None, **fields: Any
+) -> LogEntry:
+    """A message-log row with the envelope's routing fields (None where it was unreadable)."""
+    envelope: dict[str, Any] = {}
+    if sg is not None:
+        envelope = {
+            "referentienummer": sg.referentienummer,
+            "cross_ref": sg.cross_refnummer,
+            "berichtcode": sg.berichtcode,
+            "functie": sg.functie or None,  # an Fo01 has none
+            "sender_org": sg.zender.organisatie,
+            "receiver_org": sg.ontvanger.organisatie,
+        }
+    return LogEntry(direction=direction, status=status, **{**envelope, **fields})
+
+
 def _systeem(s: Systeem) -> dict[str, Any]:
     return {k: v for k, v in s.__dict__.items() if v is not None}
 
@@ -843,20 +830,17 @@ def _bericht_id(env: Envelope) -> str | None:
 
 
 def _service(cpa: Cpa, value: str | None) -> Service:
-    for party in cpa.parties:
-        for role in party.roles:
-            if value is None or role.service.key() == value:
-                return role.service
-    raise Refused(codes.NO_CPA, f"CPA {cpa.cpa_id} has no service {value!r}")
+    service = cpa.service_by_key(value) if value is not None else cpa.parties[0].roles[0].service
+    if service is None:
+        raise Refused(codes.NO_CPA, f"CPA {cpa.cpa_id} has no service {value!r}")
+    return service
 
 
 def _role(cpa: Cpa, party_id: PartyId, service: Service, action: str, *, sends: bool) -> str:
-    party: PartyInfo | None = cpa.party_by_ids((party_id,))
-    if party is not None:
-        for role in party.roles:
-            bindings = role.can_send if sends else role.can_receive
-            if role.service == service and any(b.action == action for b in bindings):
-                return role.role
+    party = cpa.party_by_ids((party_id,))
+    role = party.role_for(service, action, sends=sends) if party is not None else None
+    if role is not None:
+        return role
     verb = "send" if sends else "receive"
     raise Refused(codes.NO_CPA, f"CPA {cpa.cpa_id}: {party_id.key()} cannot {verb} {action}")
 
