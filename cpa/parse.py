@@ -13,7 +13,6 @@ import binascii
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from lxml import etree
 
@@ -40,6 +39,7 @@ from cpa.model import (
 )
 from cpa.xsdtypes import parse_datetime, parse_duration
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from wsdl import XSD_DIR
 
 TNS = "http://www.oasis-open.org/committees/ebxml-cppa/schema/cpp-cpa-2_0.xsd"
 DS = "http://www.w3.org/2000/09/xmldsig#"
@@ -50,7 +50,7 @@ NS = {"tns": TNS, "ds": DS, "xlink": XLINK}
 #: certificates stays well under 1 MB.  Anything past this is not a CPA.
 MAX_CPA_BYTES = 5 * 1024 * 1024
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "wsdl" / "xsd" / "cpp-cpa-2_0.xsd"
+SCHEMA_PATH = XSD_DIR / "cpp-cpa-2_0.xsd"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -283,13 +283,24 @@ trust_anchors = "{ca / "root.pem"}"
 """
 
 
-def start_serve(config: Path, log: Path, timeout: float = 30.0) -> subprocess.Popen[bytes]:
-    """``dkgw serve --config CONFIG`` in a subprocess, logging to ``log``; returns once started."""
+def start_serve(
+    config: Path,
+    log: Path,
+    timeout: float = 30.0,
+    *,
+    command: Sequence[str] = (sys.executable, "-m", "gateway.cli"),
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """``dkgw serve --config CONFIG`` in a subprocess, logging to ``log``; returns once started.
+
+    ``command`` is how dkgw is run (default: this interpreter's ``gateway.cli``).
+    """
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+            [*command, "serve", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            cwd=cwd,
         )
     deadline = time.monotonic() + timeout
     while "event=started" not in log.read_text(errors="replace"):

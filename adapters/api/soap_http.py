@@ -38,6 +38,7 @@ from adapters.api.text import plain
 from gateway.config import ApiConfig
 from gateway.logfmt import log_event
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from wsdl import WSDL_DIR
 
 log = logging.getLogger("dkgw.api")
 
@@ -63,7 +64,6 @@ WSDL_SOAP_NS = "http://schemas.xmlsoap.org/wsdl/soap/"
 XS_NS = "http://www.w3.org/2001/XMLSchema"
 
 #: The WSDL files, next to the ebMS schemas in ``wsdl/xsd`` (as gateway.ebms.envelope finds them).
-WSDL_DIR = Path(__file__).resolve().parents[2] / "wsdl"
 
 #: An operation: takes the validated request wrapper element, returns the
 #: children of the response wrapper (unqualified elements, as the schema says).

@@ -19,8 +19,9 @@ from lxml import etree
 
 from adapters.stuf.catalogue import payload_id
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from wsdl import XSD_DIR
 
-XSD_ROOT = Path(__file__).resolve().parents[2] / "wsdl" / "xsd"
+XSD_ROOT = XSD_DIR
 ENVELOPE_XSD = XSD_ROOT / "stuf/ggk0210/ggk0210/ggkberichten/ggk0210_msg_ggkberichten.xsd"
 STUF_XSD = XSD_ROOT / "stuf/ggk0210/0301/stuf0301.xsd"
 ISTANDAARDEN = XSD_ROOT / "istandaarden"

@@ -20,7 +20,6 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TypeVar
 
 from lxml import etree
@@ -48,6 +47,7 @@ from gateway.ebms.model import (
     SyncReply,
 )
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from wsdl import XSD_DIR
 
 #: The SOAP part of an ebMS message is headers only: payloads travel as MIME
 #: parts.  1 MiB is generous (a signed envelope with a dozen references is a
@@ -55,8 +55,6 @@ from gateway.xmlsafe import UnsafeXmlError, parse_xml
 MAX_ENVELOPE_BYTES = 1024 * 1024
 
 T = TypeVar("T")
-
-XSD_DIR = Path(__file__).resolve().parents[2] / "wsdl" / "xsd"
 
 
 class EnvelopeError(ValueError):
