@@ -1,8 +1,12 @@
 """``dkgw``: the operator's command line.
 
 Exit codes, for scripts and monitoring: 0 success, 1 invalid input (a CPA
-that does not validate, an unknown id, an unreadable file), 2 usage errors
-(argparse's own code).
+that does not validate, an unknown id, an unreadable file, no store named), 2
+usage errors (argparse's own code).
+
+Every command that reads the store or keys takes ``--config`` (the gateway's
+TOML file), before or after the command name; ``--store`` and ``--data-dir``
+name a store directly.  Nothing falls back to a store in the current folder.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 
 from gateway.commands import api as api_commands
@@ -20,15 +25,77 @@ from gateway.commands import demo as demo_commands
 from gateway.commands import msh as msh_commands
 from gateway.commands import stuf as stuf_commands
 from gateway.commands import urlmap as urlmap_commands
+from gateway.commands.common import CommandError, fail
+from gateway.commands.examples import EXAMPLES
 
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 
 
-def default_data_dir() -> Path:
-    """``$DKGW_DATA_DIR`` or ``./var``."""
-    return Path(os.environ.get("DKGW_DATA_DIR", "var"))
+#: Commands that need neither a store nor keys: no ``--config`` is added to them.
+NO_STORE_COMMANDS = frozenset(
+    {
+        ("demo",),
+        ("cpa", "validate"),
+        ("cpa", "make"),
+        ("api", "hash-password"),
+        ("api", "openapi"),
+    }
+)
+
+
+def version() -> str:
+    """The installed package's version."""
+    try:
+        return metadata.version("dkgw")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _leaves(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every runnable subcommand's parser, with its command words."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaves(child, (*path, name))
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, but example lines are printed as written, unwrapped."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _add_examples(parser: argparse.ArgumentParser, lines: Sequence[str]) -> None:
+    parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in lines)
+    parser.formatter_class = _HelpFormatter
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``--config`` after the command name too, without hiding one given before it.
+
+    A subcommand's default would overwrite the top-level value (argparse copies
+    the subcommand's namespace over it), so its default is SUPPRESS.
+    """
+    for action in parser._actions:
+        if "--config" in action.option_strings:
+            if not action.required:
+                action.default = argparse.SUPPRESS
+            return
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the gateway's TOML configuration: its store (and keys where needed)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,17 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dkgw", description="Digikoppeling ebMS2 gateway for iWmo/iJw message exchange."
     )
+    parser.add_argument("--version", action="version", version=f"dkgw {version()}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("DKGW_CONFIG") or None,
+        help="the gateway's TOML configuration, for its store and keys (default: $DKGW_CONFIG)",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
         default=None,
-        help="state directory (default: $DKGW_DATA_DIR or ./var)",
+        help="state directory holding gateway.sqlite3 (default: $DKGW_DATA_DIR)",
     )
     parser.add_argument(
         "--store",
-        default=os.environ.get("DKGW_STORE"),
-        help="store URL, sqlite:///path or postgresql://... "
-        "(default: $DKGW_STORE or sqlite in the data directory)",
+        default=None,
+        help="store URL, sqlite:///path or postgresql://... (default: $DKGW_STORE)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cpa_commands.register(sub)
@@ -56,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     urlmap_commands.register(sub)
     api_commands.register(sub)
     stuf_commands.register(sub)
+    for path, leaf in _leaves(parser):
+        if path not in NO_STORE_COMMANDS:
+            _add_config_option(leaf)
+        if path in EXAMPLES:
+            _add_examples(leaf, EXAMPLES[path])
     return parser
 
 
@@ -63,10 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dkgw`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.data_dir is None:
-        args.data_dir = default_data_dir()
     try:
         result: int = args.handler(args)
+    except CommandError as exc:
+        return fail(str(exc))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `dkgw cpa list | head`

@@ -232,7 +232,10 @@ def test_store_url_option(dkgw, pki: Path, tmp_path: Path) -> None:
     assert dkgw("--store", url, "cpa", "import", str(cpa_file))[0] == EXIT_OK
     assert (tmp_path / "other" / "store.db").exists()
     assert "elsewhere" in dkgw("--store", url, "cpa", "list")[1]
-    assert dkgw("cpa", "list")[1].strip() == "no CPAs stored"
+    # The data directory was never used: its store is not there and not made.
+    code, _, err = dkgw("cpa", "list")
+    assert code == EXIT_INVALID and err.startswith("dkgw: no store at ")
+    assert not (tmp_path / "var" / "gateway.sqlite3").exists()
 
 
 def test_demo_runs_and_exits_0(dkgw, tmp_path: Path) -> None:

@@ -533,7 +533,22 @@ async def test_scheduled_pings_follow_the_partner_down_and_up(watched_pair: Pair
 
 
 @pytest.mark.integration
+def test_check_ping_without_a_store_is_unknown_and_makes_none(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "--data-dir", str(tmp_path), "check", "ping"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == UNKNOWN
+    assert done.stdout.startswith(f"UNKNOWN no store at {tmp_path / 'gateway.sqlite3'}")
+    assert not (tmp_path / "gateway.sqlite3").exists()
+
+
 def test_check_ping_without_links_is_unknown(tmp_path: Path) -> None:
+    db = Database.sqlite(tmp_path / "gateway.sqlite3")
+    apply_migrations(db)
+    db.close()
     done = subprocess.run(
         [
             sys.executable,

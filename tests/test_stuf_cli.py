@@ -45,7 +45,12 @@ DAY = timedelta(days=1)
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "var"
+    """A gateway's state directory with its (empty) store: the commands never make one."""
+    path = tmp_path / "var"
+    store = Database.sqlite(path / STORE_FILE)
+    apply_migrations(store)
+    store.close()
+    return path
 
 
 @pytest.fixture

@@ -139,8 +139,10 @@ def test_cli_set_list_delete_through_the_console_script(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*base, "urlmap", *args], capture_output=True, text=True)
 
-    empty = run("list")
-    assert empty.returncode == 0 and empty.stdout == "no URL mappings\n"
+    # No store yet: reading says so and makes none; setting a mapping makes it.
+    missing = run("list")
+    assert missing.returncode == 1 and missing.stderr.startswith("dkgw: no store at ")
+    assert not (tmp_path / "var").exists()
 
     done = run("set", CPA_URL, PROXY_URL)
     assert done.returncode == 0, done.stderr

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from gateway.commands.common import fail, open_store, open_store_at
-from gateway.config import ConfigError, load_config
+from gateway.commands.common import CommandError, config_of, open_store
 from gateway.store.pings import LinkStatus, link_statuses
 from gateway.store.timeutil import to_db, utcnow
 
@@ -106,15 +105,12 @@ def cmd_check_ping(args: argparse.Namespace) -> int:
     """``dkgw check ping``: prints one line per link, exits with the worst code."""
     max_age = args.max_age
     try:
-        if args.config is not None:
-            config = load_config(args.config)
-            db = open_store_at(config.store)
-            if max_age is None:
-                max_age = 3 * config.monitoring.ping_interval + config.monitoring.ping_timeout
-        else:
-            db = open_store(args)
-    except ConfigError as exc:
-        fail(str(exc))
+        config = config_of(args)
+        if config is not None and max_age is None:
+            max_age = 3 * config.monitoring.ping_interval + config.monitoring.ping_timeout
+        db = open_store(args)
+    except CommandError as exc:  # a monitoring plugin answers on standard output
+        print(f"UNKNOWN {exc}")
         return UNKNOWN
     except Exception as exc:  # the store is unreachable: the check cannot say anything
         print(f"UNKNOWN cannot read the store: {exc}")

@@ -3,32 +3,90 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from cryptography import x509
 
 from cpa.generate import PartySpec
-from gateway.store.database import Database
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.store.database import Database, StoreError, sqlite_path
 from gateway.store.migrate import apply_migrations
 
 STORE_FILE = "gateway.sqlite3"
 
+NO_STORE = (
+    "no store named: give --config FILE, --store URL or --data-dir DIR "
+    "(or set DKGW_CONFIG, DKGW_STORE or DKGW_DATA_DIR)"
+)
+
+
+class CommandError(Exception):
+    """An operator's mistake a command reports in one line (exit code 1)."""
+
+
+def default_data_dir() -> Path:
+    """``$DKGW_DATA_DIR`` or ``./var``: where ``dkgw demo`` keeps its files."""
+    return Path(os.environ.get("DKGW_DATA_DIR", "var"))
+
+
+def config_of(args: argparse.Namespace) -> GatewayConfig | None:
+    """The gateway configuration named by ``--config`` (or ``$DKGW_CONFIG``), if any."""
+    path = getattr(args, "config", None)
+    if path is None:
+        return None
+    try:
+        return load_config(Path(path))
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from exc
+
 
 def store_url(args: argparse.Namespace) -> str:
-    """The store URL from ``--store``, else SQLite in the data directory."""
+    """The store the operator named, most explicit first.
+
+    ``--store``, then the store of ``--config``, then SQLite in ``--data-dir``,
+    then the same from ``$DKGW_STORE`` and ``$DKGW_DATA_DIR``.  Naming none is an
+    error: a command run in the wrong folder must not quietly use (or make) a
+    store there.
+    """
     if args.store:
         return str(args.store)
-    return f"sqlite:///{(Path(args.data_dir) / STORE_FILE).resolve()}"
+    config = config_of(args)
+    if config is not None:
+        return config.store
+    data_dir = args.data_dir
+    if data_dir is None:
+        if os.environ.get("DKGW_STORE"):
+            return os.environ["DKGW_STORE"]
+        if os.environ.get("DKGW_DATA_DIR"):
+            data_dir = os.environ["DKGW_DATA_DIR"]
+    if data_dir is None:
+        raise CommandError(NO_STORE)
+    return f"sqlite://{(Path(data_dir) / STORE_FILE).resolve()}"
 
 
-def open_store(args: argparse.Namespace) -> Database:
-    """Open the store of ``--store``/``--data-dir`` and bring its schema up to date."""
-    return open_store_at(store_url(args))
+def open_store(args: argparse.Namespace, *, create: bool = False) -> Database:
+    """Open the store the operator named and bring its schema up to date.
+
+    An SQLite store that does not exist yet is made only when ``create`` is
+    set (commands that set a gateway up, such as ``cpa import``); the others
+    say there is none, so a mistyped path never leaves an empty store behind.
+    """
+    return open_store_at(store_url(args), create=create)
 
 
-def open_store_at(url: str) -> Database:
+def open_store_at(url: str, *, create: bool = True) -> Database:
     """Open the store at ``url`` (a config's ``store``) and bring its schema up to date."""
+    try:
+        path = sqlite_path(url)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from exc
+    if path is not None and not create and not path.exists():
+        raise CommandError(
+            f"no store at {path} (dkgw serve or dkgw cpa import creates one; "
+            "check --config, --store or --data-dir)"
+        )
     db = Database.from_url(url)
     apply_migrations(db)
     return db

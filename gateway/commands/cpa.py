@@ -58,13 +58,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_list)
 
     p = cmds.add_parser("show", help="summarise a stored CPA")
-    p.add_argument("cpa_id")
+    p.add_argument("cpa_id", help="the CPA's cpaid")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--xml", action="store_true", help="print the stored XML, byte-exact")
     p.set_defaults(handler=cmd_show)
 
     p = cmds.add_parser("delete", help="delete a stored CPA")
-    p.add_argument("cpa_id")
+    p.add_argument("cpa_id", help="the CPA's cpaid")
     p.set_defaults(handler=cmd_delete)
 
     p = cmds.add_parser(
@@ -85,7 +85,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             f"--{side}-certs", required=True, type=Path, help=f"party {up} certificate directory"
         )
     p.add_argument("--service", required=True, help="service, e.g. GGK:iWmo:3.2")
-    p.add_argument("--service-type", default="urn:osb:services")
+    p.add_argument(
+        "--service-type",
+        default="urn:osb:services",
+        help="the Service element's type attribute (default urn:osb:services)",
+    )
     p.add_argument(
         "--action",
         action="append",
@@ -93,10 +97,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SIDE:ACTION",
         help="an action and its sender, e.g. a:WMO301 (repeatable)",
     )
-    p.add_argument("--profile", choices=PROFILES, default="osb-rm")
+    p.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="osb-rm",
+        help="DK profile (default osb-rm)",
+    )
     p.add_argument("--cpa-id", help="default: service_partyA_partyB_uuid")
     p.add_argument("--days", type=int, default=365, help="validity from now (default 365)")
-    p.add_argument("--retries", type=int, default=8)
+    p.add_argument("--retries", type=int, default=8, help="reliable-messaging retries (default 8)")
     p.add_argument("--retry-interval", default="PT3H", help="xsd:duration (default PT3H)")
     p.add_argument("--persist-duration", default="P1D", help="xsd:duration (default P1D)")
     p.add_argument("--sync-reply", action="store_true", help="syncReplyMode mshSignalsOnly")
@@ -162,7 +171,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         xml = read_input(args.file)
     except OSError as exc:
         return fail(f"cannot read {args.file}: {exc.strerror}")
-    registry = CpaRegistry(open_store(args), _options(args))
+    registry = CpaRegistry(open_store(args, create=True), _options(args))
     try:
         row, replaced, report = registry.insert(xml, overwrite=args.overwrite)
     except CpaInvalid as exc:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from cpa.generate import ActionSpec, CpaSpec, PartySpec, make_cpa
 from cpa.registry import CpaRegistry
-from gateway.commands.common import load_party
+from gateway.commands.common import default_data_dir, load_party
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 
@@ -418,7 +418,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("dkgw demo runs from a source checkout (certs-example/ is missing)", file=sys.stderr)
         return 1
     started = time.monotonic()
-    base = (Path(args.data_dir) / "demo").resolve()
+    base = (Path(args.data_dir or default_data_dir()) / "demo").resolve()
     pki = base / "pki"
     print(f"1. example PKI (TEST only) in {pki}")
     subprocess.run([sys.executable, str(PKI_SCRIPT), "--out", str(pki), "--quiet"], check=True)

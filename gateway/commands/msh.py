@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cpa.model import Service
 from cpa.registry import CpaNotFound, CpaRegistry
-from gateway.commands.common import fail, open_store, open_store_at
+from gateway.commands.common import config_of, fail, open_store
 from gateway.config import ConfigError, load_config
 from gateway.logfmt import configure_logging
 from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
@@ -29,7 +29,7 @@ EXIT_NO_ANSWER = 2
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the MSH commands to the top-level parser."""
     p = sub.add_parser("serve", help="run the gateway (HTTPS endpoint and delivery worker)")
-    p.add_argument("--config", type=Path, required=True, help="TOML configuration file")
+    p.add_argument("--config", type=Path, help="TOML configuration file (required)")
     p.add_argument(
         "--check", action="store_true", help="check the configuration and TLS material, then exit"
     )
@@ -41,25 +41,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("ping", help="send an ebMS Ping and wait for the Pong")
-    p.add_argument("cpa_id")
+    p.add_argument("cpa_id", help="the CPA to ping over")
     p.add_argument("--from", dest="from_party", required=True, help="our party id")
     p.add_argument("--to", dest="to_party", required=True, help="the partner's party id")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.set_defaults(handler=cmd_ping)
 
     p = sub.add_parser("send", help="queue a business message for delivery")
-    p.add_argument("cpa_id")
-    p.add_argument("--from", dest="from_party", required=True)
-    p.add_argument("--from-role", required=True)
-    p.add_argument("--to", dest="to_party", required=True)
-    p.add_argument("--to-role", required=True)
+    p.add_argument("cpa_id", help="the CPA the message goes under")
+    p.add_argument("--from", dest="from_party", required=True, help="our party id")
+    p.add_argument("--from-role", required=True, help="our role in the CPA")
+    p.add_argument("--to", dest="to_party", required=True, help="the partner's party id")
+    p.add_argument("--to-role", required=True, help="the partner's role in the CPA")
     p.add_argument("--service", required=True, help="type:value, e.g. urn:osb:services:X:Y:1")
-    p.add_argument("--action", required=True)
-    p.add_argument("--conversation-id")
+    p.add_argument("--action", required=True, help="the CPA action, e.g. WMO301")
+    p.add_argument("--conversation-id", help="ConversationId (default: a new one)")
     p.add_argument(
         "--file", action="append", default=[], type=Path, help="a payload file (repeatable)"
     )
-    p.add_argument("--content-type", default="application/xml")
+    p.add_argument(
+        "--content-type",
+        default="application/xml",
+        help="payload type (default application/xml)",
+    )
     p.add_argument(
         "--correlation-id", help="your id for this request; logged with the message and its ack"
     )
@@ -72,8 +76,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_send)
 
     p = sub.add_parser("message", help="show a message's status")
-    p.add_argument("message_id")
-    p.add_argument("--direction", choices=("in", "out"), default=None)
+    p.add_argument("message_id", help="the ebMS MessageId")
+    p.add_argument(
+        "--direction",
+        choices=("in", "out"),
+        default=None,
+        help="received or sent (default either)",
+    )
     p.set_defaults(handler=cmd_message)
 
 
@@ -86,6 +95,8 @@ def _service(value: str) -> Service:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``dkgw serve --config FILE``."""
+    if args.config is None:
+        return fail("serve needs the gateway's configuration: --config FILE")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -169,16 +180,15 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 def _sending_setup(args: argparse.Namespace) -> tuple[Database, MessageSecurity | None]:
     """The store and, with ``--config``, the gateway's message security."""
-    if args.config is None:
+    config = config_of(args)
+    if config is None:
         return open_store(args), None
-
-    config = load_config(args.config)
     security = MessageSecurity.load(
         config.security,
         default_anchors=(config.tls.trust_anchors,),
         default_intermediates=(config.tls.chain,) if config.tls.chain else (),
     )
-    return open_store_at(config.store), security
+    return open_store(args), security
 
 
 def cmd_send(args: argparse.Namespace) -> int:

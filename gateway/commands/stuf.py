@@ -59,8 +59,8 @@ from adapters.upload import (
     process_upload,
     read_upload,
 )
-from gateway.commands.common import fail, open_store, open_store_at
-from gateway.config import ConfigError, load_config
+from gateway.commands.common import config_of, fail, open_store
+from gateway.config import ConfigError
 from gateway.store.database import Database
 from gateway.store.stuf import (
     DEFAULT_MAX_AGE,
@@ -170,8 +170,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--until", type=parse_when, default=None, help="before this time (same forms)")
     p.add_argument("--type", dest="functie", help="message type (functie), e.g. WMO301")
     p.add_argument("--gemeente", type=_gemeente, help="4-digit gemeentecode, e.g. 0363")
-    p.add_argument("--status", choices=[s.value for s in StufStatus])
-    p.add_argument("--direction", choices=[d.value for d in StufDirection])
+    p.add_argument(
+        "--status", choices=[s.value for s in StufStatus], help="only messages in this state"
+    )
+    p.add_argument(
+        "--direction", choices=[d.value for d in StufDirection], help="only sent or received"
+    )
     p.add_argument("--ref", help="a referentienummer (also finds answers to it by crossRefnummer)")
     p.add_argument("--batch", type=int, help="only the messages of this batch")
     p.add_argument("--limit", type=_positive, default=1000, help="at most this many (default 1000)")
@@ -229,10 +233,9 @@ def _config_option(p: argparse.ArgumentParser) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[Database, str]:
     """The store (the config's with ``--config``, else ``--store``/``--data-dir``), node."""
-    if args.config is not None:
-        config = load_config(args.config)
-        return open_store_at(config.store), config.node_id
-    return open_store(args), socket.gethostname()
+    config = config_of(args)
+    db = open_store(args)
+    return db, config.node_id if config is not None else socket.gethostname()
 
 
 # -- dkgw log ----------------------------------------------------------------------------

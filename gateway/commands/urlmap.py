@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_set(args: argparse.Namespace) -> int:
     """``dkgw urlmap set SOURCE DESTINATION``."""
-    db = open_store(args)
+    db = open_store(args, create=True)
     try:
         with db.transaction() as cur:
             mapping = set_url_mapping(cur, args.source, args.destination)

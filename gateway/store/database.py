@@ -196,6 +196,26 @@ class Cursor:
             raise
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:`` store URL, None for any other scheme.
+
+    ``sqlite:///abs/path`` or ``sqlite:relative/path``, percent-decoded; raises
+    :class:`StoreError` for a malformed sqlite URL.
+    """
+    if not url.startswith("sqlite:"):
+        return None
+    rest = url.removeprefix("sqlite:")
+    if rest.startswith("//"):
+        if not rest.startswith("///"):
+            raise StoreError(f"sqlite URL with a host part is not supported: {url!r}")
+        rest = rest.removeprefix("//")
+    # Query strings (sqlite "?mode=ro" etc.) are not supported; refusing beats
+    # silently creating a file whose name ends in "?mode=ro".
+    if not rest or "?" in rest or "#" in rest:
+        raise StoreError(f"sqlite URL must be sqlite:///abs/path or sqlite:rel/path: {url!r}")
+    return Path(unquote(rest))
+
+
 class Database:
     """One store: a SQLite file or a PostgreSQL database.
 
@@ -261,19 +281,9 @@ class Database:
         """
         if url.startswith(("postgresql://", "postgres://")):
             return cls.postgresql(url)
-        if url.startswith("sqlite:"):
-            rest = url.removeprefix("sqlite:")
-            if rest.startswith("//"):
-                if not rest.startswith("///"):
-                    raise StoreError(f"sqlite URL with a host part is not supported: {url!r}")
-                rest = rest.removeprefix("//")
-            # Query strings (sqlite "?mode=ro" etc.) are not supported; refusing beats
-            # silently creating a file whose name ends in "?mode=ro".
-            if not rest or "?" in rest or "#" in rest:
-                raise StoreError(
-                    f"sqlite URL must be sqlite:///abs/path or sqlite:rel/path: {url!r}"
-                )
-            return cls.sqlite(Path(unquote(rest)))
+        path = sqlite_path(url)
+        if path is not None:
+            return cls.sqlite(path)
         raise StoreError(f"unsupported store URL (sqlite: or postgresql:): {url!r}")
 
     def __repr__(self) -> str:
