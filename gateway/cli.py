@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 
 from gateway.commands import api as api_commands
@@ -23,9 +22,10 @@ from gateway.commands import check as check_commands
 from gateway.commands import cpa as cpa_commands
 from gateway.commands import demo as demo_commands
 from gateway.commands import msh as msh_commands
+from gateway.commands import status as status_commands
 from gateway.commands import stuf as stuf_commands
 from gateway.commands import urlmap as urlmap_commands
-from gateway.commands.common import CommandError, fail
+from gateway.commands.common import CommandError, fail, version
 from gateway.commands.examples import EXAMPLES
 
 EXIT_OK = 0
@@ -43,14 +43,6 @@ NO_STORE_COMMANDS = frozenset(
         ("api", "openapi"),
     }
 )
-
-
-def version() -> str:
-    """The installed package's version."""
-    try:
-        return metadata.version("dkgw")
-    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
 
 
 def _leaves(
@@ -129,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     urlmap_commands.register(sub)
     api_commands.register(sub)
     stuf_commands.register(sub)
+    status_commands.register(sub)
     for path, leaf in _leaves(parser):
         if path not in NO_STORE_COMMANDS:
             _add_config_option(leaf)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import NO_STORE_COMMANDS, _leaves, build_parser, main, version
+from gateway.cli import NO_STORE_COMMANDS, _leaves, build_parser, main
+from gateway.commands.common import version
 from gateway.commands.examples import EXAMPLES
 
 LEAVES = dict(_leaves(build_parser()))

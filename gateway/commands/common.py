@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from cryptography import x509
@@ -24,6 +25,14 @@ NO_STORE = (
 
 class CommandError(Exception):
     """An operator's mistake a command reports in one line (exit code 1)."""
+
+
+def version() -> str:
+    """The installed package's version."""
+    try:
+        return metadata.version("dkgw")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def default_data_dir() -> Path:

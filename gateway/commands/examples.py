@@ -58,5 +58,9 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     ),
     ("report",): ("dkgw --config /etc/dkgw/gateway.toml report 42",),
     ("purge",): ("dkgw --config /etc/dkgw/gateway.toml purge --dry-run",),
+    ("status",): (
+        "dkgw --config /etc/dkgw/gateway.toml status",
+        "dkgw --config /etc/dkgw/gateway.toml status --json",
+    ),
     ("upload",): ("dkgw --config /etc/dkgw/gateway.toml upload aanlevering.zip",),
 }

@@ -213,7 +213,8 @@ def sqlite_path(url: str) -> Path | None:
     # silently creating a file whose name ends in "?mode=ro".
     if not rest or "?" in rest or "#" in rest:
         raise StoreError(f"sqlite URL must be sqlite:///abs/path or sqlite:rel/path: {url!r}")
-    return Path(unquote(rest))
+    # sqlite:////abs (SQLAlchemy's spelling) is the same file: one leading slash, not two.
+    return Path("/" + unquote(rest).lstrip("/")) if rest.startswith("/") else Path(unquote(rest))
 
 
 class Database:
@@ -285,6 +286,11 @@ class Database:
         if path is not None:
             return cls.sqlite(path)
         raise StoreError(f"unsupported store URL (sqlite: or postgresql:): {url!r}")
+
+    @property
+    def description(self) -> str:
+        """Where the store is, without secrets: ``sqlite:/path`` or ``postgresql:host/port/db``."""
+        return self._description
 
     def __repr__(self) -> str:
         return f"<Database {self._description}>"
