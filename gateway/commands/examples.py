@@ -10,12 +10,12 @@ from __future__ import annotations
 EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("cpa", "validate"): ("dkgw cpa validate partner-cpa.xml",),
     ("cpa", "import"): (
-        "dkgw --config /etc/dkgw/gateway.toml cpa import partner-cpa.xml",
-        "dkgw --config /etc/dkgw/gateway.toml cpa import --overwrite partner-cpa-v2.xml",
+        "dkgw --config /etc/dkgw/dkgw.toml cpa import partner-cpa.xml",
+        "dkgw --config /etc/dkgw/dkgw.toml cpa import --overwrite partner-cpa-v2.xml",
     ),
-    ("cpa", "list"): ("dkgw --config /etc/dkgw/gateway.toml cpa list --json",),
-    ("cpa", "show"): ("dkgw --config /etc/dkgw/gateway.toml cpa show GGK_iWmo_3_2_demo",),
-    ("cpa", "delete"): ("dkgw --config /etc/dkgw/gateway.toml cpa delete GGK_iWmo_3_2_demo",),
+    ("cpa", "list"): ("dkgw --config /etc/dkgw/dkgw.toml cpa list --json",),
+    ("cpa", "show"): ("dkgw --config /etc/dkgw/dkgw.toml cpa show GGK_iWmo_3_2_demo",),
+    ("cpa", "delete"): ("dkgw --config /etc/dkgw/dkgw.toml cpa delete GGK_iWmo_3_2_demo",),
     ("cpa", "make"): (
         "dkgw cpa make --a-name 'Gemeente Voorbeeld' --a-id 00000001001234567000 "
         "--a-role Gemeente --a-endpoint https://gw.gemeente.test/ebms --a-certs certs/gemeente "
@@ -24,43 +24,43 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
         "--service GGK:iWmo:3.2 --action a:WMO301 --action b:WMO302 -o cpa.xml",
     ),
     ("serve",): (
-        "dkgw serve --config /etc/dkgw/gateway.toml --check",
-        "dkgw serve --config /etc/dkgw/gateway.toml",
+        "dkgw serve --config /etc/dkgw/dkgw.toml --check",
+        "dkgw serve --config /etc/dkgw/dkgw.toml",
     ),
     ("ping",): (
-        "dkgw --config /etc/dkgw/gateway.toml ping GGK_iWmo_3_2_demo "
+        "dkgw --config /etc/dkgw/dkgw.toml ping GGK_iWmo_3_2_demo "
         "--from 00000001001234567000 --to 00000001007654321000",
     ),
     ("send",): (
-        "dkgw --config /etc/dkgw/gateway.toml send GGK_iWmo_3_2_demo "
+        "dkgw --config /etc/dkgw/dkgw.toml send GGK_iWmo_3_2_demo "
         "--from 00000001001234567000 --from-role Gemeente "
         "--to 00000001007654321000 --to-role GGk "
         "--service urn:osb:services:GGK:iWmo:3.2 --action WMO301 --file bericht.xml",
     ),
     ("message",): (
-        "dkgw --config /etc/dkgw/gateway.toml message 1f0c…@gemeente-voorbeeld --direction out",
+        "dkgw --config /etc/dkgw/dkgw.toml message 1f0c…@gemeente-voorbeeld --direction out",
     ),
-    ("check", "ping"): ("dkgw --config /etc/dkgw/gateway.toml check ping --all",),
+    ("check", "ping"): ("dkgw --config /etc/dkgw/dkgw.toml check ping --all",),
     ("demo",): ("dkgw demo", "dkgw demo --keep-running"),
     ("urlmap", "set"): (
-        "dkgw --config /etc/dkgw/gateway.toml urlmap set "
+        "dkgw --config /etc/dkgw/dkgw.toml urlmap set "
         "https://ggk.test/ebms https://proxy.internal:8443/ggk",
     ),
     ("urlmap", "delete"): (
-        "dkgw --config /etc/dkgw/gateway.toml urlmap delete https://ggk.test/ebms",
+        "dkgw --config /etc/dkgw/dkgw.toml urlmap delete https://ggk.test/ebms",
     ),
-    ("urlmap", "list"): ("dkgw --config /etc/dkgw/gateway.toml urlmap list",),
+    ("urlmap", "list"): ("dkgw --config /etc/dkgw/dkgw.toml urlmap list",),
     ("api", "hash-password"): ("dkgw api hash-password backoffice >> /etc/dkgw/api-users",),
     ("api", "openapi"): ("dkgw api openapi > openapi.json",),
     ("log",): (
-        "dkgw --config /etc/dkgw/gateway.toml log --since 24h --type WMO301",
-        "dkgw --config /etc/dkgw/gateway.toml log --status rejected --json",
+        "dkgw --config /etc/dkgw/dkgw.toml log --since 24h --type WMO301",
+        "dkgw --config /etc/dkgw/dkgw.toml log --status rejected --json",
     ),
-    ("report",): ("dkgw --config /etc/dkgw/gateway.toml report 42",),
-    ("purge",): ("dkgw --config /etc/dkgw/gateway.toml purge --dry-run",),
+    ("report",): ("dkgw --config /etc/dkgw/dkgw.toml report 42",),
+    ("purge",): ("dkgw --config /etc/dkgw/dkgw.toml purge --dry-run",),
     ("status",): (
-        "dkgw --config /etc/dkgw/gateway.toml status",
-        "dkgw --config /etc/dkgw/gateway.toml status --json",
+        "dkgw --config /etc/dkgw/dkgw.toml status",
+        "dkgw --config /etc/dkgw/dkgw.toml status --json",
     ),
-    ("upload",): ("dkgw --config /etc/dkgw/gateway.toml upload aanlevering.zip",),
+    ("upload",): ("dkgw --config /etc/dkgw/dkgw.toml upload aanlevering.zip",),
 }
