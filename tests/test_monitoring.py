@@ -513,7 +513,8 @@ async def test_scheduled_pings_follow_the_partner_down_and_up(watched_pair: Pair
         lambda: a.rows("SELECT 1 FROM ping_link WHERE last_outcome = 'down'"), timeout=10, step=0.05
     )
     went_down = time.monotonic() - stopped
-    assert went_down <= 2 * FAST.ping_interval + 0.5, went_down
+    # Two intervals plus slack for a loaded machine: the point is "the next pings", not speed.
+    assert went_down <= 2 * FAST.ping_interval + 2.5, went_down
     assert ping_up(await scrape(a)) == 0.0
     code, out = check_ping(a)
     assert code == CRITICAL, out
@@ -526,7 +527,7 @@ async def test_scheduled_pings_follow_the_partner_down_and_up(watched_pair: Pair
         lambda: a.rows("SELECT 1 FROM ping_link WHERE last_outcome = 'up'"), timeout=10, step=0.05
     )
     came_up = time.monotonic() - started
-    assert came_up <= 2 * FAST.ping_interval + 0.5, came_up
+    assert came_up <= 2 * FAST.ping_interval + 2.5, came_up
     assert ping_up(await scrape(a)) == 1.0
     code, out = check_ping(a)
     assert code == OK, out
