@@ -2,7 +2,8 @@
 
 Exit codes, for scripts and monitoring: 0 success, 1 invalid input (a CPA
 that does not validate, an unknown id, an unreadable file), 2 usage errors
-(argparse's own code).
+(argparse's own code).  Operator errors (store, configuration, files) are one
+line, ``dkgw: ...``, with exit code 1; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from gateway.commands import demo as demo_commands
 from gateway.commands import msh as msh_commands
 from gateway.commands import stuf as stuf_commands
 from gateway.commands import urlmap as urlmap_commands
+from gateway.errors import describe
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -48,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="store URL, sqlite:///path or postgresql://... "
         "(default: $DKGW_STORE or sqlite in the data directory)",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the traceback after the one-line message",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cpa_commands.register(sub)
     msh_commands.register(sub)
@@ -72,6 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `dkgw cpa list | head`
         sys.stderr.close()
         return EXIT_OK
+    except Exception as exc:
+        # Store, configuration and file problems: one line naming the cause, exit 1,
+        # whichever command met them (gateway/errors.py; docs/operations.md).
+        text = describe(exc)
+        if text is None:
+            raise  # a bug: its traceback is what a report needs
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"dkgw: {text}", file=sys.stderr)
+        return EXIT_INVALID
     return result
 
 

@@ -67,10 +67,11 @@ from pathlib import Path
 from typing import Any
 
 from cpa.model import PartyId, parse_party
+from gateway.errors import OperatorError
 from gateway.trust import TrustSettings
 
 
-class ConfigError(ValueError):
+class ConfigError(OperatorError, ValueError):
     """The configuration file is missing, unreadable or wrong; the text says where."""
 
 

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -33,6 +34,7 @@ from cpa.registry import CpaRegistry
 from gateway.config import AdminConfig, ApiConfig, GatewayConfig
 from gateway.crl import CrlRefresher
 from gateway.delivery import DeliveryWorker
+from gateway.errors import StartupError
 from gateway.http.admin import admin_site
 from gateway.http.client import EbmsClient, server_pin
 from gateway.http.connections import TrackingSite
@@ -56,6 +58,16 @@ from gateway.tls import (
 )
 
 log = logging.getLogger("dkgw.serve")
+
+
+def _listening(host: str, port: int, listen: Callable[[], Any]) -> Any:
+    """``listen()``, with a port that cannot be bound as one plain sentence."""
+    try:
+        return listen()
+    except CannotListenError as exc:
+        cause = exc.socketError
+        reason = getattr(cause, "strerror", None) or str(cause)
+        raise StartupError(f"cannot listen on {host}:{port}: {reason.lower()}") from exc
 
 
 class Gateway:
@@ -95,9 +107,19 @@ class Gateway:
         return deferToThreadPool(self.reactor, self.pool, fn, *args)
 
     def start(self) -> None:
-        """Open the store, start the worker, then listen."""
+        """Open the store, start the worker, then listen.
+
+        Raises :class:`~gateway.errors.StartupError` (a port in use, a data
+        directory that is a file) or the store's and TLS loaders' errors; the
+        caller then calls :meth:`stop`, which closes whatever was opened.
+        """
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot use data_dir {config.data_dir}: {exc.strerror or exc}"
+            ) from exc
         self.db = Database.from_url(config.store)
         apply_migrations(self.db)
         registry = CpaRegistry(self.db)
@@ -196,11 +218,15 @@ class Gateway:
             on_event=self._emit,
         )
         self._site = site
-        self.port = self.reactor.listenSSL(
+        self.port = _listening(
+            config.http.host,
             config.http.port,
-            site,
-            server_context_factory(server_identity, anchors),
-            interface=config.http.host,
+            lambda: self.reactor.listenSSL(
+                config.http.port,
+                site,
+                server_context_factory(server_identity, anchors),
+                interface=config.http.host,
+            ),
         )
         if config.admin.port is not None:
             metrics = self.metrics
@@ -279,11 +305,19 @@ class Gateway:
     def _listen_http(self, listener: AdminConfig | ApiConfig, port: int, site: Any) -> Any:
         """Listen for the admin or API site: HTTPS (mutual TLS with ``client_ca``) or HTTP."""
         if listener.certificate is None or listener.key is None:
-            return self.reactor.listenTCP(port, site, interface=listener.host)
+            return _listening(
+                listener.host,
+                port,
+                lambda: self.reactor.listenTCP(port, site, interface=listener.host),
+            )
         identity = TlsIdentity.from_files(listener.certificate, listener.key, None)
         anchors = load_trust_anchors(listener.client_ca) if listener.client_ca is not None else ()
         factory = api_server_context_factory(identity, anchors)
-        return self.reactor.listenSSL(port, site, factory, interface=listener.host)
+        return _listening(
+            listener.host,
+            port,
+            lambda: self.reactor.listenSSL(port, site, factory, interface=listener.host),
+        )
 
     def _start_api(self) -> None:
         api = self.config.api
