@@ -145,7 +145,10 @@ def load_pair(
         findings.append(error(subject, f"{key_path} holds no PEM private key"))
     if cert is not None and key is not None and _spki(key) != _spki(cert):
         findings.append(
-            error(subject, f"the private key {key_path} does not belong to {cert_path}")
+            error(
+                subject,
+                f"the private key {key_path} does not belong to the certificate {cert_path}",
+            )
         )
     return cert, findings
 

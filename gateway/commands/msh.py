@@ -104,14 +104,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     findings = run_checks(config, utcnow())
     if args.check:
+        # Problems on standard error, one line each; the verdict last.
         for finding in findings:
-            print(finding.line())
+            print(finding.line(), file=sys.stderr)
         errors = sum(f.severity == "error" for f in findings)
-        warnings = len(findings) - errors
         if has_errors(findings):
-            print(f"configuration {config.source}: {errors} error(s), {warnings} warning(s)")
-            return 1
-        print(f"configuration {config.source} is valid ({warnings} warning(s))")
+            return fail(f"configuration {config.source}: {errors} error(s), see above")
+        print(f"configuration {config.source} is valid")
         return 0
     fatal = [f for f in findings if f.severity == "error" and not f.subject.startswith("CPA ")]
     for finding in fatal:
