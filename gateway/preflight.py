@@ -98,8 +98,8 @@ def check_key_permissions(subject: str, path: Path) -> list[Finding]:
     """A private key readable by others is an error, by the group a warning."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError as exc:
-        return [error(subject, f"cannot read {path}: {exc.strerror}")]
+    except OSError:
+        return []  # reported once, by load_pair
     if mode & stat.S_IROTH:
         return [error(subject, f"{path} is readable by everyone (mode {mode:04o}); chmod 600 it")]
     if mode & stat.S_IRGRP:
@@ -127,6 +127,7 @@ def load_pair(
     does not belong to the certificate.
     """
     findings: list[Finding] = []
+    key_subject = subject.replace("certificate", "key")  # "[tls] client_key"
     cert: x509.Certificate | None = None
     try:
         cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
@@ -138,11 +139,11 @@ def load_pair(
     try:
         key = load_pem_private_key(key_path.read_bytes(), password=None)
     except OSError as exc:
-        findings.append(error(subject, f"cannot read {key_path}: {exc.strerror}"))
+        findings.append(error(key_subject, f"cannot read {key_path}: {exc.strerror}"))
     except TypeError:
-        findings.append(error(subject, f"{key_path} is encrypted; give it unencrypted"))
+        findings.append(error(key_subject, f"{key_path} is encrypted; give it unencrypted"))
     except ValueError:
-        findings.append(error(subject, f"{key_path} holds no PEM private key"))
+        findings.append(error(key_subject, f"{key_path} holds no PEM private key"))
     if cert is not None and key is not None and _spki(key) != _spki(cert):
         findings.append(
             error(
