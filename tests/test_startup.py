@@ -21,10 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor, task
 
-from tests.gateways import free_port, start_serve, stop_serve, tls_toml
+from gateway.monitor.heartbeat import Heartbeats
+from tests.conftest import DIALECTS
+from tests.gateways import (
+    Side,
+    free_port,
+    gateway_config,
+    start_serve,
+    stop_serve,
+    store_url,
+    tls_toml,
+)
 
 
 def dkgw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -310,3 +322,46 @@ def test_refused_handshakes_are_logged_and_counted(served: Served, pki: Path) ->
     # A good client is not counted.
     server_certificate(served.ebms, pki)
     assert served.metric(name, listener="ebms", reason="no-client-certificate") == 1
+
+
+# -- readiness of an in-process gateway -----------------------------------------------
+
+
+def test_heartbeats_go_stale_after_three_intervals() -> None:
+    now = [100.0]
+    beats = Heartbeats(clock=lambda: now[0])
+    beats.beat("delivery", 1.0)
+    beats.beater("pings", 5.0)()
+    now[0] = 102.9
+    assert beats.stale() == []
+    now[0] = 103.5
+    assert beats.stale() == ["delivery: no tick for 3.5 s (interval 1 s)"]
+    assert beats.stale(now=116.0) == [
+        "delivery: no tick for 16.0 s (interval 1 s)",
+        "pings: no tick for 16.0 s (interval 5 s)",
+    ]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest_twisted.ensureDeferred
+async def test_ready_reports_a_stuck_loop_and_a_store_that_does_not_answer(
+    pki: Path, tmp_path: Path, dialect: str
+) -> None:
+    config = gateway_config(
+        pki, "gemeente-voorbeeld", tmp_path / "a", store_url(dialect, tmp_path, "a")
+    )
+    side = Side("a", config)
+    side.start()
+    gateway = side.gateway
+    assert gateway is not None and gateway.worker is not None and gateway.db is not None
+    try:
+        assert await gateway.readiness() == []
+        await gateway.worker.stop()  # the delivery loop no longer ticks
+        await task.deferLater(reactor, 3 * config.delivery.poll_interval + 0.3, lambda: None)
+        [reason] = await gateway.readiness()
+        assert reason.startswith("delivery: no tick for ")
+        gateway.db.close()
+        reasons = await gateway.readiness()
+        assert reasons[-1].startswith("store: ") and "is closed" in reasons[-1]
+    finally:
+        await side.stop()
