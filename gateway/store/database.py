@@ -233,7 +233,11 @@ class Database:
             raise StoreError("an in-memory SQLite store is not supported; give a file path")
         # Absolute now, so a later chdir() cannot point new connections at another file.
         path = Path(path).absolute()
+        if str(path).startswith("//"):  # "sqlite:////abs": one file, one name in messages
+            path = Path("/" + str(path).lstrip("/"))
         try:
+            if path.parent.exists() and not path.parent.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(path.parent))
             path.parent.mkdir(parents=True, exist_ok=True)
             _create_private_file(path)
         except OSError as exc:
