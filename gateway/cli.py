@@ -2,7 +2,9 @@
 
 Exit codes, for scripts and monitoring: 0 success, 1 invalid input (a CPA
 that does not validate, an unknown id, an unreadable file, no store named), 2
-usage errors (argparse's own code).
+usage errors (argparse's own code).  Operator errors (store, configuration,
+files) are one line, ``dkgw: ...``, with exit code 1; ``--debug`` adds the
+traceback.
 
 Every command that reads the store or keys takes ``--config`` (the gateway's
 TOML file), before or after the command name; ``--store`` and ``--data-dir``
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,8 +28,9 @@ from gateway.commands import msh as msh_commands
 from gateway.commands import status as status_commands
 from gateway.commands import stuf as stuf_commands
 from gateway.commands import urlmap as urlmap_commands
-from gateway.commands.common import CommandError, fail, version
+from gateway.commands.common import version
 from gateway.commands.examples import EXAMPLES
+from gateway.errors import describe
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -113,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="store URL, sqlite:///path or postgresql://... (default: $DKGW_STORE)",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the traceback after the one-line message",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cpa_commands.register(sub)
     msh_commands.register(sub)
@@ -136,13 +145,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result: int = args.handler(args)
-    except CommandError as exc:
-        return fail(str(exc))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `dkgw cpa list | head`
         sys.stderr.close()
         return EXIT_OK
+    except Exception as exc:
+        # Store, configuration and file problems: one line naming the cause, exit 1,
+        # whichever command met them (gateway/errors.py; docs/operations.md).
+        text = describe(exc)
+        if text is None:
+            raise  # a bug: its traceback is what a report needs
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"dkgw: {text}", file=sys.stderr)
+        return EXIT_INVALID
     return result
 
 

@@ -67,10 +67,11 @@ from pathlib import Path
 from typing import Any
 
 from cpa.model import PartyId, parse_party
+from gateway.errors import OperatorError
 from gateway.trust import TrustSettings
 
 
-class ConfigError(ValueError):
+class ConfigError(OperatorError, ValueError):
     """The configuration file is missing, unreadable or wrong; the text says where."""
 
 
@@ -134,6 +135,10 @@ class AdminConfig:
     key: Path | None = None
     client_ca: Path | None = None
     users_file: Path | None = None
+    #: ``/ready`` says "not ready" below this much free space in ``data_dir``.
+    ready_min_free_mb: int = 100
+    #: ``/ready`` says "not ready" when the store takes longer than this to answer.
+    ready_store_timeout: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -363,7 +368,15 @@ _SECTIONS = {
         "lease_seconds",
     },
     "monitoring": {"pings", "ping_interval", "ping_timeout", "ping_jitter", "ping_history_days"},
-    "admin": {"listen", "certificate", "key", "client_ca", "users_file"},
+    "admin": {
+        "listen",
+        "certificate",
+        "key",
+        "client_ca",
+        "users_file",
+        "ready_min_free_mb",
+        "ready_store_timeout",
+    },
     "logging": {"format", "level"},
     "security": {*KEY_OPTIONS, *TRUST_OPTIONS},
     "api": {
@@ -569,7 +582,17 @@ def _admin(section: dict[str, Any], base: Path) -> AdminConfig:
     if not listen:
         return AdminConfig()
     host, port = _listen(listen, "admin")
-    return AdminConfig(host=host, port=port, **_listener_security(section, base, "[admin]"))
+    min_free = _typed(section, "ready_min_free_mb", int, AdminConfig.ready_min_free_mb)
+    store_timeout = _typed(section, "ready_store_timeout", float, AdminConfig.ready_store_timeout)
+    if min_free < 0 or store_timeout <= 0:
+        raise ConfigError("[admin] ready_min_free_mb must be >= 0, ready_store_timeout positive")
+    return AdminConfig(
+        host=host,
+        port=port,
+        ready_min_free_mb=min_free,
+        ready_store_timeout=store_timeout,
+        **_listener_security(section, base, "[admin]"),
+    )
 
 
 def _listener_security(section: dict[str, Any], base: Path, where: str) -> dict[str, Any]:

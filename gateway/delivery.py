@@ -246,6 +246,7 @@ class DeliveryWorker:
         self._again = False
         self._running = False
         self._first_claim = True
+        self.heartbeat: Callable[[], None] | None = None  # called as the loop ticks (/ready)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -291,6 +292,8 @@ class DeliveryWorker:
             # A claim is running; whatever became due meanwhile is claimed right after.
             self._again = True
             return
+        if self.heartbeat is not None:  # ticking, and the last claim has finished
+            self.heartbeat()
         free = self.concurrency - len(self._in_flight)
         if free <= 0:
             self._again = True  # claimed when an attempt in flight ends

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,8 +20,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from adapters.api.service import BackOffice
@@ -33,10 +36,12 @@ from cpa.registry import CpaRegistry
 from gateway.config import AdminConfig, ApiConfig, GatewayConfig
 from gateway.crl import CrlRefresher
 from gateway.delivery import DeliveryWorker
+from gateway.errors import StartupError, describe
 from gateway.http.admin import admin_site
 from gateway.http.client import EbmsClient, server_pin
 from gateway.http.connections import TrackingSite
 from gateway.http.server import ebms_site
+from gateway.monitor.heartbeat import Heartbeats
 from gateway.monitor.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.monitor.pinger import PingScheduler, PingSettings, TickReport
 from gateway.monitor.status import Snapshot, snapshot, status_document
@@ -49,6 +54,9 @@ from gateway.store.migrate import apply_migrations
 from gateway.store.timeutil import utcnow
 from gateway.tls import (
     ClientTlsPolicy,
+    HandshakeFailure,
+    HandshakeWatch,
+    ServerTlsOptions,
     TlsIdentity,
     api_server_context_factory,
     load_trust_anchors,
@@ -56,6 +64,23 @@ from gateway.tls import (
 )
 
 log = logging.getLogger("dkgw.serve")
+
+
+_MIB = 1024 * 1024
+
+
+def _listener_name(listener: AdminConfig | ApiConfig) -> str:
+    return "admin" if isinstance(listener, AdminConfig) else "api"
+
+
+def _listening(host: str, port: int, listen: Callable[[], Any]) -> Any:
+    """``listen()``, with a port that cannot be bound as one plain sentence."""
+    try:
+        return listen()
+    except CannotListenError as exc:
+        cause = exc.socketError
+        reason = getattr(cause, "strerror", None) or str(cause)
+        raise StartupError(f"cannot listen on {host}:{port}: {reason.lower()}") from exc
 
 
 class Gateway:
@@ -82,6 +107,9 @@ class Gateway:
         self._api_site: object | None = None
         self._site: object | None = None
         self._listeners: list[Callable[[dict[str, str]], None]] = []
+        self.heartbeats = Heartbeats()
+        self._tls: dict[str, ServerTlsOptions] = {}  # listener name -> its TLS, for reloads
+        self._leaf_check: Callable[[x509.Certificate], object] | None = None
         # SQLite serialises writers anyway; a few threads keep reads and the
         # TLS-free parts of processing flowing while one commits.
         self.pool = ThreadPool(minthreads=1, maxthreads=8, name="dkgw-store")
@@ -95,9 +123,19 @@ class Gateway:
         return deferToThreadPool(self.reactor, self.pool, fn, *args)
 
     def start(self) -> None:
-        """Open the store, start the worker, then listen."""
+        """Open the store, start the worker, then listen.
+
+        Raises :class:`~gateway.errors.StartupError` (a port in use, a data
+        directory that is a file) or the store's and TLS loaders' errors; the
+        caller then calls :meth:`stop`, which closes whatever was opened.
+        """
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot use data_dir {config.data_dir}: {exc.strerror or exc}"
+            ) from exc
         self.db = Database.from_url(config.store)
         apply_migrations(self.db)
         registry = CpaRegistry(self.db)
@@ -131,13 +169,10 @@ class Gateway:
             assert store is not None
             return store.check_certificate(leaf, purpose="tls-server", at=utcnow())
 
+        self._leaf_check = server_certificate_check if store is not None else None
         self.client = EbmsClient(
             self.reactor,
-            ClientTlsPolicy(
-                client_identity,
-                anchors,
-                leaf_check=server_certificate_check if store is not None else None,
-            ),
+            ClientTlsPolicy(client_identity, anchors, leaf_check=self._leaf_check),
             connect_timeout=config.delivery.connect_timeout,
             read_timeout=config.delivery.read_timeout,
             max_persistent=config.delivery.concurrency,
@@ -159,6 +194,7 @@ class Gateway:
             on_event=self._emit,
             verify_ack=verify_ack,
         )
+        self.worker.heartbeat = self.heartbeats.beater("delivery", config.delivery.poll_interval)
         self.worker.start()
 
         self.registry = registry
@@ -182,6 +218,7 @@ class Gateway:
                 client_cert_der=client_identity.certificate.public_bytes(Encoding.DER),
                 on_report=self._on_pings,
             )
+            self.pinger.heartbeat = self.heartbeats.beater("pings", self.pinger.settings.tick)
             self.pinger.start()
         processor = InboundProcessor(
             self.db, registry, own_parties=config.party_ids, security=security
@@ -196,11 +233,14 @@ class Gateway:
             on_event=self._emit,
         )
         self._site = site
-        self.port = self.reactor.listenSSL(
+        ebms_tls = server_context_factory(server_identity, anchors, watch=self._watch("ebms"))
+        self._tls["ebms"] = ebms_tls
+        self.port = _listening(
+            config.http.host,
             config.http.port,
-            site,
-            server_context_factory(server_identity, anchors),
-            interface=config.http.host,
+            lambda: self.reactor.listenSSL(
+                config.http.port, site, ebms_tls, interface=config.http.host
+            ),
         )
         if config.admin.port is not None:
             metrics = self.metrics
@@ -211,6 +251,7 @@ class Gateway:
                 metrics_content_type=CONTENT_TYPE,
                 status=lambda: status_document(self.snapshot(), node=config.node_id),
                 users_file=admin.users_file,
+                ready=self.readiness,
             )
             self.admin_port = self._listen_http(admin, admin.port, site)
             log.info(
@@ -279,11 +320,139 @@ class Gateway:
     def _listen_http(self, listener: AdminConfig | ApiConfig, port: int, site: Any) -> Any:
         """Listen for the admin or API site: HTTPS (mutual TLS with ``client_ca``) or HTTP."""
         if listener.certificate is None or listener.key is None:
-            return self.reactor.listenTCP(port, site, interface=listener.host)
+            return _listening(
+                listener.host,
+                port,
+                lambda: self.reactor.listenTCP(port, site, interface=listener.host),
+            )
+        factory = self._listener_tls(listener)
+        self._tls[_listener_name(listener)] = factory
+        return _listening(
+            listener.host,
+            port,
+            lambda: self.reactor.listenSSL(port, site, factory, interface=listener.host),
+        )
+
+    def _listener_tls(self, listener: AdminConfig | ApiConfig) -> ServerTlsOptions:
+        """The TLS of the admin or API listener, from its files as they are now."""
+        assert listener.certificate is not None and listener.key is not None
         identity = TlsIdentity.from_files(listener.certificate, listener.key, None)
         anchors = load_trust_anchors(listener.client_ca) if listener.client_ca is not None else ()
-        factory = api_server_context_factory(identity, anchors)
-        return self.reactor.listenSSL(port, site, factory, interface=listener.host)
+        watch = self._watch(_listener_name(listener))
+        return api_server_context_factory(identity, anchors, watch=watch)
+
+    def _watch(self, listener: str) -> HandshakeWatch:
+        return HandshakeWatch(lambda failure: self._tls_refused(listener, failure))
+
+    def _tls_refused(self, listener: str, failure: HandshakeFailure) -> None:
+        # One line per refused handshake; the peer's address and certificate subject
+        # are the operator's to see, nothing of the (never sent) content.
+        log.warning(
+            "event=tls-refused listener=%s peer=%s reason=%s subject=%s detail=%s",
+            listener,
+            failure.peer,
+            failure.reason,
+            failure.subject or "-",
+            failure.text,
+        )
+        if self.metrics is not None:
+            self.metrics.on_tls_failure(listener, failure.reason)
+
+    # -- readiness and reloads -------------------------------------------------------
+
+    def readiness(self) -> Deferred[list[str]]:
+        """Why this gateway cannot do its work now; an empty list when it can (``/ready``).
+
+        The store must answer within ``[admin] ready_store_timeout``, every loop
+        must have ticked within three of its intervals and ``data_dir`` must have
+        ``[admin] ready_min_free_mb`` free.
+        """
+        admin = self.config.admin
+        reasons = self.heartbeats.stale()
+        data_dir = self.config.data_dir
+        try:
+            free = shutil.disk_usage(data_dir).free
+        except OSError as exc:
+            reasons.append(f"disk: cannot read the free space of {data_dir}: {exc.strerror}")
+        else:
+            if free < admin.ready_min_free_mb * _MIB:
+                reasons.append(
+                    f"disk: {free // _MIB} MiB free in {data_dir}, "
+                    f"below {admin.ready_min_free_mb} MiB"
+                )
+        d = self.run_in_thread(self._store_answers)
+        d.addTimeout(admin.ready_store_timeout, self.reactor)
+
+        def answered(_: object) -> list[str]:
+            return reasons
+
+        def failed(failure: Failure) -> list[str]:
+            if failure.check(defer.TimeoutError):
+                reasons.append(f"store: no answer within {admin.ready_store_timeout:g} s")
+            else:
+                reasons.append(f"store: {describe(failure.value) or failure.getErrorMessage()}")
+            return reasons
+
+        d.addCallbacks(answered, failed)
+        return d
+
+    def _store_answers(self) -> None:
+        assert self.db is not None
+        with self.db.transaction() as cur:
+            cur.execute("SELECT 1").fetchone()
+
+    def reload(self) -> None:
+        """Reload what can be reloaded (SIGHUP): TLS material, CRLs, users files.
+
+        New TLS connections, on every listener and to partners, use the new
+        certificates; open connections are left alone.  Everything is read and
+        checked first: a reload that fails keeps all the old material and says so
+        in one line.
+        """
+        config, tls = self.config, self.config.tls
+        reloaded: list[str] = []
+        try:
+            anchors = load_trust_anchors(tls.trust_anchors)
+            server_identity = TlsIdentity.from_files(tls.certificate, tls.key, tls.chain)
+            client_identity = TlsIdentity.from_files(
+                tls.client_certificate, tls.client_key, tls.chain
+            )
+            fresh = {
+                "ebms": server_context_factory(server_identity, anchors, watch=self._watch("ebms"))
+            }
+            for listener in (config.api, config.admin):
+                if _listener_name(listener) in self._tls:
+                    fresh[_listener_name(listener)] = self._listener_tls(listener)
+            policy = ClientTlsPolicy(client_identity, anchors, leaf_check=self._leaf_check)
+            users = [f for f in (config.api.users_file, config.admin.users_file) if f]
+            from adapters.api.auth import UsersFile
+
+            for path in users:
+                UsersFile(path)  # read and checked; the listeners re-read it when it changes
+        except (OSError, ValueError) as exc:
+            log.error(
+                "event=reload-failed reason=%s; the old TLS material stays in use",
+                describe(exc) or str(exc),
+            )
+            return
+        for name, options in fresh.items():
+            if name in self._tls:
+                self._tls[name].replace(options)
+                reloaded.append(f"tls-{name}")
+        if self.client is not None:
+            self.client.use_policy(policy)
+            reloaded.append("tls-client")
+        if users:
+            reloaded.append("users-files")
+        trust = config.security.trust
+        store = self.security.trust if self.security is not None else None
+        if store is not None and trust.crl_dir is not None and trust.crl_mode != "off":
+            try:
+                store.crls.load_directory(trust.crl_dir)
+                reloaded.append("crls")
+            except (OSError, ValueError) as exc:
+                log.error("event=reload-failed what=crls reason=%s", describe(exc) or str(exc))
+        log.info("event=reloaded what=%s", ",".join(reloaded))
 
     def _start_api(self) -> None:
         api = self.config.api

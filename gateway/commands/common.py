@@ -12,6 +12,7 @@ from cryptography import x509
 
 from cpa.generate import PartySpec
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.errors import OperatorError
 from gateway.store.database import Database, StoreError, sqlite_path
 from gateway.store.migrate import apply_migrations
 
@@ -23,8 +24,8 @@ NO_STORE = (
 )
 
 
-class CommandError(Exception):
-    """An operator's mistake a command reports in one line (exit code 1)."""
+class CommandError(OperatorError):
+    """An operator's mistake on the command line, reported in one line (exit code 1)."""
 
 
 def version() -> str:

@@ -9,7 +9,9 @@ may arrive at any of them.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from cpa.model import Service
 from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.commands.common import config_of, fail, open_store
 from gateway.config import ConfigError, load_config
+from gateway.errors import StartupError, describe
 from gateway.logfmt import configure_logging
 from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
 from gateway.msh.security import MessageSecurity
@@ -24,6 +27,8 @@ from gateway.store.database import Cursor, Database, Row
 from gateway.store.messages import Direction, find_message, task_for_message
 
 EXIT_NO_ANSWER = 2
+
+log = logging.getLogger("dkgw.serve")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -94,36 +99,43 @@ def _service(value: str) -> Service:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``dkgw serve --config FILE``."""
+    """``dkgw serve --config FILE [--check]``.
+
+    The checks of :mod:`gateway.preflight` run first; ``--check`` prints them all
+    and exits 1 on any error, ``serve`` refuses to start on an error (except a
+    CPA's, which concerns one partner, not the gateway) and logs the rest.  A start
+    that fails later (a port in use) closes what it opened and exits 1 with one
+    line naming the cause, through :func:`gateway.cli.main`.
+    """
     if args.config is None:
         return fail("serve needs the gateway's configuration: --config FILE")
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        return fail(str(exc))
-    from gateway.tls import TlsIdentity, load_trust_anchors
+    config = load_config(args.config)  # a ConfigError is one line in main()
+    from gateway.preflight import has_errors, run_checks
+    from gateway.store.timeutil import utcnow
 
-    try:
-        TlsIdentity.from_files(config.tls.certificate, config.tls.key, config.tls.chain)
-        TlsIdentity.from_files(
-            config.tls.client_certificate, config.tls.client_key, config.tls.chain
-        )
-        load_trust_anchors(config.tls.trust_anchors)
-    except ValueError as exc:
-        return fail(f"TLS material: {exc}")
-    try:
-        # Keys must match their certificates and the trust store must load (CRLs too).
-        MessageSecurity.load(
-            config.security,
-            default_anchors=(config.tls.trust_anchors,),
-            default_intermediates=(config.tls.chain,) if config.tls.chain else (),
-        )
-    except (OSError, ValueError) as exc:
-        return fail(f"security material: {exc}")
+    findings = run_checks(config, utcnow())
     if args.check:
+        # Problems on standard error, one line each; the verdict last.
+        for finding in findings:
+            print(finding.line(), file=sys.stderr)
+        errors = sum(f.severity == "error" for f in findings)
+        if has_errors(findings):
+            return fail(f"configuration {config.source}: {errors} error(s), see above")
         print(f"configuration {config.source} is valid")
         return 0
+    fatal = [f for f in findings if f.severity == "error" and not f.subject.startswith("CPA ")]
+    for finding in fatal:
+        print(f"dkgw: {finding.line()}", file=sys.stderr)
+    if fatal:
+        return 1
     configure_logging(args.log_format or config.logging.format, config.logging.level)
+    for finding in findings:
+        log.warning(
+            "event=preflight severity=%s subject=%s problem=%s",
+            finding.severity,
+            finding.subject,
+            finding.text,
+        )
     from twisted.internet import reactor
     from twisted.logger import STDLibLogObserver, globalLogBeginner
 
@@ -131,10 +143,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
     gateway = Gateway(config, reactor)
-    reactor.callWhenRunning(gateway.start)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("before", "shutdown", gateway.stop)  # type: ignore[attr-defined]
+    failed: list[Exception] = []
+
+    def start() -> None:
+        try:
+            gateway.start()
+        except Exception as exc:
+            # Nothing half-open: close what was opened, then leave the reactor.
+            failed.append(exc)
+            gateway.stop().addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+            return
+        reactor.addSystemEventTrigger("before", "shutdown", gateway.stop)  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))  # type: ignore[attr-defined]
+    # SIGHUP reloads what can be reloaded; without a handler it would end the process.
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload))  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
+    if failed:
+        exc = failed[0]
+        if describe(exc) is None:
+            raise StartupError(f"cannot start: {type(exc).__name__}: {exc}") from exc
+        raise exc
     return 0
 
 

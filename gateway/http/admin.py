@@ -1,4 +1,4 @@
-"""The operator's HTTP listener: ``/metrics``, ``/status`` and ``/health``.
+"""The operator's HTTP listener: ``/metrics``, ``/status``, ``/health`` and ``/ready``.
 
 It is a separate listener from the ebMS endpoint on purpose: partners reach the
 endpoint over mutual TLS, while metrics and status are for the operator's own
@@ -56,12 +56,54 @@ class _Computed(resource.Resource):
         return server.NOT_DONE_YET
 
 
+def _json(request: server.Request, code: int, document: dict[str, Any]) -> bytes:
+    body = json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    return body
+
+
 class _Health(resource.Resource):
+    """Liveness: answered on the reactor thread, so an answer means the reactor runs."""
+
     isLeaf = True
 
     def render_GET(self, request: server.Request) -> bytes:
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"ok\n"
+        return _json(request, http.OK, {"status": "alive"})
+
+
+class _Ready(resource.Resource):
+    """Readiness: 200 when ``check`` finds nothing wrong, else 503 with its reasons."""
+
+    isLeaf = True
+
+    def __init__(self, check: Callable[[], Deferred[list[str]]]) -> None:
+        super().__init__()
+        self.check = check
+
+    def render_GET(self, request: server.Request) -> int:
+        d = self.check()
+
+        def respond(reasons: list[str]) -> None:
+            if request._disconnected:
+                return
+            if reasons:
+                body = _json(
+                    request, http.SERVICE_UNAVAILABLE, {"status": "not ready", "reasons": reasons}
+                )
+            else:
+                body = _json(request, http.OK, {"status": "ready"})
+            request.write(body)
+            request.finish()
+
+        def crash(failure: Any) -> list[str]:
+            log.error("readiness check failed: %s", failure.getErrorMessage())
+            return [f"readiness check failed: {failure.getErrorMessage()}"]
+
+        d.addErrback(crash).addCallback(respond)
+        return server.NOT_DONE_YET
 
 
 def admin_site(
@@ -71,8 +113,13 @@ def admin_site(
     metrics_content_type: str,
     status: Callable[[], dict[str, Any]],
     users_file: Path | None = None,
+    ready: Callable[[], Deferred[list[str]]] | None = None,
 ) -> server.Site:
-    """A Site with ``/metrics`` (Prometheus text), ``/status`` (JSON) and ``/health``.
+    """A Site with ``/metrics`` (Prometheus text), ``/status`` (JSON), ``/health`` and ``/ready``.
+
+    ``/health`` is liveness (the process and its reactor answer), ``/ready``
+    readiness: ``ready`` gives the reasons the gateway cannot do its work (none:
+    200, else 503 with them; docs/operations.md, "Health and readiness").
 
     With ``users_file`` every path needs HTTP Basic (the back-office API's users
     file format, :mod:`adapters.api.auth`); ``/health`` too, since a load balancer
@@ -91,6 +138,8 @@ def admin_site(
         ),
     )
     root.putChild(b"health", _Health())
+    if ready is not None:
+        root.putChild(b"ready", _Ready(ready))
     top: resource.Resource = root
     if users_file is not None:
         from adapters.api.auth import UsersFile

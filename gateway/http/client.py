@@ -75,6 +75,14 @@ class EbmsClient:
         self.read_timeout = read_timeout
         self._agents: dict[str, Agent] = {}
 
+    def use_policy(self, policy: ClientTlsPolicy) -> None:
+        """Make new connections with ``policy`` (a reload of our TLS material).
+
+        Kept-alive connections stay open and in use; they were checked when made.
+        """
+        self.policy = policy
+        self._agents = {}
+
     def _agent(self, pin: x509.Certificate | None) -> Agent:
         key = hashlib.sha256(pin.public_bytes(Encoding.DER)).hexdigest() if pin else "-"
         if key not in self._agents:

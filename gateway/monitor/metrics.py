@@ -161,6 +161,12 @@ class GatewayMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.tls_failures = Counter(
+            "dkgw_tls_handshake_failures",
+            "TLS handshakes refused by a listener (ebms, api, admin), by reason",
+            ["listener", "reason"],
+            registry=self.registry,
+        )
         self.registry.register(_StoreCollector(read_snapshot))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -172,6 +178,10 @@ class GatewayMetrics:
             self.inbound.labels(fields.get("status", ""), fields.get("outcome", "")).inc()
         elif event == "delivery":
             self.attempts.labels(fields.get("outcome", "")).inc()
+
+    def on_tls_failure(self, listener: str, reason: str) -> None:
+        """Count one refused TLS handshake (``reason`` is a short fixed label)."""
+        self.tls_failures.labels(listener, reason).inc()
 
     def on_pings(self, report: TickReport) -> None:
         """Record the Pings one schedule tick settled."""

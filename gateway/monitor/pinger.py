@@ -264,6 +264,7 @@ class PingScheduler:
         self._loop: LoopingCall | None = None
         self._busy = False
         self._last_purge: datetime | None = None
+        self.heartbeat: Callable[[], None] | None = None  # called as the loop ticks (/ready)
 
     def start(self) -> None:
         """Begin ticking (the first tick runs at once)."""
@@ -282,6 +283,8 @@ class PingScheduler:
     def _tick(self) -> Deferred[Any] | None:
         if self._busy:  # a slow store: skip rather than pile up transactions
             return None
+        if self.heartbeat is not None:
+            self.heartbeat()
         self._busy = True
         now = self.clock()
         purge = self._last_purge is None or now - self._last_purge > timedelta(hours=1)

@@ -35,6 +35,8 @@ import psycopg
 import psycopg.conninfo
 import psycopg.errors
 
+from gateway.errors import OperatorError
+
 __all__ = [
     "Cursor",
     "Database",
@@ -43,6 +45,7 @@ __all__ = [
     "Params",
     "Row",
     "StoreError",
+    "StoreUnavailable",
     "qmark_to_format",
 ]
 
@@ -67,8 +70,12 @@ _SQLITE_UNIQUE_CODES = frozenset(
 _SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
-class StoreError(Exception):
+class StoreError(OperatorError):
     """A problem with the store that is not a driver-level SQL error."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be opened: a corrupt or unreadable file, a server that does not answer."""
 
 
 class IntegrityConflict(StoreError):
@@ -247,8 +254,18 @@ class Database:
             raise StoreError("an in-memory SQLite store is not supported; give a file path")
         # Absolute now, so a later chdir() cannot point new connections at another file.
         path = Path(path).absolute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _create_private_file(path)
+        if str(path).startswith("//"):  # "sqlite:////abs": one file, one name in messages
+            path = Path("/" + str(path).lstrip("/"))
+        try:
+            if path.parent.exists() and not path.parent.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(path.parent))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(path)
+        except OSError as exc:
+            # e.g. the data directory is a file, or read-only: one line, naming the path.
+            raise StoreUnavailable(
+                f"cannot create the SQLite store {path}: {exc.strerror or exc}"
+            ) from exc
 
         def connect() -> sqlite3.Connection:
             return _connect_sqlite(path)
@@ -373,7 +390,15 @@ class Database:
             self._discard(conn)
             conn = None
         if conn is None:
-            conn = self._connect()
+            try:
+                conn = self._connect()
+            except (sqlite3.Error, psycopg.Error, OSError) as exc:
+                # One line for the operator (docs/operations.md); the driver's text says
+                # why (not a database, connection refused), ours says which store.
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise StoreUnavailable(
+                    f"cannot open the store {self._description}: {reason}"
+                ) from exc
             with self._lock:
                 closed = self._closed
                 if not closed:

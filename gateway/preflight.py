@@ -1,0 +1,460 @@
+"""``dkgw serve --check``: everything a start needs, short of listening, as findings.
+
+Each check is a plain function that returns :class:`Finding` objects (nothing is
+raised, nothing printed), so the report lists **every** problem, not the first;
+:func:`run_checks` strings them together for one config.  ``dkgw serve`` runs the
+same checks before it listens and refuses to start on an error
+(docs/operations.md, "Starting and checking").
+
+Severities: an *error* would make the gateway fail or be refused by partners
+(an expired or revoked certificate, a key that is not the certificate's, a
+world-readable key, a store it cannot use); a *warning* needs attention soon (a
+certificate expiring within 30 days, a group-readable key).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
+
+from cpa.model import Cpa, PartyId, PartyInfo
+from gateway.config import GatewayConfig, SecurityConfig
+from gateway.store.database import Cursor
+from gateway.trust import CertificateRejected, Purpose, RejectReason, TrustStore
+
+Severity = Literal["error", "warning"]
+
+#: A certificate expiring within this is worth a warning: PKIoverheid renewals
+#: take weeks (a new CPA with every partner).
+EXPIRY_WARNING = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: how bad, what it concerns (a config option, a CPA) and what is wrong."""
+
+    severity: Severity
+    subject: str
+    text: str
+
+    def line(self) -> str:
+        """The report line: ``error: [tls] certificate: expired on 2026-01-01``."""
+        return f"{self.severity}: {self.subject}: {self.text}"
+
+
+def error(subject: str, text: str) -> Finding:
+    """An error finding."""
+    return Finding("error", subject, text)
+
+
+def warning(subject: str, text: str) -> Finding:
+    """A warning finding."""
+    return Finding("warning", subject, text)
+
+
+def has_errors(findings: Iterable[Finding]) -> bool:
+    """True when any finding is an error."""
+    return any(f.severity == "error" for f in findings)
+
+
+# -- files and directories ------------------------------------------------------------
+
+
+def check_data_dir(path: Path) -> list[Finding]:
+    """``data_dir`` exists (or can be created) as a directory we may write in."""
+    subject = "[gateway] data_dir"
+    if path.exists():
+        if not path.is_dir():
+            return [error(subject, f"{path} is not a directory")]
+        if not os.access(path, os.W_OK | os.X_OK):
+            return [error(subject, f"{path} is not writable")]
+        return []
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return [error(subject, f"{path} cannot be created: {parent} is not a directory")]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [error(subject, f"{path} cannot be created: {parent} is not writable")]
+    return []
+
+
+def check_key_permissions(subject: str, path: Path) -> list[Finding]:
+    """A private key readable by others is an error, by the group a warning."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return []  # reported once, by load_pair
+    if mode & stat.S_IROTH:
+        return [error(subject, f"{path} is readable by everyone (mode {mode:04o}); chmod 600 it")]
+    if mode & stat.S_IRGRP:
+        return [warning(subject, f"{path} is readable by its group (mode {mode:04o})")]
+    return []
+
+
+# -- keys and certificates ------------------------------------------------------------
+
+
+def _spki(key: object) -> bytes:
+    public = getattr(key, "public_key", None)
+    if public is None:
+        return b""
+    spki: bytes = public().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return spki
+
+
+def load_pair(
+    subject: str, cert_path: Path, key_path: Path
+) -> tuple[x509.Certificate | None, list[Finding]]:
+    """Read a certificate and its private key; the certificate (if readable) and findings.
+
+    Findings: a file that cannot be read or parsed, an encrypted key, a key that
+    does not belong to the certificate.
+    """
+    findings: list[Finding] = []
+    key_subject = subject.replace("certificate", "key")  # "[tls] client_key"
+    cert: x509.Certificate | None = None
+    try:
+        cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+    except OSError as exc:
+        findings.append(error(subject, f"cannot read {cert_path}: {exc.strerror}"))
+    except ValueError:
+        findings.append(error(subject, f"{cert_path} holds no PEM certificate"))
+    key: PrivateKeyTypes | None = None
+    try:
+        key = load_pem_private_key(key_path.read_bytes(), password=None)
+    except OSError as exc:
+        findings.append(error(key_subject, f"cannot read {key_path}: {exc.strerror}"))
+    except TypeError:
+        findings.append(error(key_subject, f"{key_path} is encrypted; give it unencrypted"))
+    except ValueError:
+        findings.append(error(key_subject, f"{key_path} holds no PEM private key"))
+    if cert is not None and key is not None and _spki(key) != _spki(cert):
+        findings.append(
+            error(
+                subject,
+                f"the private key {key_path} does not belong to the certificate {cert_path}",
+            )
+        )
+    return cert, findings
+
+
+def _day(when: datetime) -> str:
+    return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def check_validity(
+    subject: str, cert: x509.Certificate, now: datetime, warn: timedelta = EXPIRY_WARNING
+) -> list[Finding]:
+    """Expired or not yet valid: error; expiring within ``warn``: warning."""
+    after, before = cert.not_valid_after_utc, cert.not_valid_before_utc
+    if after <= now:
+        return [error(subject, f"certificate expired on {_day(after)}")]
+    if before > now:
+        return [error(subject, f"certificate is not valid before {_day(before)}")]
+    if after - now <= warn:
+        days = (after - now).days
+        return [warning(subject, f"certificate expires on {_day(after)} (in {days} days)")]
+    return []
+
+
+def check_trusted(
+    subject: str,
+    cert: x509.Certificate,
+    purpose: Purpose,
+    trust: TrustStore,
+    now: datetime,
+    *,
+    report_unchecked: bool = True,
+) -> list[Finding]:
+    """Chain, usage and revocation (per ``crl_mode``) as partners will judge it.
+
+    Validity dates are :func:`check_validity`'s business and not repeated here.
+    With ``report_unchecked`` a revocation that could not be checked (crl_mode
+    ``best-effort`` without a CRL of the issuer) is a warning.
+    """
+    try:
+        # The CRL store logs what best-effort let pass; here it becomes a finding.
+        with _quiet("dkgw.crl"):
+            checked = trust.check_certificate(cert, purpose=purpose, at=now, now=now)
+    except CertificateRejected as exc:
+        if exc.code in (RejectReason.EXPIRED, RejectReason.NOT_YET_VALID):
+            return []
+        return [error(subject, exc.reason)]
+    if not report_unchecked:
+        return []
+    return [warning(subject, text) for text in checked.warnings]
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    before = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = before
+
+
+# -- CPAs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OwnCertificates:
+    """The DER of each certificate we present, by role; None when not configured."""
+
+    tls_server: bytes | None
+    tls_client: bytes | None
+    signing: bytes | None = None
+    encryption: bytes | None = None
+
+    def all(self) -> set[bytes]:
+        """Every configured certificate."""
+        ders = (self.tls_server, self.tls_client, self.signing, self.encryption)
+        return {d for d in ders if d is not None}
+
+
+def _party_certificates(party: PartyInfo) -> dict[str, set[bytes]]:
+    """The certificates a party's CPA entry says it presents, by role."""
+    found: dict[str, set[bytes]] = {
+        "TLS client": set(),
+        "TLS server": set(),
+        "signing": set(),
+        "encryption": set(),
+    }
+
+    def add(role: str, cert_id: str | None) -> None:
+        cert = party.certificates.get(cert_id) if cert_id else None
+        if cert is not None and cert.der is not None:
+            found[role].add(cert.der)
+
+    for transport in party.transports.values():
+        if transport.client_security is not None:
+            add("TLS client", transport.client_security.certificate_id)
+        if transport.server_security is not None:
+            add("TLS server", transport.server_security.certificate_id)
+    for exchange in party.doc_exchanges.values():
+        # CPPA 2.0: our SigningCertificateRef is on the sender binding, our
+        # EncryptionCertificateRef on the receiver binding.
+        if exchange.sender is not None and exchange.sender.non_repudiation is not None:
+            add("signing", exchange.sender.non_repudiation.certificate_id)
+        if exchange.receiver is not None and exchange.receiver.digital_envelope is not None:
+            add("encryption", exchange.receiver.digital_envelope.certificate_id)
+    return found
+
+
+def _subject_of(der: bytes) -> str:
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
+        return "an unreadable certificate"
+
+
+def check_cpa_certificates(
+    cpas: Sequence[Cpa], own: OwnCertificates, party_ids: Sequence[PartyId], now: datetime
+) -> list[Finding]:
+    """In every CPA in force, our party names the certificates we present.
+
+    Our party is the one holding ``[gateway] party_ids``; without those, the one
+    naming any of our certificates.  A partner checks our TLS and signing
+    certificates against its copy of the CPA and encrypts to the certificate
+    in it, so a mismatch means refused or unreadable messages.
+    """
+    findings: list[Finding] = []
+    ours = {
+        "TLS client": own.tls_client,
+        "TLS server": own.tls_server,
+        "signing": own.signing,
+        "encryption": own.encryption,
+    }
+    for cpa in cpas:
+        if not cpa.in_force(now):
+            continue
+        subject = f"CPA {cpa.cpa_id}"
+        if party_ids:
+            parties = [p for p in cpa.parties if any(i in p.party_ids for i in party_ids)]
+        else:
+            parties = [
+                p for p in cpa.parties if own.all() & set().union(*_party_certificates(p).values())
+            ]
+        if not parties:
+            findings.append(error(subject, "none of its parties presents our certificates"))
+            continue
+        for party in parties:
+            for role, listed in _party_certificates(party).items():
+                mine = ours[role]
+                if not listed or mine is None or mine in listed:
+                    continue
+                findings.append(
+                    error(
+                        subject,
+                        f"party {party.party_name!r} has a {role} certificate "
+                        f"({', '.join(sorted(_subject_of(d) for d in listed))}) that is not "
+                        f"the one we present ({_subject_of(mine)})",
+                    )
+                )
+    return findings
+
+
+# -- the store ------------------------------------------------------------------------
+
+
+def check_schema(applied: Iterable[int], known: Iterable[int]) -> list[Finding]:
+    """A store migrated by a newer gateway cannot be used by this one."""
+    newer = sorted(set(applied) - set(known))
+    if newer:
+        return [
+            error(
+                "[gateway] store",
+                f"the store has schema version {max(newer):04d}, newer than this gateway's "
+                f"{max(known, default=0):04d}; downgrading is not supported",
+            )
+        ]
+    return []
+
+
+def _store_findings(config: GatewayConfig) -> tuple[list[Finding], list[Cpa]]:
+    """Open the store without changing it: schema version and the CPAs in it."""
+    from cpa.registry import CpaRegistry, select_all
+    from gateway.errors import describe
+    from gateway.store.database import Database
+    from gateway.store.migrate import load_migrations
+
+    subject = "[gateway] store"
+    url = config.store
+    if url.startswith("sqlite:"):
+        path = Path(url.removeprefix("sqlite:").removeprefix("//"))
+        if not path.exists():
+            return [], []  # a first start creates it (check_data_dir covers the directory)
+    try:
+        db = Database.from_url(url)
+    except Exception as exc:  # a bad URL
+        return [error(subject, describe(exc) or str(exc))], []
+    try:
+        with db.transaction() as cur:
+            cur.execute("SELECT 1").fetchone()
+        with db.transaction() as cur:
+            has_schema = _has_table(cur, "schema_migration")
+            applied = (
+                [int(r[0]) for r in cur.execute("SELECT version FROM schema_migration").fetchall()]
+                if has_schema
+                else []
+            )
+        findings = check_schema(applied, [m.version for m in load_migrations(db.dialect)])
+        cpas: list[Cpa] = []
+        if has_schema and not findings:
+            registry = CpaRegistry(db)
+            with db.transaction() as cur:
+                if _has_table(cur, "cpa"):
+                    cpas = [registry.get_cpa(row.cpa_id, cur) for row in select_all(cur)]
+        return findings, cpas
+    except Exception as exc:
+        return [error(subject, describe(exc) or f"{type(exc).__name__}: {exc}")], []
+    finally:
+        db.close()
+
+
+def _has_table(cur: Cursor, name: str) -> bool:
+    if cur.dialect == "sqlite":
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    else:
+        sql = (
+            "SELECT 1 FROM information_schema.tables WHERE table_name = ? "
+            "AND table_schema = ANY(current_schemas(false))"
+        )
+    return cur.execute(sql, (name,)).fetchone() is not None
+
+
+# -- everything -----------------------------------------------------------------------
+
+
+def run_checks(config: GatewayConfig, now: datetime) -> list[Finding]:
+    """Every check for one configuration, in the order an operator reads them."""
+    from gateway.msh.security import MessageSecurity
+
+    findings = check_data_dir(config.data_dir)
+    trust: TrustStore | None = None
+    try:
+        trust = MessageSecurity.load(
+            # Keys are checked below, one finding each; here only the trust store.
+            SecurityConfig(trust=config.security.trust),
+            default_anchors=(config.tls.trust_anchors,),
+            default_intermediates=(config.tls.chain,) if config.tls.chain else (),
+        ).trust
+    except (OSError, ValueError) as exc:
+        findings.append(error("[security] trust", str(exc)))
+    settings = config.security.trust
+    # Without a crl_dir there is nothing to check revocation against before the
+    # first fetch; one line says so instead of one per certificate and CA.
+    crls_at_hand = settings.crl_dir is not None
+    if settings.crl_mode != "off" and not crls_at_hand:
+        findings.append(
+            warning(
+                "[security] crl_mode",
+                f"{settings.crl_mode}, but no crl_dir: revocation "
+                + (
+                    "is not checked until crl_urls are fetched"
+                    if settings.crl_urls
+                    else "is never checked"
+                ),
+            )
+        )
+
+    tls, sec = config.tls, config.security
+    pairs: list[tuple[str, Path | None, Path | None, Purpose]] = [
+        ("[tls] certificate", tls.certificate, tls.key, "tls-server"),
+        ("[tls] client_certificate", tls.client_certificate, tls.client_key, "tls-client"),
+        ("[security] signing_certificate", sec.signing_certificate, sec.signing_key, "signing"),
+        (
+            "[security] encryption_certificate",
+            sec.encryption_certificate,
+            sec.encryption_key,
+            "encryption",
+        ),
+    ]
+    listeners = (("[api]", config.api), ("[admin]", config.admin))
+    for section, listener in listeners:
+        pairs.append((f"{section} certificate", listener.certificate, listener.key, "tls-server"))
+    loaded: dict[str, bytes] = {}
+    for subject, cert_path, key_path, purpose in pairs:
+        if cert_path is None or key_path is None:
+            continue
+        findings += check_key_permissions(subject.replace("certificate", "key"), key_path)
+        cert, problems = load_pair(subject, cert_path, key_path)
+        findings += problems
+        if cert is None:
+            continue
+        loaded[subject] = cert.public_bytes(Encoding.DER)
+        findings += check_validity(subject, cert, now)
+        # Our [api]/[admin] certificates may come from another CA than PKIoverheid.
+        if trust is not None and not subject.startswith(("[api]", "[admin]")):
+            findings += check_trusted(
+                subject, cert, purpose, trust, now, report_unchecked=crls_at_hand
+            )
+
+    store_findings, cpas = _store_findings(config)
+    findings += store_findings
+    own = OwnCertificates(
+        tls_server=loaded.get("[tls] certificate"),
+        tls_client=loaded.get("[tls] client_certificate"),
+        signing=loaded.get("[security] signing_certificate"),
+        encryption=loaded.get("[security] encryption_certificate"),
+    )
+    findings += check_cpa_certificates(cpas, own, config.party_ids, now)
+    return findings
