@@ -99,6 +99,7 @@ def exported() -> dict[str, frozenset[str]]:
     metrics.on_pings(TickReport(verdicts=[Verdict(key, "up", 0.02, None, "ping-1", "up")]))
     metrics.on_event({"event": "inbound", "status": "200", "outcome": "accepted"})
     metrics.on_event({"event": "delivery", "outcome": "done"})
+    metrics.on_tls_failure("ebms", "untrusted-certificate")
     names: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics.exposition().decode()):
         for sample in family.samples:

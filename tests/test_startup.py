@@ -303,10 +303,22 @@ def test_refused_handshakes_are_logged_and_counted(served: Served, pki: Path) ->
         str(foreign / "foreign-client.key"),
     )
     s_client(served.ebms, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
+    s_client(
+        served.ebms,
+        "-cert",
+        str(foreign / "expired.pem"),
+        "-key",
+        str(foreign / "expired.key"),
+        "-cert_chain",
+        str(pki / "ca" / "intermediate.pem"),
+    )
     s_client(served.api)
     log = served.wait_log("listener=api")
     lines = [x for x in log.splitlines() if "event=tls-refused" in x]
-    assert len(lines) == 4, log
+    assert len(lines) == 5, log
+    expired = lines.pop(3)
+    assert "reason=expired-certificate" in expired and "client certificate has expired" in expired
+    assert "subject=" in expired and "Gemeente Voorbeeld TLS client" in expired
     assert "listener=ebms" in lines[0] and "reason=no-client-certificate" in lines[0]
     assert "peer=127.0.0.1:" in lines[0] and "detail=no client certificate" in lines[0]
     assert "reason=untrusted-certificate" in lines[1]
@@ -318,6 +330,7 @@ def test_refused_handshakes_are_logged_and_counted(served: Served, pki: Path) ->
     assert served.metric(name, listener="ebms", reason="no-client-certificate") == 1
     assert served.metric(name, listener="ebms", reason="untrusted-certificate") == 1
     assert served.metric(name, listener="ebms", reason="protocol-version") == 1
+    assert served.metric(name, listener="ebms", reason="expired-certificate") == 1
     assert served.metric(name, listener="api", reason="no-client-certificate") == 1
     # A good client is not counted.
     server_certificate(served.ebms, pki)
