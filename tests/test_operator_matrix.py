@@ -254,8 +254,10 @@ def test_store_newer_than_the_code(any_store: Store, tmp_path: Path, pki: Path) 
 def test_data_dir_is_a_file(tmp_path: Path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("")
-    done = dkgw("--data-dir", str(afile), "cpa", "list")
+    done = dkgw("--data-dir", str(afile), "urlmap", "set", "https://a.test/", "https://b.test/")
     one_line_failure(done, f"cannot create the SQLite store {afile / 'gateway.sqlite3'}: ")
+    done = dkgw("--data-dir", str(afile), "cpa", "list")
+    one_line_failure(done, f"no store at {afile / 'gateway.sqlite3'}: {afile} is not a directory")
 
 
 def test_unreadable_input_file(sqlite_store: Store, tmp_path: Path) -> None:

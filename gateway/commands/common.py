@@ -93,6 +93,8 @@ def open_store_at(url: str, *, create: bool = True) -> Database:
     except StoreError as exc:
         raise CommandError(str(exc)) from exc
     if path is not None and not create and not path.exists():
+        if path.parent.exists() and not path.parent.is_dir():
+            raise CommandError(f"no store at {path}: {path.parent} is not a directory")
         raise CommandError(
             f"no store at {path} (dkgw serve or dkgw cpa import creates one; "
             "check --config, --store or --data-dir)"
