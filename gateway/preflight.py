@@ -77,7 +77,11 @@ def has_errors(findings: Iterable[Finding]) -> bool:
 
 def check_data_dir(path: Path) -> list[Finding]:
     """``data_dir`` exists (or can be created) as a directory we may write in."""
-    subject = "[gateway] data_dir"
+    return check_directory("[gateway] data_dir", path)
+
+
+def check_directory(subject: str, path: Path) -> list[Finding]:
+    """A folder the gateway writes in exists (or can be created) and is writable."""
     if path.exists():
         if not path.is_dir():
             return [error(subject, f"{path} is not a directory")]
@@ -92,6 +96,70 @@ def check_data_dir(path: Path) -> list[Finding]:
     if not os.access(parent, os.W_OK | os.X_OK):
         return [error(subject, f"{path} cannot be created: {parent} is not writable")]
     return []
+
+
+def check_folders(config: GatewayConfig) -> list[Finding]:
+    """The file-drop and relay folders: each one a directory the gateway can write in."""
+    folders: list[tuple[str, Path | None]] = []
+    for drop in config.filedrops:
+        folders += [
+            (f"[[filedrop]] {drop.name} outbox", drop.outbox),
+            (f"[[filedrop]] {drop.name} inbox", drop.inbox),
+        ]
+    stuf = config.stuf
+    if stuf.role:
+        folders += [
+            ("[stuf] outbox", stuf.outbox),
+            ("[stuf] inbox", stuf.inbox),
+            ("[stuf] provider_outbox", stuf.provider_outbox),
+            ("[stuf] provider_inbox", stuf.provider_inbox),
+        ]
+    findings: list[Finding] = []
+    for subject, path in folders:
+        if path is not None:
+            findings += check_directory(subject, path)
+    return findings
+
+
+def check_webhook_files(config: GatewayConfig, now: datetime) -> list[Finding]:
+    """Each webhook's secret (readable, private) and CA file (PEM certificates)."""
+    findings: list[Finding] = []
+    for hook in config.webhooks:
+        subject = f"[[webhook]] {hook.name}"
+        if hook.secret_file is not None:
+            try:
+                if not hook.secret_file.read_bytes().strip():
+                    findings.append(error(f"{subject} secret_file", f"{hook.secret_file} is empty"))
+            except OSError as exc:
+                findings.append(
+                    error(
+                        f"{subject} secret_file", f"cannot read {hook.secret_file}: {exc.strerror}"
+                    )
+                )
+            else:
+                findings += check_key_permissions(f"{subject} secret_file", hook.secret_file)
+        if hook.ca_file is not None:
+            try:
+                certificates = x509.load_pem_x509_certificates(hook.ca_file.read_bytes())
+            except OSError as exc:
+                findings.append(
+                    error(f"{subject} ca_file", f"cannot read {hook.ca_file}: {exc.strerror}")
+                )
+            except ValueError:
+                findings.append(
+                    error(f"{subject} ca_file", f"{hook.ca_file} holds no PEM certificate")
+                )
+            else:
+                findings += [
+                    error(f"{subject} ca_file", f"{_subject(c)} in {hook.ca_file} expired")
+                    for c in certificates
+                    if c.not_valid_after_utc <= now
+                ]
+    return findings
+
+
+def _subject(certificate: x509.Certificate) -> str:
+    return certificate.subject.rfc4514_string()
 
 
 def check_key_permissions(subject: str, path: Path) -> list[Finding]:
@@ -389,6 +457,8 @@ def run_checks(config: GatewayConfig, now: datetime) -> list[Finding]:
     from gateway.msh.security import MessageSecurity
 
     findings = check_data_dir(config.data_dir)
+    findings += check_folders(config)
+    findings += check_webhook_files(config, now)
     trust: TrustStore | None = None
     try:
         trust = MessageSecurity.load(

@@ -283,3 +283,64 @@ def test_serve_check_refuses_a_corrupt_store_and_a_store_from_a_newer_gateway(
     assert "dkgw: error: [gateway] store: the store has schema version 9999" in served.stderr
     assert "Traceback" not in served.stderr
     assert os.path.getsize(store) > 0
+
+
+# -- folders and webhook files --------------------------------------------------------
+
+
+def test_file_drop_folders_and_webhook_files_are_checked(pki: Path, tmp_path: Path) -> None:
+    from gateway.config import load_config
+    from gateway.preflight import check_folders, check_webhook_files
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    secret = tmp_path / "hook.secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("no certificate here")
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path}"\nstore = "sqlite:///{tmp_path / "gw.sqlite3"}"\n'
+        + tls_toml(pki, "gemeente-voorbeeld")
+        + f"""
+[[webhook]]
+name = "bo"
+url = "https://backoffice.test/events"
+secret_file = "{secret}"
+ca_file = "{not_pem}"
+
+[[webhook]]
+name = "gone"
+url = "https://backoffice.test/events"
+secret_file = "{tmp_path / "drop"}"
+ca_file = "{pki / "ca" / "root.pem"}"
+
+[[filedrop]]
+name = "wmo"
+cpa_id = "c"
+service = "urn:osb:services:GGK:iWmo:3.2"
+action = "WMO301"
+from_party = "urn:osb:oin:{GEMEENTE_OIN}"
+from_role = "Gemeente"
+to_party = "urn:osb:oin:00000001007654321000"
+to_role = "GGk"
+outbox = "{blocker / "out"}"
+inbox = "{tmp_path / "drop" / "in"}"
+"""
+    )
+    (tmp_path / "drop").mkdir()
+    loaded = load_config(config)
+    assert [f.line() for f in check_folders(loaded)] == [
+        f"error: [[filedrop]] wmo outbox: {blocker / 'out'} cannot be created: "
+        f"{blocker} is not a directory"
+    ]
+    assert [f.line() for f in check_webhook_files(loaded, NOW)] == [
+        f"error: [[webhook]] bo secret_file: {secret} is readable by everyone (mode 0644); "
+        "chmod 600 it",
+        f"error: [[webhook]] bo ca_file: {not_pem} holds no PEM certificate",
+        f"error: [[webhook]] gone secret_file: cannot read {tmp_path / 'drop'}: Is a directory",
+    ]
+    done = dkgw("serve", "--config", str(config), "--check")
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1].endswith("4 error(s), see above")
