@@ -18,6 +18,7 @@ from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.commands.common import fail, open_store, open_store_at
 from gateway.config import ConfigError, load_config
 from gateway.logfmt import configure_logging
+from gateway.monitor.pinger import ping_failure
 from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
 from gateway.msh.security import MessageSecurity
 from gateway.store.database import Cursor, Database, Row
@@ -141,7 +142,7 @@ def _wait_for_pong(db: Database, ping_id: str, timeout: float) -> tuple[int, str
         if row is not None:
             return 0, f"Pong {row[0]}"
         if state is not None and state[0] in ("failed", "expired"):
-            return EXIT_NO_ANSWER, f"Ping not delivered: {state[2] or state[0]}"
+            return EXIT_NO_ANSWER, f"Ping not delivered ({ping_failure(state[0], state[2])})"
         time.sleep(0.1)
     return EXIT_NO_ANSWER, f"no Pong within {timeout:g} s"
 
