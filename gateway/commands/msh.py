@@ -72,10 +72,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(handler=cmd_send)
 
-    p = sub.add_parser("message", help="show a message's status")
-    p.add_argument("message_id")
-    p.add_argument("--direction", choices=("in", "out"), default=None)
-    p.set_defaults(handler=cmd_message)
+    # ``dkgw message`` (list, show, retry, and the bare ``dkgw message ID`` that
+    # cmd_message answers) is registered by gateway.commands.message.
 
 
 def _service(value: str) -> Service:
