@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor, task
 from twisted.internet.error import ConnectionRefusedError as TxConnectionRefused
 
+from adapters.api.service import BackOffice
+from cpa.registry import CpaRegistry
 from gateway.delivery import HttpResult
 from gateway.store.messages import Direction
 from gateway.store.queries import (
@@ -133,17 +136,32 @@ def dialect(request: pytest.FixtureRequest) -> str:
 @pytest_twisted.async_yield_fixture
 async def slow_pair(pki: Path, make_spec, tmp_path: Path, dialect: str) -> AsyncIterator[Pair]:
     """Reliable messaging with 30 s between attempts: a retry is visibly 'now'."""
+    p = _pair(pki, make_spec, tmp_path, dialect, timedelta(seconds=30))
+    yield p
+    await p.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def fast_pair(pki: Path, make_spec, tmp_path: Path, dialect: str) -> AsyncIterator[Pair]:
+    """Reliable messaging with 1 s between attempts: a pending original is soon resent."""
+    p = _pair(pki, make_spec, tmp_path, dialect, timedelta(seconds=1), retries=5)
+    yield p
+    await p.stop()
+
+
+def _pair(
+    pki: Path, make_spec, tmp_path: Path, dialect: str, interval: timedelta, retries: int = 2
+) -> Pair:
     a = Side("a", gateway_config(pki, "gemeente-voorbeeld", tmp_path / "a",
                                  store_url(dialect, tmp_path, "a")))  # fmt: skip
     b = Side("b", gateway_config(pki, "ggk-rinis-test", tmp_path / "b",
                                  store_url(dialect, tmp_path, "b")))  # fmt: skip
     a.start()
     b.start()
-    slow = {"profile": "osb-rm", "retries": 2, "retry_interval": timedelta(seconds=30)}
-    p = Pair(a, b, "msg-cpa", make_spec, slow)
+    rm = {"profile": "osb-rm", "retries": retries, "retry_interval": interval}
+    p = Pair(a, b, "msg-cpa", make_spec, rm)
     p.import_cpa()
-    yield p
-    await p.stop()
+    return p
 
 
 def inbound(side: Side, message_id: str) -> int:
@@ -202,3 +220,55 @@ async def test_list_show_and_retry_commands(slow_pair: Pair) -> None:
     assert unknown.returncode == 1 and "no outgoing message" in unknown.stderr
     legacy = await run("--store", store, "message", queued.message_id)
     assert legacy.returncode == 0 and "DELIVERED" in legacy.stdout.splitlines()[0]
+
+
+def received_business(side: Side) -> list[str]:
+    return [
+        r[0]
+        for r in side.rows(
+            "SELECT message_id FROM ebms_message WHERE direction = 'in' AND action = 'WMO301'"
+        )
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_resend_of_a_pending_message_retires_it(fast_pair: Pair) -> None:
+    pair = fast_pair
+    await pair.b.stop()
+    queued = await pair.send()
+    await wait_until(
+        lambda: pair.a.rows(
+            "SELECT 1 FROM delivery_attempt a JOIN delivery_task t ON t.id = a.task_id "
+            "JOIN ebms_message m ON m.id = t.message_pk WHERE m.message_id = ?",
+            queued.message_id,
+        ),
+        timeout=20,
+    )
+    office = BackOffice(pair.a.db, CpaRegistry(pair.a.db))
+    # Between two attempts: the task is pending, not in flight.
+    await wait_until(
+        lambda: pair.a.rows(
+            "SELECT 1 FROM delivery_task t JOIN ebms_message m ON m.id = t.message_pk "
+            "WHERE m.message_id = ? AND t.state = 'pending'",
+            queued.message_id,
+        )
+    )
+    new_id = office.resend_message(queued.message_id)
+    pair.b.start()
+    await wait_until(lambda: pair.a.status(new_id, "out") == "DELIVERED", timeout=20)
+    # The original would have had its next attempt within 1 s: wait past a few.
+    await task.deferLater(reactor, 3.0, lambda: None)
+    assert received_business(pair.b) == [new_id]
+    assert pair.a.status(queued.message_id, "out") == "DELIVERY_FAILED"
+    reason = f"superseded by resend {new_id}"
+    assert pair.a.rows(
+        "SELECT h.reason FROM status_history h JOIN ebms_message m ON m.id = h.message_pk "
+        "WHERE m.message_id = ? AND h.status = 'DELIVERY_FAILED'",
+        queued.message_id,
+    ) == [(reason,)]
+    assert pair.a.rows(
+        "SELECT event_type, error_text FROM message_event WHERE message_id = ?",
+        queued.message_id,
+    ) == [("FAILED", reason)]
+    with pair.a.db.transaction() as cur, pytest.raises(RetryRefused, match="superseded"):
+        retry_message(cur, queued.message_id, now=datetime.now(UTC))

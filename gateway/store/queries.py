@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.store.database import Cursor, Row
-from gateway.store.messages import Direction, OutboundStatus
+from gateway.store.messages import Direction, EventType, OutboundStatus, add_event, set_status
 from gateway.store.timeutil import from_db, to_db
 
 __all__ = [
@@ -32,7 +32,11 @@ __all__ = [
     "message_detail",
     "retry_message",
     "retry_refusal",
+    "supersede",
 ]
+
+#: How a message retired by a resend is marked (status reason, event text, task error).
+SUPERSEDED = "superseded by resend"
 
 #: The most rows one page holds.
 MAX_LIMIT = 1000
@@ -240,6 +244,7 @@ def retry_refusal(
     task_state: str | None,
     expires_at: datetime | None,
     now: datetime,
+    last_error: str | None = None,
 ) -> str | None:
     """Why our message cannot be attempted again now, or None when it can.
 
@@ -253,6 +258,8 @@ def retry_refusal(
         return f"message {message_id} is delivered already"
     if task_state == "sending":
         return f"message {message_id} is being sent right now"
+    if last_error is not None and last_error.startswith(SUPERSEDED):
+        return f"message {message_id} was {last_error}; retry that one"
     if expires_at is not None and now >= expires_at:
         return (
             f"message {message_id} is {status} and its TimeToLive passed at "
@@ -268,15 +275,15 @@ def retry_message(cur: Cursor, message_id: str, *, now: datetime) -> MessageSumm
     (the history says it was retried).  Raises :class:`RetryRefused`.
     """
     row = cur.execute(
-        "SELECT m.id, m.status, t.state, t.expires_at, t.attempts, t.max_attempts "
+        "SELECT m.id, m.status, t.state, t.expires_at, t.attempts, t.max_attempts, t.last_error "
         "FROM ebms_message m LEFT JOIN delivery_task t ON t.message_pk = m.id "
         "WHERE m.message_id = ? AND m.direction = 'out'",
         (message_id,),
     ).fetchone()
     if row is None:
         raise RetryRefused(f"no outgoing message {message_id!r}", unknown=True)
-    pk, status, state, expires, attempts, max_attempts = row
-    refusal = retry_refusal(message_id, status, state, _opt(expires), now)
+    pk, status, state, expires, attempts, max_attempts, last_error = row
+    refusal = retry_refusal(message_id, status, state, _opt(expires), now, last_error)
     if refusal is not None:
         raise RetryRefused(refusal)
     # At least one attempt left, so the claim sends rather than only ending the wait.
@@ -303,3 +310,45 @@ def retry_message(cur: Cursor, message_id: str, *, now: datetime) -> MessageSumm
         )
     (detail,) = message_detail(cur, message_id, Direction.OUT)
     return detail.summary
+
+
+def supersede(cur: Cursor, message_pk: int, message_id: str, new_id: str, *, now: datetime) -> bool:
+    """Retire our pending message ``message_id`` because ``new_id`` resends it.
+
+    Run in the transaction that queues ``new_id``, so the partner never gets
+    both: the task ends before its next attempt, the message becomes
+    DELIVERY_FAILED with the reason "superseded by resend <new id>", and the
+    back office gets a FAILED event saying so.  Returns False when there was
+    nothing to retire (delivered, failed or expired already).  Raises
+    :class:`RetryRefused` while an attempt is in flight: the original may be
+    on the wire right now, and the caller must not queue its double.
+    """
+    row = cur.execute(
+        "SELECT m.status, t.state FROM ebms_message m "
+        "LEFT JOIN delivery_task t ON t.message_pk = m.id WHERE m.id = ?",
+        (message_pk,),
+    ).fetchone()
+    if row is None or row[0] != OutboundStatus.CREATED or row[1] != "pending":
+        if row is not None and row[1] == "sending":
+            raise RetryRefused(f"message {message_id} is being sent right now; resend it later")
+        return False
+    reason = f"{SUPERSEDED} {new_id}"
+    # Guarded by the state: a worker that claimed the task meanwhile wins, and
+    # the resend is refused rather than sent beside it.
+    cur.execute(
+        "UPDATE delivery_task SET state = 'failed', locked_by = NULL, lease_until = NULL, "
+        "last_error = ?, updated_at = ? WHERE message_pk = ? AND state = 'pending'",
+        (reason, to_db(now), message_pk),
+    )
+    if cur.rowcount != 1:
+        raise RetryRefused(f"message {message_id} is being sent right now; resend it later")
+    if set_status(
+        cur,
+        message_pk,
+        OutboundStatus.DELIVERY_FAILED.value,
+        now=now,
+        reason=reason,
+        only_from=(OutboundStatus.CREATED.value,),
+    ):
+        add_event(cur, message_pk, message_id, EventType.FAILED, now=now, error_text=reason)
+    return True
