@@ -10,14 +10,17 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.error import ConnectionRefusedError as TxConnectionRefused
+from twisted.internet.threads import deferToThread
 
 from adapters.api.service import BackOffice
 from cpa.registry import CpaRegistry
+from gateway.config import ApiConfig
 from gateway.delivery import HttpResult
 from gateway.store.messages import Direction
 from gateway.store.queries import (
@@ -30,6 +33,7 @@ from gateway.store.queries import (
 )
 from tests.conftest import DIALECTS, NODE_OIN
 from tests.gateways import Pair, Side, gateway_config, store_url, wait_until
+from tests.test_api_rest import raw
 from tests.test_cli_msh import run
 from tests.test_delivery import harness  # noqa: F401 - the fixture
 
@@ -153,7 +157,8 @@ def _pair(
     pki: Path, make_spec, tmp_path: Path, dialect: str, interval: timedelta, retries: int = 2
 ) -> Pair:
     a = Side("a", gateway_config(pki, "gemeente-voorbeeld", tmp_path / "a",
-                                 store_url(dialect, tmp_path, "a")))  # fmt: skip
+                                 store_url(dialect, tmp_path, "a"),
+                                 api=ApiConfig(port=0, wait_timeout=10.0)))  # fmt: skip
     b = Side("b", gateway_config(pki, "ggk-rinis-test", tmp_path / "b",
                                  store_url(dialect, tmp_path, "b")))  # fmt: skip
     a.start()
@@ -272,3 +277,50 @@ async def test_resend_of_a_pending_message_retires_it(fast_pair: Pair) -> None:
     ) == [("FAILED", reason)]
     with pair.a.db.transaction() as cur, pytest.raises(RetryRefused, match="superseded"):
         retry_message(cur, queued.message_id, now=datetime.now(UTC))
+
+
+REST = "/service/rest/v19/ebms/messages"
+
+
+async def rest(pair: Pair, method: str, path: str) -> tuple[int, Any]:
+    assert pair.a.gateway is not None
+    port = pair.a.gateway.api_listening_port
+    status, headers, body = await deferToThread(raw, port, method, REST + path)
+    if headers.get("Content-Type") == "application/json":
+        return status, json.loads(body)
+    return status, body.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rest_list_and_retry(slow_pair: Pair) -> None:
+    pair = slow_pair
+    await pair.b.stop()
+    queued = await pair.send(correlation_id="rest-1")
+    port = pair.b.port
+    await wait_until(
+        lambda: pair.a.rows(
+            "SELECT 1 FROM delivery_attempt a JOIN delivery_task t ON t.id = a.task_id "
+            "JOIN ebms_message m ON m.id = t.message_pk WHERE m.message_id = ?",
+            queued.message_id,
+        ),
+        timeout=20,
+    )
+    status, page = await rest(pair, "GET", "?status=CREATED&direction=out&correlationId=rest-1")
+    assert status == 200
+    (row,) = page["messages"]
+    assert row["messageId"] == queued.message_id
+    assert row["lastError"] == f"connection refused by localhost:{port}"
+    assert "statusTime" in row and "expires" in row
+    status, page = await rest(pair, "GET", f"?partyId={NODE_OIN}&since=2999-01-01T00:00:00Z")
+    assert (status, page) == (200, {"messages": []})
+    for bad in ("?limit=0", "?limit=x", "?since=yesterday", "?direction=up"):
+        status, text = await rest(pair, "GET", bad)
+        assert status == 400 and "Traceback" not in text, bad
+
+    assert (await rest(pair, "POST", "/nothing@here/retry"))[0] == 404
+    pair.b.start()
+    status, retried = await rest(pair, "POST", f"/{queued.message_id}/retry")
+    assert status == 200 and retried["status"] == "CREATED" and retried["attemptsLeft"] == 2
+    await wait_until(lambda: pair.a.status(queued.message_id, "out") == "DELIVERED", timeout=15)
+    status, text = await rest(pair, "POST", f"/{queued.message_id}/retry")
+    assert status == 400 and "delivered already" in text

@@ -57,7 +57,14 @@ from gateway.store.messages import (
     load_attachments,
     task_for_message,
 )
-from gateway.store.queries import RetryRefused, supersede
+from gateway.store.queries import (
+    MessageQuery,
+    MessageSummary,
+    RetryRefused,
+    list_messages,
+    retry_message,
+    supersede,
+)
 from gateway.store.timeutil import utcnow
 
 log = logging.getLogger("dkgw.api")
@@ -468,6 +475,27 @@ class BackOffice:
             superseded="yes" if retired else None,
         )
         return queued.message_id
+
+    def list_messages(self, query: MessageQuery) -> list[MessageSummary]:
+        """Business messages matching ``query``, newest first (the operator's list)."""
+        try:
+            with self.db.transaction() as cur:
+                return list_messages(cur, query)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+
+    def retry_message(self, message_id: str) -> MessageSummary:
+        """Attempt our message now, same MessageId and bytes (:func:`retry_message`)."""
+        try:
+            with self.db.transaction() as cur:
+                summary = retry_message(cur, message_id, now=self.clock())
+        except RetryRefused as exc:
+            if exc.unknown:
+                raise NotFound(f"message {message_id} not found") from None
+            raise BadRequest(str(exc)) from None
+        _log("api-retry", message_id=message_id)
+        self.wake()
+        return summary
 
     def unprocessed_message_ids(self, flt: MessageFilter, max_nr: int | None) -> list[str]:
         """Ids of received messages not yet processed, oldest first."""

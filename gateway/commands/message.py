@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 from gateway.commands.common import fail, open_store
 from gateway.store.messages import Direction
@@ -18,11 +17,12 @@ from gateway.store.queries import (
     MAX_LIMIT,
     MessageDetail,
     MessageQuery,
-    MessageSummary,
     RetryRefused,
+    detail_json,
     list_messages,
     message_detail,
     retry_message,
+    summary_json,
 )
 from gateway.store.timeutil import utcnow
 
@@ -106,49 +106,6 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="seconds")
 
 
-def summary_json(s: MessageSummary) -> dict[str, Any]:
-    """A summary as JSON (the REST list returns the same fields)."""
-    return {
-        "messageId": s.message_id,
-        "direction": s.direction.value,
-        "status": s.status,
-        "statusTime": _iso(s.status_at),
-        "cpaId": s.cpa_id,
-        "fromPartyId": s.from_party,
-        "toPartyId": s.to_party,
-        "service": s.service,
-        "action": s.action,
-        "created": _iso(s.created_at),
-        "correlationId": s.correlation_id,
-        "attempts": s.attempts,
-        "attemptsLeft": s.attempts_left,
-        "nextAttempt": _iso(s.next_attempt_at),
-        "expires": _iso(s.expires_at),
-        "lastError": s.last_error,
-    }
-
-
-def detail_json(d: MessageDetail) -> dict[str, Any]:
-    """A message in full as JSON."""
-    return {
-        **summary_json(d.summary),
-        "conversationId": d.conversation_id,
-        "refToMessageId": d.ref_to_message_id,
-        "signals": [
-            {
-                "messageId": s.message_id,
-                "direction": s.direction.value,
-                "action": s.action,
-                "created": _iso(s.created_at),
-            }
-            for s in d.signals
-        ],
-        "history": [
-            {"status": h.status, "time": _iso(h.at), "reason": h.reason} for h in d.history
-        ],
-    }
-
-
 def _list(args: argparse.Namespace) -> int:
     query = MessageQuery(
         status=args.status,
@@ -161,11 +118,14 @@ def _list(args: argparse.Namespace) -> int:
         until=args.until,
         correlation_id=args.correlation_id,
         limit=args.limit,
-        offset=max(args.offset, 0),
+        offset=args.offset,
     )
     db = open_store(args)
-    with db.transaction() as cur:
-        rows = list_messages(cur, query)
+    try:
+        with db.transaction() as cur:
+            rows = list_messages(cur, query)
+    except ValueError as exc:
+        return fail(str(exc))
     if args.json:
         print(json.dumps({"messages": [summary_json(r) for r in rows]}, indent=2))
         return 0

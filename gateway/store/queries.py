@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from gateway.store.database import Cursor, Row
 from gateway.store.messages import Direction, EventType, OutboundStatus, add_event, set_status
@@ -22,16 +23,19 @@ from gateway.store.timeutil import from_db, to_db
 
 __all__ = [
     "MAX_LIMIT",
+    "MAX_OFFSET",
     "MessageDetail",
     "MessageQuery",
     "MessageSummary",
     "RetryRefused",
     "Signal",
     "StatusChange",
+    "detail_json",
     "list_messages",
     "message_detail",
     "retry_message",
     "retry_refusal",
+    "summary_json",
     "supersede",
 ]
 
@@ -40,6 +44,8 @@ SUPERSEDED = "superseded by resend"
 
 #: The most rows one page holds.
 MAX_LIMIT = 1000
+#: The largest offset a page may start at.
+MAX_OFFSET = 999_999_999
 
 
 @dataclass(frozen=True)
@@ -166,8 +172,8 @@ def list_messages(cur: Cursor, query: MessageQuery) -> list[MessageSummary]:
     """Business messages matching ``query``, newest first, one page."""
     if not 1 <= query.limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
-    if query.offset < 0:
-        raise ValueError("offset must not be negative")
+    if not 0 <= query.offset <= MAX_OFFSET:
+        raise ValueError(f"offset must be between 0 and {MAX_OFFSET}")
     where = ["m.status IS NOT NULL"]
     params: list[object] = []
     for column, value in (
@@ -352,3 +358,50 @@ def supersede(cur: Cursor, message_pk: int, message_id: str, new_id: str, *, now
     ):
         add_event(cur, message_pk, message_id, EventType.FAILED, now=now, error_text=reason)
     return True
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="seconds")
+
+
+def summary_json(s: MessageSummary) -> dict[str, Any]:
+    """A summary as JSON (the REST list returns the same fields)."""
+    return {
+        "messageId": s.message_id,
+        "direction": s.direction.value,
+        "status": s.status,
+        "statusTime": _iso(s.status_at),
+        "cpaId": s.cpa_id,
+        "fromPartyId": s.from_party,
+        "toPartyId": s.to_party,
+        "service": s.service,
+        "action": s.action,
+        "created": _iso(s.created_at),
+        "correlationId": s.correlation_id,
+        "attempts": s.attempts,
+        "attemptsLeft": s.attempts_left,
+        "nextAttempt": _iso(s.next_attempt_at),
+        "expires": _iso(s.expires_at),
+        "lastError": s.last_error,
+    }
+
+
+def detail_json(d: MessageDetail) -> dict[str, Any]:
+    """A message in full as JSON."""
+    return {
+        **summary_json(d.summary),
+        "conversationId": d.conversation_id,
+        "refToMessageId": d.ref_to_message_id,
+        "signals": [
+            {
+                "messageId": s.message_id,
+                "direction": s.direction.value,
+                "action": s.action,
+                "created": _iso(s.created_at),
+            }
+            for s in d.signals
+        ],
+        "history": [
+            {"status": h.status, "time": _iso(h.at), "reason": h.reason} for h in d.history
+        ],
+    }
