@@ -10,6 +10,7 @@ answers 503; the sentence is what :func:`describe_failure` or
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from gateway.http.client import EbmsClient, ReplyTooLarge
 from gateway.http.failures import NoResponse, describe_failure, describe_http
 from gateway.tls import ClientTlsPolicy, TlsVerificationError, server_context_factory
-from tests.conftest import load_cert
-from tests.gateways import free_port
+from tests.conftest import GEMEENTE_OIN, NODE_OIN, load_cert
+from tests.gateways import Pair, Side, free_port, gateway_config, store_url
+from tests.test_cli_msh import RM_FAST, run
 from tests.test_tls import GEMEENTE, GGK, identity, negative, root_and_intermediate
 
 URL = "https://partner.example:8443/ebms"
@@ -212,3 +214,34 @@ async def test_server_that_never_answers(pki: Path, listen: Listen) -> None:
 @pytest_twisted.ensureDeferred
 async def test_server_answering_503(pki: Path, listen: Listen) -> None:
     assert await sentence_of(node_client(pki), listen(503)) == "HTTP 503 from partner"
+
+
+# -- through the gateway: a Ping refused at the TLS layer --------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_refused_for_our_certificate_says_so(
+    pki: Path, make_spec, tmp_path: Path
+) -> None:
+    """The partner trusts another CA than ours: "Ping expired: partner rejected ...", not bare."""
+    a = Side("a", gateway_config(pki, "gemeente-voorbeeld", tmp_path / "a",
+                                 store_url("sqlite", tmp_path, "a")))  # fmt: skip
+    b_config = gateway_config(
+        pki, "ggk-rinis-test", tmp_path / "b", store_url("sqlite", tmp_path, "b")
+    )
+    foreign = replace(b_config.tls, trust_anchors=pki / "negative" / "foreign-ca.pem")
+    b = Side("b", replace(b_config, tls=foreign))
+    a.start()
+    b.start()
+    pair = Pair(a, b, "tls-cpa", make_spec, {"profile": "osb-rm", **RM_FAST})
+    pair.import_cpa()
+    try:
+        done = await run("--store", a.config.store, "ping", pair.cpa_id,
+                         "--from", GEMEENTE_OIN, "--to", NODE_OIN, "--timeout", "20")  # fmt: skip
+    finally:
+        await pair.stop()
+    assert done.returncode == 2, done.stderr
+    assert (
+        "Ping not delivered (Ping expired: partner rejected our client certificate "
+        "(TLS alert unknown_ca))"
+    ) in done.stdout
