@@ -245,3 +245,11 @@ async def test_ping_refused_for_our_certificate_says_so(
         "Ping not delivered (Ping expired: partner rejected our client certificate "
         "(TLS alert unknown_ca))"
     ) in done.stdout
+
+
+def test_an_undelivered_ping_is_reported_with_its_last_failure() -> None:
+    from gateway.monitor.pinger import ping_failure
+
+    sentence = "partner rejected our client certificate (TLS alert unknown_ca)"
+    assert ping_failure("expired", sentence) == f"Ping expired: {sentence}"
+    assert ping_failure("expired", None) == "Ping expired"
