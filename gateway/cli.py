@@ -24,6 +24,7 @@ from gateway.commands import api as api_commands
 from gateway.commands import check as check_commands
 from gateway.commands import cpa as cpa_commands
 from gateway.commands import demo as demo_commands
+from gateway.commands import message as message_commands
 from gateway.commands import msh as msh_commands
 from gateway.commands import status as status_commands
 from gateway.commands import stuf as stuf_commands
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cpa_commands.register(sub)
     msh_commands.register(sub)
+    message_commands.register(sub)
     check_commands.register(sub)
     demo_commands.register(sub)
     urlmap_commands.register(sub)

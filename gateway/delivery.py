@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from gateway.ebms.envelope import MAX_ENVELOPE_BYTES
 from gateway.ebms.mime import OutgoingPart, build_swa, parse_content_type
 from gateway.ebms.model import EB_NS, SOAP_NS
+from gateway.http.failures import describe_failure, describe_http
 from gateway.logfmt import log_event
 from gateway.msh.inbound import AckCheck, accept_sync_reply
 from gateway.store.database import Cursor, Database
@@ -48,6 +49,7 @@ from gateway.store.messages import (
     add_event,
     claim_due_tasks,
     finish_attempt,
+    last_task_error,
     load_attachments,
     message_by_pk,
     release_node_leases,
@@ -393,11 +395,16 @@ class DeliveryWorker:
         try:
             result = await self.post(outgoing.post_url, headers, outgoing.body, outgoing.pin)
         except Exception as exc:  # connection refused, TLS failure, timeout
+            # Stored, logged and shown as one plain sentence, never a repr.
             outcome, status = TaskOutcome.RETRY, None
-            error: str | None = f"{type(exc).__name__}: {exc}"[:500]
+            error: str | None = describe_failure(exc, outgoing.post_url)
         else:
             outcome, status = classify(result.status), result.status
-            error = None if outcome is TaskOutcome.DONE else f"HTTP {result.status}"
+            error = (
+                None
+                if outcome is TaskOutcome.DONE
+                else describe_http(result.status, result.content_type, result.body)
+            )
         fields = await self._record(outgoing, outcome, started, status, error, result)
         self._report(fields)
 
@@ -480,6 +487,9 @@ class DeliveryWorker:
                 error=error,
                 url=outgoing.post_url,
             )
+            if effective is TaskOutcome.EXPIRED and error is None:
+                # Expired after failed attempts: the last failure says why.
+                error = last_task_error(cur, outgoing.task.id)
             if outgoing.is_business and effective is not None:
                 self._settle(cur, message, effective, now, error)
         if effective is None and reply in ("delivered", "delivery-failed"):
@@ -514,11 +524,15 @@ class DeliveryWorker:
                 reason=error,
                 only_from=created,
             ):
-                add_event(cur, message.pk, message.message_id, EventType.FAILED, now=now)
+                add_event(
+                    cur, message.pk, message.message_id, EventType.FAILED, now=now, error_text=error
+                )
         elif outcome is TaskOutcome.EXPIRED and set_status(
             cur, message.pk, OutboundStatus.EXPIRED.value, now=now, reason=error, only_from=created
         ):
-            add_event(cur, message.pk, message.message_id, EventType.EXPIRED, now=now)
+            add_event(
+                cur, message.pk, message.message_id, EventType.EXPIRED, now=now, error_text=error
+            )
 
 
 def _fields(

@@ -30,6 +30,22 @@ def test_every_option_has_help_text() -> None:
     assert missing == []
 
 
+def test_the_message_subcommands_have_help_examples_and_config() -> None:
+    from gateway.commands.message import EXAMPLES as MESSAGE_EXAMPLES
+    from gateway.commands.message import SUBCOMMANDS, _subparser
+
+    assert set(MESSAGE_EXAMPLES) == set(SUBCOMMANDS)
+    for name in SUBCOMMANDS:
+        parser = _subparser(name)
+        assert all(a.help for a in parser._actions), name
+        assert "--config" in parser.format_help() and "examples:" in parser.format_help()
+        for line in MESSAGE_EXAMPLES[name]:
+            words = shlex.split(line)
+            assert words[:4] == ["dkgw", "--config", "/etc/dkgw/dkgw.toml", "message"]
+            assert words[4] == name
+            parser.parse_args(words[5:])
+
+
 def test_every_command_has_examples_that_parse_to_it() -> None:
     assert set(EXAMPLES) == set(LEAVES)
     for path, lines in EXAMPLES.items():

@@ -332,10 +332,10 @@ def test_best_effort_final_status_fails_without_another_attempt(harness) -> None
     assert h.status(queued.message_id) == "DELIVERY_FAILED"
     assert h.message_events(queued.message_id) == ["FAILED"]
     assert h.task(queued.message_id)[:2] == ("failed", 1)
-    assert h.attempts(queued.message_id) == [(1, 404, "failed", "HTTP 404")]
+    assert h.attempts(queued.message_id) == [(1, 404, "failed", "HTTP 404 from partner")]
     assert h.rows("SELECT status, reason FROM status_history ORDER BY status") == [
         ("CREATED", None),
-        ("DELIVERY_FAILED", "HTTP 404"),
+        ("DELIVERY_FAILED", "HTTP 404 from partner"),
     ]
     h.at(3600)
     assert len(h.post.posted) == 1
@@ -356,10 +356,19 @@ def test_best_effort_transport_failure_fails_without_retry(harness, answer: Answ
     assert h.message_events(queued.message_id) == ["FAILED"]
     ((attempt, status, outcome, error),) = h.attempts(queued.message_id)
     assert (attempt, outcome) == (1, "failed")
+    # The sentence is the status reason and the FAILED event's error text too.
+    assert h.rows(
+        "SELECT h.reason FROM status_history h JOIN ebms_message m ON m.id = h.message_pk "
+        "WHERE m.message_id = ? AND h.status = 'DELIVERY_FAILED'",
+        queued.message_id,
+    ) == [(error,)]
+    assert h.rows(
+        "SELECT error_text FROM message_event WHERE message_id = ?", queued.message_id
+    ) == [(error,)]
     if isinstance(answer, Exception):
-        assert status is None and error.startswith("ConnectionRefusedError: ")
+        assert (status, error) == (None, "connection refused by localhost:18444")
     else:
-        assert (status, error) == (503, "HTTP 503")
+        assert (status, error) == (503, "HTTP 503 from partner")
     for seconds in (10, 60, 3600, 86400):
         h.at(seconds)
     assert len(h.post.posted) == 1
@@ -397,8 +406,10 @@ def test_reliable_retries_transient_failures_every_retry_interval(harness) -> No
     assert len(h.post.posted) == 3
     assert h.status(queued.message_id) == "CREATED"
     rows = h.attempts(queued.message_id)
-    assert rows[0] == (1, 503, "retry", "HTTP 503")
-    assert rows[1][:3] == (2, None, "retry") and rows[1][3].startswith("ConnectionRefusedError")
+    assert rows[0] == (1, 503, "retry", "HTTP 503 from partner")
+    assert rows[1][:3] == (2, None, "retry") and rows[1][3] == (
+        "connection refused by localhost:18444"
+    )
     assert rows[2] == (3, 204, "retry", None)
     assert h.rows("SELECT DISTINCT node, url FROM delivery_attempt") == [("n1", URL)]
     assert h.task(queued.message_id) == ("pending", 3, T0 + 3 * INTERVAL)
@@ -415,7 +426,7 @@ def test_reliable_final_status_fails_at_once(harness) -> None:
     assert len(h.post.posted) == 1
     assert h.status(queued.message_id) == "DELIVERY_FAILED"
     assert h.message_events(queued.message_id) == ["FAILED"]
-    assert h.attempts(queued.message_id) == [(1, 403, "failed", "HTTP 403")]
+    assert h.attempts(queued.message_id) == [(1, 403, "failed", "HTTP 403 from partner")]
 
 
 def test_resend_is_byte_identical_multipart(harness) -> None:
@@ -656,6 +667,14 @@ def test_ping_gets_one_attempt_only(harness, answer: Answer) -> None:
         (1, "retry"),
         (2, "expired"),
     ]
+    # The expiry keeps the failure of the attempt before it: why the Ping expired.
+    ((last_error,),) = h.rows(
+        "SELECT t.last_error FROM delivery_task t JOIN ebms_message m ON m.id = t.message_pk "
+        "WHERE m.message_id = ?",
+        queued.message_id,
+    )
+    assert last_error == h.attempts(queued.message_id)[0][3]
+    assert last_error in ("HTTP 503 from partner", "connection refused by localhost:18444")
 
 
 def test_ping_delivered(harness) -> None:

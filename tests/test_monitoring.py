@@ -196,6 +196,16 @@ def test_a_pong_makes_the_link_up_with_its_round_trip(schedule: Schedule) -> Non
     assert 54.0 <= delay <= 66.0
 
 
+def test_an_expired_ping_is_down_with_its_last_failure(schedule: Schedule) -> None:
+    ping_id = _first_ping(schedule)
+    refused = "partner rejected our client certificate (TLS alert unknown_ca)"
+    schedule.attempt(ping_id, state="expired", error=refused)
+    (verdict,) = schedule.tick(after=0.2).verdicts
+    assert (verdict.outcome, verdict.reason) == ("down", f"Ping expired: {refused}")
+    (link,) = schedule.links()
+    assert link.last_reason == f"Ping expired: {refused}"
+
+
 def test_an_undeliverable_ping_makes_the_link_down_and_failures_count(
     schedule: Schedule,
 ) -> None:

@@ -126,6 +126,51 @@ SCHEMAS: dict[str, Any] = {
             "errorText": {"type": "string", "description": "FAILED: its text"},
         },
     },
+    "MessageSummary": {
+        "type": "object",
+        "description": "A message as the operator's list shows it; absent fields are unknown "
+        "or do not apply (no payload content)",
+        "required": [
+            "messageId",
+            "direction",
+            "cpaId",
+            "fromPartyId",
+            "toPartyId",
+            "service",
+            "action",
+            "created",
+            "attempts",
+            "attemptsLeft",
+        ],
+        "properties": {
+            "messageId": {"type": "string"},
+            "direction": {"type": "string", "enum": ["in", "out"]},
+            "status": {"type": "string"},
+            "statusTime": {"type": "string", "format": "date-time"},
+            "cpaId": {"type": "string"},
+            "fromPartyId": {"type": "string"},
+            "toPartyId": {"type": "string"},
+            "service": {"type": "string"},
+            "action": {"type": "string"},
+            "created": {"type": "string", "format": "date-time"},
+            "correlationId": {"type": "string"},
+            "attempts": {"type": "integer", "minimum": 0},
+            "attemptsLeft": {"type": "integer", "minimum": 0},
+            "nextAttempt": {"type": "string", "format": "date-time"},
+            "expires": {"type": "string", "format": "date-time"},
+            "lastError": {
+                "type": "string",
+                "description": "the last delivery failure in one sentence",
+            },
+        },
+    },
+    "MessageList": {
+        "type": "object",
+        "required": ["messages"],
+        "properties": {
+            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/MessageSummary"}}
+        },
+    },
     "URLMapping": {
         "type": "object",
         "required": ["source", "destination"],
@@ -307,6 +352,31 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         ],
         "requestBody": _json_body(_ref("MessageRequest")),
         "responses": _answers(_OK_TEXT, 400),
+    },
+    "listMessages": {
+        "summary": "Business messages, newest first, one page (the operator's list)",
+        "parameters": [
+            _query("status", {"type": "string"}, "CREATED, DELIVERED, DELIVERY_FAILED, ..."),
+            _query("direction", {"type": "string", "enum": ["in", "out"]}),
+            _query("cpaId", {"type": "string"}),
+            _query("partyId", {"type": "string"}, "sender or receiver"),
+            _query("service", {"type": "string"}),
+            _query("action", {"type": "string"}),
+            _query("since", {"type": "string", "format": "date-time"}, "stored at or after"),
+            _query("until", {"type": "string", "format": "date-time"}, "stored before"),
+            _query("correlationId", {"type": "string"}),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "default 100"),
+            _query("offset", {"type": "integer", "minimum": 0, "maximum": 999999999}),
+        ],
+        "responses": _answers(_json_answer(_ref("MessageList"), "the page"), 400),
+    },
+    "retryMessage": {
+        "summary": "Attempt an outgoing message now, same MessageId and bytes, while its "
+        "TimeToLive lasts",
+        "parameters": [_path("messageId")],
+        "responses": _answers(
+            _json_answer(_ref("MessageSummary"), "the message, due now"), 400, 404
+        ),
     },
     "getUnprocessedMessageIds": {
         "summary": "Ids of received messages not yet processed, oldest first",

@@ -45,6 +45,8 @@ from adapters.api.service import (
 )
 from gateway.logfmt import log_event
 from gateway.store.backoffice import MessageFilter
+from gateway.store.messages import Direction
+from gateway.store.queries import MAX_LIMIT, MAX_OFFSET, MessageQuery, summary_json
 
 log = logging.getLogger("dkgw.api")
 
@@ -351,6 +353,53 @@ def _resend_message(bo: BackOffice, call: Call) -> Reply:
     return _text(bo.resend_message(call.params["messageId"]))
 
 
+def _time_param(call: Call, name: str) -> datetime | None:
+    value = call.one(name)
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a date-time (2026-01-31T12:00:00Z)") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _int_param(call: Call, name: str, default: int, low: int, high: int) -> int:
+    value = call.one(name)
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}")
+    return int(value)
+
+
+def _list_messages(bo: BackOffice, call: Call) -> Reply:
+    # Not an ebms-core operation: the operator's list of messages (docs/operations.md).
+    direction = call.one("direction") or None
+    if direction not in (None, "in", "out"):
+        raise BadRequest("direction must be in or out")
+    query = MessageQuery(
+        status=call.one("status") or None,
+        direction=Direction(direction) if direction else None,
+        cpa_id=call.one("cpaId") or None,
+        party=call.one("partyId") or None,
+        service=call.one("service") or None,
+        action=call.one("action") or None,
+        since=_time_param(call, "since"),
+        until=_time_param(call, "until"),
+        correlation_id=call.one("correlationId") or None,
+        limit=_int_param(call, "limit", 100, 1, MAX_LIMIT),
+        offset=_int_param(call, "offset", 0, 0, MAX_OFFSET),
+    )
+    rows = bo.list_messages(query)
+    return _json({"messages": [_omit_none(summary_json(r)) for r in rows]})
+
+
+def _retry_message(bo: BackOffice, call: Call) -> Reply:
+    # Not an ebms-core operation: attempt now, same MessageId and bytes.
+    return _json(_omit_none(summary_json(bo.retry_message(call.params["messageId"]))))
+
+
 def _unprocessed_ids(bo: BackOffice, call: Call) -> Reply:
     return _json(bo.unprocessed_message_ids(call.filter(), call.max_nr()))
 
@@ -456,7 +505,9 @@ ROUTES: tuple[Route, ...] = (
         async_handler=_ping,
     ),
     Route("POST", "/ebms/messages", "sendMessage", _send_message),
+    Route("GET", "/ebms/messages", "listMessages", _list_messages),
     Route("GET", "/ebms/messages/unprocessed", "getUnprocessedMessageIds", _unprocessed_ids),
+    Route("POST", "/ebms/messages/{messageId}/retry", "retryMessage", _retry_message),
     Route("PUT", "/ebms/messages/{messageId}", "resendMessage", _resend_message),
     Route("GET", "/ebms/messages/{messageId}", "getMessage", _get_message),
     Route("PATCH", "/ebms/messages/{messageId}", "processMessage", _process_message),

@@ -31,6 +31,7 @@ from cpa.registry import CpaExists, CpaInvalid, CpaNotFound, CpaRegistry
 from gateway.logfmt import log_event
 from gateway.msh.outbound import (
     Payload,
+    Queued,
     SendError,
     queue_message,
     queue_ping,
@@ -55,6 +56,14 @@ from gateway.store.messages import (
     find_message,
     load_attachments,
     task_for_message,
+)
+from gateway.store.queries import (
+    MessageQuery,
+    MessageSummary,
+    RetryRefused,
+    list_messages,
+    retry_message,
+    supersede,
 )
 from gateway.store.timeutil import utcnow
 
@@ -339,6 +348,26 @@ class BackOffice:
 
     def send_message(self, request: MessageRequest, *, correlation_id: str | None = None) -> str:
         """Store a message with its delivery task; returns its message id."""
+        with self.db.transaction() as cur:
+            queued = self._queue(cur, request, correlation_id)
+        self._sent(request, queued)
+        return queued.message_id
+
+    def _sent(self, request: MessageRequest, queued: Queued) -> None:
+        props = request.properties
+        _log(
+            "api-send",
+            message_id=queued.message_id,
+            cpa=props.cpa_id,
+            service=props.service,
+            action=props.action,
+            parts=str(len(request.data_sources)),
+            bytes=str(sum(len(ds.content) for ds in request.data_sources)),
+        )
+        self.wake()
+
+    def _queue(self, cur: Cursor, request: MessageRequest, correlation_id: str | None) -> Queued:
+        """Check a message request and store it with its delivery task, in ``cur``."""
         props = request.properties
         for name in ("cpa_id", "from_party_id", "service", "action"):
             if not getattr(props, name):
@@ -350,98 +379,123 @@ class BackOffice:
             if not ds.content_type:
                 raise BadRequest(f"dataSources[{n}].contentType is required")
             payloads.append(Payload(ds.content, ds.content_type, ds.name, ds.content_id))
-        with self.db.transaction() as cur:
-            cpa = self._cpa(cur, props.cpa_id, bad=True)
-            service = service_of(cpa, props.service)
-            from_party, from_info = _party(cpa, props.from_party_id, "fromPartyId")
-            from_role = props.from_role or from_info.role_for(service, props.action, sends=True)
-            if from_role is None:
-                raise BadRequest(
-                    f"party {props.from_party_id} cannot send {props.service} {props.action}"
-                )
-            if props.to_party_id:
-                to_party, to_info = _party(cpa, props.to_party_id, "toPartyId")
-            else:
-                to_info = cpa.other_party(from_info)
-                to_party = to_info.party_ids[0]
-            to_role = props.to_role or to_info.role_for(service, props.action, sends=False)
-            if to_role is None:
-                raise BadRequest(
-                    f"party {to_party.key()} cannot receive {props.service} {props.action}"
-                )
-            if props.message_id and find_message(cur, props.message_id, Direction.OUT):
-                raise BadRequest(f"message {props.message_id} already exists")
-            try:
-                queued = queue_message(
-                    cur,
-                    self.registry,
-                    cpa_id=props.cpa_id,
-                    from_party=from_party,
-                    from_role=from_role,
-                    to_party=to_party,
-                    to_role=to_role,
-                    service=service,
-                    action=props.action,
-                    payloads=payloads,
-                    conversation_id=props.conversation_id,
-                    message_id=props.message_id,
-                    ref_to_message_id=props.ref_to_message_id,
-                    correlation_id=correlation_id,
-                    clock=self.clock,
-                    security=self.security,
-                )
-            except SendError as exc:
-                raise BadRequest(str(exc)) from None
-        _log(
-            "api-send",
-            message_id=queued.message_id,
-            cpa=props.cpa_id,
-            service=props.service,
-            action=props.action,
-            parts=str(len(payloads)),
-            bytes=str(sum(len(ds.content) for ds in request.data_sources)),
-        )
-        self.wake()
-        return queued.message_id
+        cpa = self._cpa(cur, props.cpa_id, bad=True)
+        service = service_of(cpa, props.service)
+        from_party, from_info = _party(cpa, props.from_party_id, "fromPartyId")
+        from_role = props.from_role or from_info.role_for(service, props.action, sends=True)
+        if from_role is None:
+            raise BadRequest(
+                f"party {props.from_party_id} cannot send {props.service} {props.action}"
+            )
+        if props.to_party_id:
+            to_party, to_info = _party(cpa, props.to_party_id, "toPartyId")
+        else:
+            to_info = cpa.other_party(from_info)
+            to_party = to_info.party_ids[0]
+        to_role = props.to_role or to_info.role_for(service, props.action, sends=False)
+        if to_role is None:
+            raise BadRequest(
+                f"party {to_party.key()} cannot receive {props.service} {props.action}"
+            )
+        if props.message_id and find_message(cur, props.message_id, Direction.OUT):
+            raise BadRequest(f"message {props.message_id} already exists")
+        try:
+            queued = queue_message(
+                cur,
+                self.registry,
+                cpa_id=props.cpa_id,
+                from_party=from_party,
+                from_role=from_role,
+                to_party=to_party,
+                to_role=to_role,
+                service=service,
+                action=props.action,
+                payloads=payloads,
+                conversation_id=props.conversation_id,
+                message_id=props.message_id,
+                ref_to_message_id=props.ref_to_message_id,
+                correlation_id=correlation_id,
+                clock=self.clock,
+                security=self.security,
+            )
+        except SendError as exc:
+            raise BadRequest(str(exc)) from None
+        return queued
 
     def resend_message(self, message_id: str) -> str:
         """Send a stored outbound message again as a new message; returns the new id.
 
-        The payloads of an encrypted message are stored as sent (encrypted for
-        the receiver), so such a message cannot be resent from the store: the
-        back office sends it anew instead.
+        A message still pending is retired in the same transaction that queues
+        the new one (:func:`gateway.store.queries.supersede`), so the partner
+        never gets both; while an attempt of it is in flight the resend is
+        refused.  The payloads of an encrypted message are stored as sent
+        (encrypted for the receiver), so such a message cannot be resent from
+        the store: the back office sends it anew instead.
         """
         with self.db.transaction() as cur:
             original = find_message(cur, message_id, Direction.OUT)
             if original is None or original.service == MSH_SERVICE:
                 raise NotFound(f"message {message_id} not found")
             parts = load_attachments(cur, original.pk)
-        try:
-            if any(b"EncryptedData" in p.head(4096) for p in parts if _is_xml(p.content_type)):
-                raise BadRequest(
-                    f"message {message_id} was encrypted for its receiver; "
-                    "its plaintext is not kept, send it anew"
+            try:
+                if any(b"EncryptedData" in p.head(4096) for p in parts if _is_xml(p.content_type)):
+                    raise BadRequest(
+                        f"message {message_id} was encrypted for its receiver; "
+                        "its plaintext is not kept, send it anew"
+                    )
+                request = MessageRequest(
+                    MessageRequestProperties(
+                        cpa_id=original.cpa_id,
+                        from_party_id=original.from_party,
+                        from_role=original.from_role,
+                        to_party_id=original.to_party,
+                        to_role=original.to_role,
+                        service=original.service,
+                        action=original.action,
+                        conversation_id=original.conversation_id,
+                        ref_to_message_id=original.ref_to_message_id,
+                    ),
+                    tuple(DataSource(p.content_type, p.data(), p.filename) for p in parts),
                 )
-            request = MessageRequest(
-                MessageRequestProperties(
-                    cpa_id=original.cpa_id,
-                    from_party_id=original.from_party,
-                    from_role=original.from_role,
-                    to_party_id=original.to_party,
-                    to_role=original.to_role,
-                    service=original.service,
-                    action=original.action,
-                    conversation_id=original.conversation_id,
-                    ref_to_message_id=original.ref_to_message_id,
-                ),
-                tuple(DataSource(p.content_type, p.data(), p.filename) for p in parts),
-            )
-        finally:
-            for p in parts:
-                p.close()
-        new_id = self.send_message(request, correlation_id=original.correlation_id)
-        _log("api-resend", message_id=new_id, original=message_id)
-        return new_id
+            finally:
+                for p in parts:
+                    p.close()
+            queued = self._queue(cur, request, original.correlation_id)
+            try:
+                retired = supersede(
+                    cur, original.pk, message_id, queued.message_id, now=self.clock()
+                )
+            except RetryRefused as exc:
+                raise BadRequest(str(exc)) from None
+        self._sent(request, queued)
+        _log(
+            "api-resend",
+            message_id=queued.message_id,
+            original=message_id,
+            superseded="yes" if retired else None,
+        )
+        return queued.message_id
+
+    def list_messages(self, query: MessageQuery) -> list[MessageSummary]:
+        """Business messages matching ``query``, newest first (the operator's list)."""
+        try:
+            with self.db.transaction() as cur:
+                return list_messages(cur, query)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+
+    def retry_message(self, message_id: str) -> MessageSummary:
+        """Attempt our message now, same MessageId and bytes (:func:`retry_message`)."""
+        try:
+            with self.db.transaction() as cur:
+                summary = retry_message(cur, message_id, now=self.clock())
+        except RetryRefused as exc:
+            if exc.unknown:
+                raise NotFound(f"message {message_id} not found") from None
+            raise BadRequest(str(exc)) from None
+        _log("api-retry", message_id=message_id)
+        self.wake()
+        return summary
 
     def unprocessed_message_ids(self, flt: MessageFilter, max_nr: int | None) -> list[str]:
         """Ids of received messages not yet processed, oldest first."""

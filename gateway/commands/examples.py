@@ -38,6 +38,9 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
         "--service urn:osb:services:GGK:iWmo:3.2 --action WMO301 --file bericht.xml",
     ),
     ("message",): (
+        "dkgw --config /etc/dkgw/dkgw.toml message list --status DELIVERY_FAILED",
+        "dkgw --config /etc/dkgw/dkgw.toml message show 1f0c…@gemeente-voorbeeld",
+        "dkgw --config /etc/dkgw/dkgw.toml message retry 1f0c…@gemeente-voorbeeld",
         "dkgw --config /etc/dkgw/dkgw.toml message 1f0c…@gemeente-voorbeeld --direction out",
     ),
     ("check", "ping"): ("dkgw --config /etc/dkgw/dkgw.toml check ping --all",),

@@ -21,6 +21,7 @@ from gateway.commands.common import config_of, fail, open_store
 from gateway.config import ConfigError, load_config
 from gateway.errors import StartupError, describe
 from gateway.logfmt import configure_logging
+from gateway.monitor.pinger import ping_failure
 from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
 from gateway.msh.security import MessageSecurity
 from gateway.store.database import Cursor, Database, Row
@@ -80,15 +81,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(handler=cmd_send)
 
-    p = sub.add_parser("message", help="show a message's status")
-    p.add_argument("message_id", help="the ebMS MessageId")
-    p.add_argument(
-        "--direction",
-        choices=("in", "out"),
-        default=None,
-        help="received or sent (default either)",
-    )
-    p.set_defaults(handler=cmd_message)
+    # ``dkgw message`` (list, show, retry, and the bare ``dkgw message ID`` that
+    # cmd_message answers) is registered by gateway.commands.message.
 
 
 def _service(value: str) -> Service:
@@ -182,7 +176,7 @@ def _wait_for_pong(db: Database, ping_id: str, timeout: float) -> tuple[int, str
         if row is not None:
             return 0, f"Pong {row[0]}"
         if state is not None and state[0] in ("failed", "expired"):
-            return EXIT_NO_ANSWER, f"Ping not delivered: {state[2] or state[0]}"
+            return EXIT_NO_ANSWER, f"Ping not delivered ({ping_failure(state[0], state[2])})"
         time.sleep(0.1)
     return EXIT_NO_ANSWER, f"no Pong within {timeout:g} s"
 

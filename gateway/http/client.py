@@ -16,13 +16,20 @@ from typing import Any
 import treq
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.internet.defer import Deferred
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 
 from cpa.model import PartyId
 from cpa.registry import CpaRegistry
 from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult
+from gateway.http.failures import NoResponse
 from gateway.store.database import Cursor
 from gateway.store.messages import StoredMessage
 from gateway.tls import ClientTlsPolicy
@@ -103,7 +110,22 @@ class EbmsClient:
         A file body is sent from where it stands in 64 KiB reads, with its
         length as Content-Length, and is closed once sent.
         """
-        return Deferred.fromCoroutine(self._post(url, headers, body, pin))
+        return Deferred.fromCoroutine(self._post_or_timeout(url, headers, body, pin))
+
+    async def _post_or_timeout(
+        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
+    ) -> HttpResult:
+        # treq's timeout cancels the request; the cancellation surfaces as a bare
+        # CancelledError, or wrapped in ResponseNeverReceived.  Only that timeout
+        # cancels it, so either means the partner did not answer in time.
+        try:
+            return await self._post(url, headers, body, pin)
+        except CancelledError:
+            raise NoResponse(self.read_timeout) from None
+        except (ResponseNeverReceived, ResponseFailed) as exc:
+            if any(r.check(CancelledError) for r in exc.reasons):
+                raise NoResponse(self.read_timeout) from None
+            raise
 
     async def _post(
         self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None

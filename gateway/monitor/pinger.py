@@ -126,6 +126,11 @@ class LinkPlanner:
         return keys
 
 
+def ping_failure(task_state: str, last_error: str | None) -> str:
+    """What a Ping that was not delivered is reported as: its end and its last failure."""
+    return f"Ping {task_state}: {last_error}" if last_error else f"Ping {task_state}"
+
+
 def _next_due(now: datetime, settings: PingSettings, rng: random.Random) -> datetime:
     stretch = 1.0 + rng.uniform(-settings.jitter, settings.jitter)
     return now + timedelta(seconds=settings.interval * stretch)
@@ -145,7 +150,9 @@ def _verdict_for(
     if found.task_state is None:
         return "down", None, "the Ping is no longer in the store"
     if found.task_state in ("failed", "expired"):
-        return "down", None, found.last_error or f"Ping {found.task_state}"
+        # "Ping expired: partner rejected our client certificate (...)": the last
+        # attempt's failure says why, not only that the Ping ran out of time.
+        return "down", None, ping_failure(found.task_state, found.last_error)
     if (now - queued_at).total_seconds() > timeout:
         if found.task_state == "done":
             return "down", None, f"no Pong within {timeout:g} s"

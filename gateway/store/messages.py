@@ -49,6 +49,7 @@ __all__ = [
     "finish_attempt",
     "insert_message",
     "insert_task",
+    "last_task_error",
     "load_attachments",
     "message_by_pk",
     "release_node_leases",
@@ -672,6 +673,9 @@ def finish_attempt(
         if task.expires_at is not None and now >= task.expires_at:
             effective = TaskOutcome.EXPIRED
     state = "pending" if effective is TaskOutcome.RETRY else effective.value
+    # An expiry without an error of its own keeps the last failure: "why did
+    # this Ping expire" is answered by the attempt before it.
+    keep = effective is TaskOutcome.EXPIRED and error is None
     cur.execute(
         "INSERT INTO delivery_attempt (task_id, attempt, node, url, started_at, finished_at, "
         "http_status, outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -689,8 +693,9 @@ def finish_attempt(
     )
     cur.execute(
         "UPDATE delivery_task SET state = ?, next_attempt_at = ?, locked_by = NULL, "
-        "lease_until = NULL, last_error = ?, updated_at = ? "
-        "WHERE id = ? AND locked_by = ? AND state = 'sending'",
+        "lease_until = NULL, last_error = "
+        + ("COALESCE(?, last_error)" if keep else "?")
+        + ", updated_at = ? WHERE id = ? AND locked_by = ? AND state = 'sending'",
         (
             state,
             to_db(next_attempt_at)
@@ -718,6 +723,12 @@ def release_task(cur: Cursor, message_pk: int, state: TaskOutcome, *, now: datet
         (state.value, to_db(now), message_pk),
     )
     return cur.rowcount == 1
+
+
+def last_task_error(cur: Cursor, task_id: int) -> str | None:
+    """The failure sentence of a task's last failed attempt, if any."""
+    row = cur.execute("SELECT last_error FROM delivery_task WHERE id = ?", (task_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 def task_for_message(cur: Cursor, message_pk: int) -> tuple[str, int, str | None] | None:
