@@ -59,6 +59,7 @@ from adapters.upload import (
     process_upload,
     read_upload,
 )
+from gateway.commands import ops as ops_commands
 from gateway.commands.common import fail, open_store, open_store_at
 from gateway.config import ConfigError, load_config
 from gateway.store.database import Database
@@ -375,8 +376,13 @@ def cmd_purge(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return fail(str(exc))
     try:
+        settings = ops_commands.retention_settings(args)
         with db.transaction() as cur:
             counts = purge(cur, utcnow(), args.read_after, args.max_age, dry_run=args.dry_run)
+        # Then the ebMS messages, events, webhook and file-drop history (docs/operations.md).
+        lines = ops_commands.run_purge(db, settings, dry_run=args.dry_run)
+    except ConfigError as exc:
+        return fail(str(exc))
     finally:
         db.close()
     verb = "would purge" if args.dry_run else "purged"
@@ -386,6 +392,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
         f"{counts.expired} older than {_hours(args.max_age)}) "
         f"and {counts.batches} batch{'' if counts.batches == 1 else 'es'}"
     )
+    for line in lines:
+        print(line)
     return 0
 
 

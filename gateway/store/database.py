@@ -325,6 +325,20 @@ class Database:
             if writer is not None:
                 writer.release()
 
+    def vacuum(self) -> None:
+        """Rewrite a SQLite store to give free pages back to the file system (``VACUUM``).
+
+        VACUUM cannot run inside a transaction; it takes the write lock like one.
+        A no-op on PostgreSQL, whose autovacuum does this.
+        """
+        if getattr(self._local, "active", False):
+            raise StoreError("VACUUM cannot run inside a transaction")
+        conn = self._connection()
+        if not isinstance(conn, sqlite3.Connection):
+            return
+        with self._writer:
+            conn.execute("VACUUM")
+
     def close(self) -> None:
         """Close every connection this store opened, in any thread; it cannot be reused.
 

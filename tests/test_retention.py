@@ -1,0 +1,217 @@
+"""Retention (gateway/store/retention.py) on a fake clock, on both store dialects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cpa.registry import CpaRegistry
+from gateway.ebms.envelope import parse_envelope
+from gateway.msh.inbound import InboundProcessor, InboundRequest
+from gateway.store.backoffice import process_message
+from gateway.store.database import Database
+from gateway.store.messages import (
+    CHUNK_BYTES,
+    AttachmentRecord,
+    Direction,
+    EventType,
+    MessageRecord,
+    TaskOutcome,
+    add_event,
+    find_message,
+    insert_message,
+    insert_task,
+    release_task,
+    set_status,
+)
+from gateway.store.migrate import apply_migrations
+from gateway.store.retention import RetentionSettings, purge, reclaim_space, store_bytes
+from gateway.store.timeutil import to_db, utcnow
+from tests.conftest import load_cert
+from tests.messages import render
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+SETTINGS = RetentionSettings(messages_days=30, webhook_days=7, filedrop_days=30, batch_size=3)
+
+
+@pytest.fixture
+def db(store: Database) -> Database:
+    apply_migrations(store)
+    return store
+
+
+def _message(
+    db: Database,
+    message_id: str,
+    direction: Direction,
+    status: str | None,
+    *,
+    at: datetime = T0,
+    persist_until: datetime | None = None,
+    ref: str | None = None,
+    payload: bytes = b"",
+    task: str | None = None,
+) -> int:
+    """A message (or a signal, status None) that reached ``status`` at ``at``."""
+    rec = MessageRecord(
+        message_id=message_id,
+        direction=direction,
+        cpa_id="cpa",
+        conversation_id="c1",
+        from_party="urn:osb:oin:1",
+        to_party="urn:osb:oin:2",
+        service="urn:osb:services:GGK:iWmo:3.2",
+        action="WMO301" if status else "Acknowledgment",
+        sent_at=at,
+        content_type="text/xml",
+        envelope=b"<Envelope>" + message_id.encode() + b"</Envelope>",
+        ref_to_message_id=ref,
+        persist_until=persist_until,
+        status=status,
+    )
+    parts = (AttachmentRecord("p@gw", "application/xml", payload),) if payload else ()
+    with db.transaction() as cur:
+        pk = insert_message(cur, rec, parts, now=at)
+        if task is not None:
+            insert_task(cur, pk, "https://partner/ebms", now=at)
+            if task != "pending":
+                release_task(cur, pk, TaskOutcome(task), now=at)
+        if status:
+            add_event(cur, pk, message_id, EventType.RECEIVED, now=at)
+    return pk
+
+
+def _ids(db: Database) -> set[str]:
+    with db.transaction() as cur:
+        return {r[0] for r in cur.execute("SELECT message_id FROM ebms_message").fetchall()}
+
+
+def _count(db: Database, table: str) -> int:
+    with db.transaction() as cur:
+        row = cur.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_exactly_the_finished_rows_outside_every_window_go(db: Database) -> None:
+    old, young = T0, T0 + 20 * DAY
+    now = T0 + 40 * DAY  # old ones are 40 days final, young ones 20
+    big = bytes(range(256)) * (CHUNK_BYTES // 256 + 10)  # chunked: over 1 MiB
+    _message(db, "out-delivered", Direction.OUT, "DELIVERED", at=old, task="done")
+    _message(db, "out-failed", Direction.OUT, "DELIVERY_FAILED", at=old, task="failed")
+    _message(db, "out-expired-young", Direction.OUT, "EXPIRED", at=young, task="expired")
+    _message(db, "out-created", Direction.OUT, "CREATED", at=old, task="pending")
+    _message(db, "in-received", Direction.IN, "RECEIVED", at=old)  # back office has not
+    _message(db, "in-processed", Direction.IN, "PROCESSED", at=old, payload=big,
+             persist_until=old + DAY)  # fmt: skip
+    _message(db, "ack-of-processed", Direction.OUT, None, at=old, ref="in-processed")
+    _message(db, "in-window", Direction.IN, "PROCESSED", at=old, persist_until=now + DAY)
+    _message(db, "ack-of-window", Direction.OUT, None, at=old, ref="in-window")
+    _message(db, "in-failed", Direction.IN, "FAILED", at=old, payload=b"<x/>")
+    _message(db, "pong-orphan", Direction.IN, None, at=old, ref="ping-long-gone")
+    _message(db, "ack-sending", Direction.OUT, None, at=old, task="pending")
+    with db.transaction() as cur:
+        # A webhook has looked at no event of "out-unpushed" yet.
+        cur.execute(
+            "INSERT INTO webhook_cursor (name, last_event_id, created_at, updated_at) "
+            "SELECT 'hook', MAX(id), ?, ? FROM message_event",
+            (to_db(old), to_db(old)),
+        )
+    _message(db, "out-unpushed", Direction.OUT, "DELIVERED", at=old, task="done")
+    with db.transaction() as cur:
+        for n, (state, at) in enumerate([("done", old), ("failed", old), ("pending", old),
+                                         ("done", now - DAY)]):  # fmt: skip
+            cur.execute(
+                "INSERT INTO webhook_delivery (webhook, event_id, message_id, event_type, state, "
+                "next_attempt_at, created_at, updated_at) VALUES ('hook', ?, 'm', 'RECEIVED', ?, "
+                "?, ?, ?)",
+                (n, state, to_db(at), to_db(at), to_db(at)),
+            )
+        for n, state in enumerate(["sent", "failed", "queued"]):
+            cur.execute(
+                "INSERT INTO filedrop_item (exchange, token, file_name, size, state, created_at, "
+                "updated_at) VALUES ('x', ?, 'f.xml', 1, ?, ?, ?)",
+                (f"t{n}", state, to_db(old), to_db(old)),
+            )
+    everything = _ids(db)
+    with db.transaction() as cur:
+        before = store_bytes(cur)
+
+    dry = purge(db, now, SETTINGS, dry_run=True)
+    assert _ids(db) == everything
+    gone = {"out-delivered", "out-failed", "in-processed", "ack-of-processed", "in-failed",
+            "pong-orphan"}  # fmt: skip
+    assert dry.rows["messages"] == 4 and dry.rows["signals"] == 2
+    report = purge(db, now, SETTINGS)
+    assert report.rows == dry.rows and report.bytes == dry.bytes
+    assert _ids(db) == everything - gone
+    assert report.rows["payloads"] == 2 and report.rows["payload_chunks"] == 2
+    assert report.bytes["payload_chunks"] == len(big) and report.bytes["payloads"] == 4
+    assert report.rows["attempts"] == 0 and report.rows["events"] == 4
+    assert report.rows["webhook_deliveries"] == 2 and report.rows["filedrop_items"] == 2
+    assert _count(db, "ebms_payload_chunk") == 0 and _count(db, "ebms_attachment") == 0
+    assert _count(db, "webhook_delivery") == 2 and _count(db, "filedrop_item") == 1
+    # Nothing left to do: a second purge finds nothing.
+    assert purge(db, now, SETTINGS).total_rows == 0
+    vacuumed = reclaim_space(db)
+    with db.transaction() as cur:
+        after = store_bytes(cur)
+    print(f"\nretention {db.dialect}: {report.rows} {report.bytes}; store {before} -> {after}")
+    if db.dialect == "sqlite":
+        assert vacuumed and after < before
+
+
+@pytest.fixture
+def node(db: Database, cpa_xml, pki: Path):
+    """An inbound processor on a fake clock: returns it and a setter for the time."""
+    registry = CpaRegistry(db)
+    registry.insert(cpa_xml(profile="osb-rm", sync_reply=True), overwrite=True)
+    clock = {"now": utcnow()}
+    processor = InboundProcessor(db, registry, clock=lambda: clock["now"])
+    return processor, clock
+
+
+def test_the_duplicate_window_holds_until_persist_duration_ends(
+    db: Database, node, pki: Path
+) -> None:
+    processor, clock = node
+    start = clock["now"]  # the CPA is valid from today
+    cert = load_cert(pki / "gemeente-voorbeeld" / "tls-client.pem")
+    xml = render("EbMSMessage", timestamp=start)
+    message_id = parse_envelope(xml)[0].header.message_id
+
+    def receive() -> str:
+        req = InboundRequest('"ebXML"', "text/xml; charset=UTF-8", xml, (), cert)
+        return str(processor.handle(req).log["outcome"])
+
+    assert receive() == "received"
+    with db.transaction() as cur:
+        process_message(cur, message_id, now=start)
+        stored = find_message(cur, message_id, Direction.IN)
+    assert stored is not None and stored.persist_until is not None
+    short = RetentionSettings(messages_days=0.01)  # would go after a quarter hour
+    clock["now"] = start + timedelta(hours=1)
+    assert stored.persist_until > clock["now"]
+    assert purge(db, clock["now"], short).total_rows == 0
+    assert receive() == "duplicate"  # the stored id still eliminates the resend
+    after_window = stored.persist_until + timedelta(seconds=1)
+    report = purge(db, after_window, short)
+    assert (report.rows["messages"], report.rows["signals"]) == (1, 1)  # with its ack
+    assert _ids(db) == set()
+
+
+def test_pending_and_unprocessed_messages_are_never_purged(db: Database) -> None:
+    _message(db, "waiting", Direction.OUT, "CREATED", task="pending")
+    _message(db, "unread", Direction.IN, "RECEIVED")
+    far = T0 + 3650 * DAY
+    assert purge(db, far, SETTINGS).total_rows == 0
+    with db.transaction() as cur:
+        pk = find_message(cur, "waiting", Direction.OUT)
+        assert pk is not None
+        release_task(cur, pk.pk, TaskOutcome.DONE, now=far)
+        set_status(cur, pk.pk, "DELIVERED", now=far)
+    assert purge(db, far + 31 * DAY, SETTINGS).rows["messages"] == 1
+    assert _ids(db) == {"unread"}
