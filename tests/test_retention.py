@@ -28,6 +28,7 @@ from gateway.store.messages import (
 )
 from gateway.store.migrate import apply_migrations
 from gateway.store.retention import RetentionSettings, purge, reclaim_space, store_bytes
+from gateway.store.stuf import purge as stuf_purge
 from gateway.store.timeutil import to_db, utcnow
 from tests.conftest import load_cert
 from tests.messages import render
@@ -215,3 +216,29 @@ def test_pending_and_unprocessed_messages_are_never_purged(db: Database) -> None
         set_status(cur, pk.pk, "DELIVERED", now=far)
     assert purge(db, far + 31 * DAY, SETTINGS).rows["messages"] == 1
     assert _ids(db) == {"unread"}
+
+
+def test_the_relays_purge_takes_the_ebms_copies_of_its_log_rows(db: Database) -> None:
+    now = T0 + 10 * DAY  # the general retention (30 days) would keep every message
+    _message(db, "copy-read", Direction.OUT, "DELIVERED", at=T0, task="done")
+    _message(db, "ack-of-copy", Direction.IN, None, at=T0, ref="copy-read")
+    _message(db, "copy-kept", Direction.OUT, "DELIVERED", at=T0, task="done")
+    _message(db, "copy-pending", Direction.OUT, "CREATED", at=T0, task="pending")
+    with db.transaction() as cur:
+        for n, (copy, read_at) in enumerate(
+            [("copy-read", T0), ("copy-kept", now - timedelta(hours=1)), ("copy-pending", T0)]
+        ):
+            cur.execute(
+                "INSERT INTO stuf_message (direction, referentienummer, sender_org, "
+                "ebms_message_id, status, created_at, updated_at, read_at) "
+                "VALUES ('out', ?, 'org', ?, 'read', ?, ?, ?)",
+                (f"ref{n}", copy, to_db(T0), to_db(read_at), to_db(read_at)),
+            )
+    with db.transaction() as cur:
+        assert stuf_purge(cur, now, dry_run=True).ebms == 1
+    assert _ids(db) == {"copy-read", "ack-of-copy", "copy-kept", "copy-pending"}
+    with db.transaction() as cur:
+        counts = stuf_purge(cur, now)
+    assert (counts.read, counts.ebms) == (2, 1)
+    # The pending copy stays for the general retention, once it is delivered.
+    assert _ids(db) == {"copy-kept", "copy-pending"}

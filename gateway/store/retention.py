@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from gateway.store.database import Cursor, Database
+from gateway.store.database import Cursor, Database, Row
 from gateway.store.timeutil import from_db, to_db
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "RetentionSettings",
     "decide",
     "purge",
+    "purge_copies",
     "store_bytes",
 ]
 
@@ -166,7 +167,10 @@ _FACTS_SQL = (
 
 
 def _facts(cur: Cursor, after_pk: int, cutoff: datetime, limit: int) -> list[MessageFacts]:
-    rows = cur.execute(_FACTS_SQL, (after_pk, to_db(cutoff), limit)).fetchall()
+    return _to_facts(cur.execute(_FACTS_SQL, (after_pk, to_db(cutoff), limit)).fetchall())
+
+
+def _to_facts(rows: Sequence[Row]) -> list[MessageFacts]:
     return [
         MessageFacts(
             pk=int(r[0]),
@@ -327,6 +331,32 @@ def purge(
         batch_size=settings.batch_size,
     )
     return report
+
+
+def purge_copies(cur: Cursor, message_ids: Sequence[str], now: datetime, *, dry_run: bool) -> int:
+    """Delete the ebMS messages ``message_ids`` (both directions) and their signals now.
+
+    For the StUF relay, whose log has its own, shorter retention
+    (gateway/store/stuf.py): when its log rows go, the ebMS copies that carried them
+    go too, in the caller's transaction.  The window and pending rules of
+    :func:`decide` still hold (a copy they keep goes with the general retention
+    later); only the ``messages_days`` wait is skipped.  Returns how many messages
+    (signals not counted) went or, dry, would go.
+    """
+    ids = sorted(set(message_ids))
+    if not ids:
+        return 0
+    marks = _marks(ids)
+    where = f"(m.message_id IN ({marks}) OR m.ref_to_message_id IN ({marks}))"
+    sql = _FACTS_SQL.replace(
+        "WHERE m.id > ? AND COALESCE(m.status_at, m.created_at) <= ? ORDER BY m.id LIMIT ?",
+        f"WHERE {where} ORDER BY m.id",
+    )
+    facts = _to_facts(cur.execute(sql, (*ids, *ids)).fetchall())
+    gone = sorted(decide(facts, now, RetentionSettings(messages_days=0)))
+    if gone and not dry_run:
+        cur.execute(f"DELETE FROM ebms_message WHERE id IN ({_marks(gone)})", gone)
+    return sum(1 for f in facts if f.pk in gone and not f.is_signal)
 
 
 def store_bytes(cur: Cursor) -> int:
