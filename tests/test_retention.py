@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
 
 from cpa.registry import CpaRegistry
+from gateway.cli import main
 from gateway.ebms.envelope import parse_envelope
 from gateway.msh.inbound import InboundProcessor, InboundRequest
 from gateway.store.backoffice import process_message
@@ -31,6 +37,7 @@ from gateway.store.retention import RetentionSettings, purge, reclaim_space, sto
 from gateway.store.stuf import purge as stuf_purge
 from gateway.store.timeutil import to_db, utcnow
 from tests.conftest import load_cert
+from tests.gateways import Side, gateway_config, store_url, wait_until
 from tests.messages import render
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -242,3 +249,63 @@ def test_the_relays_purge_takes_the_ebms_copies_of_its_log_rows(db: Database) ->
     assert (counts.read, counts.ebms) == (2, 1)
     # The pending copy stays for the general retention, once it is delivered.
     assert _ids(db) == {"copy-kept", "copy-pending"}
+
+
+# -- dkgw serve and dkgw purge -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_serve_purges_on_its_interval_and_reports_the_store_size(
+    pki: Path, tmp_path: Path
+) -> None:
+    url = store_url("sqlite", tmp_path, "a")
+    seeded = Database.from_url(url)
+    apply_migrations(seeded)
+    old = utcnow() - 40 * DAY
+    _message(seeded, "finished-long-ago", Direction.OUT, "DELIVERED", at=old, task="done")
+    _message(seeded, "still-waiting", Direction.OUT, "CREATED", at=old, task="pending")
+    seeded.close()
+    config = gateway_config(pki, "gemeente-voorbeeld", tmp_path / "a", url, admin_port=0)
+    side = Side("a", replace(config, retention=RetentionSettings(interval=0.2)))
+    side.start()
+    try:
+        assert side.gateway is not None and side.gateway.purger is not None
+        purger = side.gateway.purger
+        await wait_until(lambda: purger.runs >= 2)
+        ids = {r[0] for r in side.rows("SELECT message_id FROM ebms_message")}
+        assert ids == {"still-waiting"}
+        admin = f"http://127.0.0.1:{side.gateway.admin_listening_port}"
+        text = (await (await treq.get(f"{admin}/metrics".encode())).content()).decode()
+        metrics = {f.name: f.samples for f in text_string_to_metric_families(text)}
+        assert metrics["dkgw_store_bytes"][0].value > 0
+        assert metrics["dkgw_store_messages"][0].value == 1
+        status = json.loads(await (await treq.get(f"{admin}/status".encode())).content())
+        assert status["store"]["messages"] == 1 and status["store"]["bytes"] > 0
+    finally:
+        await side.stop()
+        side.close()
+
+
+def test_purge_command_dry_run_deletes_nothing_and_prints_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "var"
+    db = Database.from_url(f"sqlite:///{data_dir / 'gateway.sqlite3'}")
+    apply_migrations(db)
+    old = utcnow() - 40 * DAY
+    _message(db, "gone", Direction.IN, "PROCESSED", at=old, payload=b"<zorg/>")
+    _message(db, "kept", Direction.IN, "RECEIVED", at=old)
+    argv = ["--data-dir", str(data_dir), "purge"]
+    assert main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "would purge messages: 1 rows, " in out and "would purge payloads: 1 rows, 7 bytes" in out
+    )
+    assert "store: " in out
+    assert _ids(db) == {"gone", "kept"}
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "purged messages: 1 rows, " in out and "purged events: 1 rows" in out
+    print(out)
+    assert _ids(db) == {"kept"}
+    db.close()
