@@ -18,6 +18,7 @@ from gateway.commands import check as check_commands
 from gateway.commands import cpa as cpa_commands
 from gateway.commands import demo as demo_commands
 from gateway.commands import msh as msh_commands
+from gateway.commands import ops as ops_commands
 from gateway.commands import stuf as stuf_commands
 from gateway.commands import urlmap as urlmap_commands
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     urlmap_commands.register(sub)
     api_commands.register(sub)
     stuf_commands.register(sub)
+    ops_commands.register(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Retention of the store for ``dkgw purge`` (the ebMS part; the StUF log is in stuf.py).
+"""``dkgw backup``, and the ebMS part of ``dkgw purge`` (the StUF log's is in stuf.py).
 
 ``dkgw purge`` applies the StUF message log's retention (gateway/commands/stuf.py) and
 then the general one (gateway/store/retention.py), and prints per kind the rows and
@@ -8,9 +8,11 @@ bytes that went, or with ``--dry-run`` would go.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from gateway.commands.common import fail, open_store
 from gateway.config import load_config
-from gateway.store.database import Database
+from gateway.store.database import Database, StoreError
 from gateway.store.retention import (
     KINDS,
     PurgeReport,
@@ -21,7 +23,7 @@ from gateway.store.retention import (
 )
 from gateway.store.timeutil import utcnow
 
-__all__ = ["report_lines", "retention_settings", "run_purge"]
+__all__ = ["cmd_backup", "register", "report_lines", "retention_settings", "run_purge"]
 
 
 def retention_settings(args: argparse.Namespace) -> RetentionSettings:
@@ -51,3 +53,46 @@ def report_lines(report: PurgeReport) -> list[str]:
     return [
         f"{verb} {kind}: {report.rows[kind]} rows, {report.bytes[kind]} bytes" for kind in KINDS
     ]
+
+
+# -- dkgw backup -----------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``backup`` to the top-level parser (``purge`` is in gateway/commands/stuf.py)."""
+    p = sub.add_parser(
+        "backup",
+        help="copy a running SQLite store consistently (PostgreSQL: use pg_dump)",
+        description="Copy the store, as of one moment, into DEST with SQLite's online "
+        "backup API; the gateway may go on running meanwhile.  See docs/operations.md.",
+    )
+    p.add_argument("dest", type=Path, help="the copy to write (refused if it exists)")
+    p.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
+    p.set_defaults(handler=cmd_backup)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """``dkgw backup DEST [--force]``."""
+    dest: Path = args.dest
+    if dest.exists() and not args.force:
+        return fail(f"{dest} exists; give --force to overwrite it")
+    try:
+        db = open_store(args)
+    except StoreError as exc:
+        return fail(str(exc))
+    try:
+        if db.dialect != "sqlite":
+            print(
+                "dkgw: the store is PostgreSQL: back it up with pg_dump -Fc "
+                "(see docs/operations.md, Backup and restore)"
+            )
+            return 1
+        with db.transaction() as cur:
+            size = store_bytes(cur)
+        db.backup_to(dest)
+    except (OSError, StoreError) as exc:
+        return fail(f"backup failed: {exc}")
+    finally:
+        db.close()
+    print(f"backed up {size} bytes to {dest}")
+    return 0
