@@ -392,6 +392,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         f"{counts.expired} older than {_hours(args.max_age)}) "
         f"and {counts.batches} batch{'' if counts.batches == 1 else 'es'}"
     )
+    print(f"{verb} ebms copies of the StUF messages: {counts.ebms}")
     for line in lines:
         print(line)
     return 0
