@@ -26,7 +26,9 @@ from gateway.store.messages import (
     MessageRecord,
     TaskOutcome,
     add_event,
+    claim_due_tasks,
     find_message,
+    finish_attempt,
     insert_message,
     insert_task,
     release_task,
@@ -108,7 +110,11 @@ def test_exactly_the_finished_rows_outside_every_window_go(db: Database) -> None
     old, young = T0, T0 + 20 * DAY
     now = T0 + 40 * DAY  # old ones are 40 days final, young ones 20
     big = bytes(range(256)) * (CHUNK_BYTES // 256 + 10)  # chunked: over 1 MiB
-    _message(db, "out-delivered", Direction.OUT, "DELIVERED", at=old, task="done")
+    delivered = _message(db, "out-delivered", Direction.OUT, "DELIVERED", at=old, task="pending")
+    with db.transaction() as cur:
+        (task,) = claim_due_tasks(cur, node="n", now=old, lease=DAY)
+        assert task.message_pk == delivered
+        finish_attempt(cur, task, TaskOutcome.DONE, node="n", started_at=old, now=old)
     _message(db, "out-failed", Direction.OUT, "DELIVERY_FAILED", at=old, task="failed")
     _message(db, "out-expired-young", Direction.OUT, "EXPIRED", at=young, task="expired")
     _message(db, "out-created", Direction.OUT, "CREATED", at=old, task="pending")
@@ -126,7 +132,7 @@ def test_exactly_the_finished_rows_outside_every_window_go(db: Database) -> None
         cur.execute(
             "INSERT INTO webhook_cursor (name, last_event_id, created_at, updated_at) "
             "SELECT 'hook', MAX(id), ?, ? FROM message_event",
-            (to_db(old), to_db(old)),
+            (to_db(old), to_db(now - DAY)),
         )
     _message(db, "out-unpushed", Direction.OUT, "DELIVERED", at=old, task="done")
     with db.transaction() as cur:
@@ -158,12 +164,18 @@ def test_exactly_the_finished_rows_outside_every_window_go(db: Database) -> None
     assert _ids(db) == everything - gone
     assert report.rows["payloads"] == 2 and report.rows["payload_chunks"] == 2
     assert report.bytes["payload_chunks"] == len(big) and report.bytes["payloads"] == 4
-    assert report.rows["attempts"] == 0 and report.rows["events"] == 4
+    assert report.rows["attempts"] == 1 and report.rows["events"] == 4
     assert report.rows["webhook_deliveries"] == 2 and report.rows["filedrop_items"] == 2
     assert _count(db, "ebms_payload_chunk") == 0 and _count(db, "ebms_attachment") == 0
     assert _count(db, "webhook_delivery") == 2 and _count(db, "filedrop_item") == 1
     # Nothing left to do: a second purge finds nothing.
     assert purge(db, now, SETTINGS).total_rows == 0
+    # A cursor that has not moved for a whole period (its webhook was removed) holds
+    # nothing back any more.
+    with db.transaction() as cur:
+        cur.execute("UPDATE webhook_cursor SET updated_at = ?", (to_db(old),))
+    assert purge(db, now, SETTINGS).rows["messages"] == 1
+    assert "out-unpushed" not in _ids(db)
     vacuumed = reclaim_space(db)
     with db.transaction() as cur:
         after = store_bytes(cur)

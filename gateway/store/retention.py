@@ -158,7 +158,8 @@ _FACTS_SQL = (
     "SELECT m.id, m.message_id, m.direction, m.status, "
     "COALESCE(m.status_at, m.created_at), m.persist_until, t.state, m.ref_to_message_id, "
     "CASE WHEN EXISTS (SELECT 1 FROM message_event e, webhook_cursor c "
-    "  WHERE e.message_pk = m.id AND e.id > c.last_event_id) THEN 1 ELSE 0 END, "
+    "  WHERE e.message_pk = m.id AND e.id > c.last_event_id AND c.updated_at > ?) "
+    "  THEN 1 ELSE 0 END, "
     "CASE WHEN m.ref_to_message_id IS NOT NULL AND EXISTS (SELECT 1 FROM ebms_message r "
     "  WHERE r.message_id = m.ref_to_message_id AND r.id <> m.id) THEN 1 ELSE 0 END "
     "FROM ebms_message m LEFT JOIN delivery_task t ON t.message_pk = m.id "
@@ -167,7 +168,11 @@ _FACTS_SQL = (
 
 
 def _facts(cur: Cursor, after_pk: int, cutoff: datetime, limit: int) -> list[MessageFacts]:
-    return _to_facts(cur.execute(_FACTS_SQL, (after_pk, to_db(cutoff), limit)).fetchall())
+    # A webhook cursor that has not moved for a whole retention period belongs to a
+    # webhook taken out of the config (or one that cannot keep up for that long): it
+    # no longer holds messages back.
+    params = (to_db(cutoff), after_pk, to_db(cutoff), limit)
+    return _to_facts(cur.execute(_FACTS_SQL, params).fetchall())
 
 
 def _to_facts(rows: Sequence[Row]) -> list[MessageFacts]:
@@ -352,7 +357,8 @@ def purge_copies(cur: Cursor, message_ids: Sequence[str], now: datetime, *, dry_
         "WHERE m.id > ? AND COALESCE(m.status_at, m.created_at) <= ? ORDER BY m.id LIMIT ?",
         f"WHERE {where} ORDER BY m.id",
     )
-    facts = _to_facts(cur.execute(sql, (*ids, *ids)).fetchall())
+    stale = now - timedelta(days=RetentionSettings().messages_days)
+    facts = _to_facts(cur.execute(sql, (to_db(stale), *ids, *ids)).fetchall())
     gone = sorted(decide(facts, now, RetentionSettings(messages_days=0)))
     if gone and not dry_run:
         cur.execute(f"DELETE FROM ebms_message WHERE id IN ({_marks(gone)})", gone)
