@@ -26,6 +26,7 @@ from gateway.commands import cpa as cpa_commands
 from gateway.commands import demo as demo_commands
 from gateway.commands import message as message_commands
 from gateway.commands import msh as msh_commands
+from gateway.commands import ops as ops_commands
 from gateway.commands import status as status_commands
 from gateway.commands import stuf as stuf_commands
 from gateway.commands import urlmap as urlmap_commands
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     api_commands.register(sub)
     stuf_commands.register(sub)
     status_commands.register(sub)
+    ops_commands.register(sub)
     for path, leaf in _leaves(parser):
         if path not in NO_STORE_COMMANDS:
             _add_config_option(leaf)

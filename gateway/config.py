@@ -68,6 +68,7 @@ from typing import Any
 
 from cpa.model import PartyId, parse_party
 from gateway.errors import OperatorError
+from gateway.store.retention import RetentionSettings
 from gateway.trust import TrustSettings
 
 
@@ -354,6 +355,7 @@ class GatewayConfig:
     filedrops: tuple[FileDropConfig, ...] = ()
     stuf: StufConfig = field(default_factory=StufConfig)
     source: Path | None = None
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
 _SECTIONS = {
@@ -439,6 +441,7 @@ _SECTIONS = {
         "max_age_days",
         "poll_interval",
     },
+    "retention": {"messages_days", "webhook_days", "filedrop_days", "batch_size", "interval"},
 }
 
 #: Sections written as arrays of tables (``[[webhook]]``), one entry each.
@@ -548,6 +551,7 @@ def load_config(path: Path) -> GatewayConfig:
         filedrops=_filedrops(data.get("filedrop", []), base),
         stuf=_stuf(data.get("stuf", {}), base),
         source=path.resolve(),
+        retention=_retention(data.get("retention", {})),
     )
     for name in ("certificate", "key", "client_certificate", "client_key", "trust_anchors"):
         target: Path = getattr(config.tls, name)
@@ -557,6 +561,23 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError("[delivery] concurrency and poll_interval must be positive")
     if config.http.idle_timeout <= 0:
         raise ConfigError("[http] idle_timeout must be positive")
+    return config
+
+
+def _retention(section: dict[str, Any]) -> RetentionSettings:
+    """``[retention]``: see gateway/store/retention.py and docs/operations.md."""
+    defaults = RetentionSettings()
+    config = RetentionSettings(
+        messages_days=_typed(section, "messages_days", float, defaults.messages_days),
+        webhook_days=_typed(section, "webhook_days", float, defaults.webhook_days),
+        filedrop_days=_typed(section, "filedrop_days", float, defaults.filedrop_days),
+        batch_size=_typed(section, "batch_size", int, defaults.batch_size),
+        interval=_typed(section, "interval", float, defaults.interval),
+    )
+    if min(config.messages_days, config.webhook_days, config.filedrop_days) <= 0:
+        raise ConfigError("[retention] messages_days, webhook_days, filedrop_days: positive")
+    if config.batch_size < 1 or config.interval <= 0:
+        raise ConfigError("[retention] batch_size and interval must be positive")
     return config
 
 

@@ -44,6 +44,7 @@ from gateway.http.server import ebms_site
 from gateway.monitor.heartbeat import Heartbeats
 from gateway.monitor.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.monitor.pinger import PingScheduler, PingSettings, TickReport
+from gateway.monitor.purger import PurgeScheduler
 from gateway.monitor.status import Snapshot, snapshot, status_document
 from gateway.msh.inbound import InboundProcessor
 from gateway.msh.outbound import Queued, send_message, send_ping
@@ -96,6 +97,7 @@ class Gateway:
         self.registry: CpaRegistry | None = None
         self.metrics: GatewayMetrics | None = None
         self.pinger: PingScheduler | None = None
+        self.purger: PurgeScheduler | None = None
         self.security: MessageSecurity | None = None
         self.crl_refresher: CrlRefresher | None = None
         self.admin_port: IListeningPort | None = None
@@ -308,6 +310,11 @@ class Gateway:
             self.stuf.start()
         if config.api.port is not None:
             self._start_api()
+        # Retention of citizens' data (gateway/store/retention.py).
+        self.purger = PurgeScheduler(
+            self.reactor, self.db, self.run_in_thread, config.retention, node=config.node_id
+        )
+        self.purger.start()
         log.info(
             "event=started node=%s listen=%s:%d path=%s store=%s",
             config.node_id,
@@ -554,6 +561,8 @@ class Gateway:
 
     async def _stop(self) -> None:
         try:
+            if self.purger is not None:
+                self.purger.stop()
             if self.pinger is not None:
                 self.pinger.stop()
             if self.crl_refresher is not None:

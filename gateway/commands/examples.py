@@ -61,6 +61,9 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     ),
     ("report",): ("dkgw --config /etc/dkgw/dkgw.toml report 42",),
     ("purge",): ("dkgw --config /etc/dkgw/dkgw.toml purge --dry-run",),
+    ("backup",): (
+        "dkgw --config /etc/dkgw/dkgw.toml backup /var/backups/dkgw/gateway-2026-12-02.sqlite3",
+    ),
     ("status",): (
         "dkgw --config /etc/dkgw/dkgw.toml status",
         "dkgw --config /etc/dkgw/dkgw.toml status --json",

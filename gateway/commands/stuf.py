@@ -59,6 +59,7 @@ from adapters.upload import (
     process_upload,
     read_upload,
 )
+from gateway.commands import ops as ops_commands
 from gateway.commands.common import config_of, fail, open_store
 from gateway.config import ConfigError
 from gateway.store.database import Database
@@ -378,8 +379,13 @@ def cmd_purge(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return fail(str(exc))
     try:
+        settings = ops_commands.retention_settings(args)
         with db.transaction() as cur:
             counts = purge(cur, utcnow(), args.read_after, args.max_age, dry_run=args.dry_run)
+        # Then the ebMS messages, events, webhook and file-drop history (docs/operations.md).
+        lines = ops_commands.run_purge(db, settings, dry_run=args.dry_run)
+    except ConfigError as exc:
+        return fail(str(exc))
     finally:
         db.close()
     verb = "would purge" if args.dry_run else "purged"
@@ -389,6 +395,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
         f"{counts.expired} older than {_hours(args.max_age)}) "
         f"and {counts.batches} batch{'' if counts.batches == 1 else 'es'}"
     )
+    print(f"{verb} ebms copies of the StUF messages: {counts.ebms}")
+    for line in lines:
+        print(line)
     return 0
 
 

@@ -129,6 +129,19 @@ class _StoreCollector(Collector):
         for name, state, count in queue.webhooks:
             hooks.add_metric([name, state], float(count))
         yield hooks
+        if snap.store_bytes is not None:
+            size = GaugeMetricFamily(
+                "dkgw_store_bytes",
+                "Size of the store: the SQLite file's pages, or the PostgreSQL schema's tables",
+            )
+            size.add_metric([], float(snap.store_bytes))
+            yield size
+        if snap.stored_messages is not None:
+            kept = GaugeMetricFamily(
+                "dkgw_store_messages", "ebMS messages and signals kept in the store (retention)"
+            )
+            kept.add_metric([], float(snap.stored_messages))
+            yield kept
 
 
 class GatewayMetrics:

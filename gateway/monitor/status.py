@@ -16,6 +16,7 @@ from cpa.model import in_force
 from cpa.registry import CpaNotFound, CpaRegistry, select_all
 from gateway.store.database import Cursor
 from gateway.store.pings import LinkStatus, link_statuses
+from gateway.store.retention import store_bytes
 from gateway.store.timeutil import from_db, to_db
 
 __all__ = ["CertificateInfo", "CpaInfo", "QueueInfo", "Snapshot", "snapshot", "status_document"]
@@ -70,6 +71,10 @@ class Snapshot:
     cpas: tuple[CpaInfo, ...]
     links: tuple[LinkStatus, ...]
     queue: QueueInfo
+    store_bytes: int | None = None
+    """Size of the store (gateway/store/retention.py ``store_bytes``)."""
+    stored_messages: int | None = None
+    """ebMS messages and signals in the store: what retention keeps."""
 
 
 class _CertificateCache:
@@ -155,7 +160,15 @@ def snapshot(cur: Cursor, registry: CpaRegistry, now: datetime) -> Snapshot:
         )
         for row in select_all(cur)
     )
-    return Snapshot(now, cpas, tuple(link_statuses(cur)), _queue(cur))
+    messages = cur.execute("SELECT COUNT(*) FROM ebms_message").fetchone()
+    return Snapshot(
+        now,
+        cpas,
+        tuple(link_statuses(cur)),
+        _queue(cur),
+        store_bytes=store_bytes(cur),
+        stored_messages=int(messages[0]) if messages else None,
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -225,4 +238,5 @@ def status_document(snap: Snapshot, *, node: str) -> dict[str, Any]:
             ],
         },
         "cpas": cpas,
+        "store": {"bytes": snap.store_bytes, "messages": snap.stored_messages},
     }

@@ -358,6 +358,44 @@ class Database:
             if writer is not None:
                 writer.release()
 
+    def vacuum(self) -> None:
+        """Rewrite a SQLite store to give free pages back to the file system (``VACUUM``).
+
+        VACUUM cannot run inside a transaction; it takes the write lock like one.
+        A no-op on PostgreSQL, whose autovacuum does this.
+        """
+        if getattr(self._local, "active", False):
+            raise StoreError("VACUUM cannot run inside a transaction")
+        conn = self._connection()
+        if not isinstance(conn, sqlite3.Connection):
+            return
+        with self._writer:
+            conn.execute("VACUUM")
+
+    def backup_to(self, dest: Path) -> None:
+        """Copy a SQLite store, consistent as of one moment, into the new file ``dest``.
+
+        SQLite's online backup API reads one snapshot (WAL: writers go on meanwhile).
+        The copy is written next to ``dest`` (mode 0600) and renamed into place, so a
+        half-written copy never carries the name.  PostgreSQL stores use pg_dump.
+        """
+        conn = self._connection()
+        if not isinstance(conn, sqlite3.Connection):
+            raise StoreError("a PostgreSQL store is backed up with pg_dump (docs/operations.md)")
+        dest = Path(dest).absolute()
+        partial = dest.with_name(f".{dest.name}.partial")
+        partial.unlink(missing_ok=True)
+        _create_private_file(partial)
+        target = sqlite3.connect(partial)
+        try:
+            # pages=-1: one step, so the copy is one snapshot, never restarted midway.
+            conn.backup(target, pages=-1)
+            # A self-contained file: no -wal beside it to copy along.
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
+        os.replace(partial, dest)
+
     def close(self) -> None:
         """Close every connection this store opened, in any thread; it cannot be reused.
 

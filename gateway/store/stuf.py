@@ -25,7 +25,10 @@ before sending; final).  :func:`update_status` only makes the moves listed in
 
 Retention (:func:`purge`): items delivered and read are deleted ``read_after`` (default
 168 hours) after they were read; every item is deleted ``max_age`` (default 90 days)
-after it was logged, whatever its status; then finished batches without items left.
+after it was logged, whatever its status; then finished batches without items left, and
+the ebMS messages that carried the deleted items (with their signals), unless they are
+still pending or inside their duplicate-elimination window
+(:func:`gateway.store.retention.purge_copies`; the general retention takes those later).
 
 Every function takes a :class:`~gateway.store.database.Cursor` and runs inside the
 caller's transaction.
@@ -39,6 +42,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from gateway.store.database import Cursor, Row
+from gateway.store.retention import purge_copies
 from gateway.store.timeutil import from_db, to_db, utcnow
 
 __all__ = [
@@ -202,6 +206,8 @@ class PurgeCounts:
     """Items logged longer than ``max_age`` ago (whatever their status)."""
     batches: int
     """Batches left without items."""
+    ebms: int = 0
+    """The ebMS messages that carried the deleted items (gateway/store/retention.py)."""
 
     @property
     def messages(self) -> int:
@@ -562,7 +568,18 @@ def purge(
         f"(SELECT 1 FROM stuf_message m WHERE m.batch_id = b.id AND {_KEPT})"
     )
     batch_params = (age_cut, age_cut, read_cut)
+    # The ebMS copies of the items that go, unless a kept item still names them.
+    copies = [
+        str(r[0])
+        for r in cur.execute(
+            "SELECT DISTINCT m.ebms_message_id FROM stuf_message m WHERE m.ebms_message_id IS NOT "
+            f"NULL AND NOT {_KEPT} AND NOT EXISTS (SELECT 1 FROM stuf_message k WHERE "
+            f"k.ebms_message_id = m.ebms_message_id AND {_KEPT.replace('m.', 'k.')})",
+            (age_cut, read_cut, age_cut, read_cut),
+        ).fetchall()
+    ]
     if dry_run:
+        ebms = purge_copies(cur, copies, now, dry_run=True)
         expired = _count(
             cur, f"SELECT COUNT(*) FROM stuf_message WHERE {expired_where}", (age_cut,)
         )
@@ -572,7 +589,7 @@ def purge(
         batches = _count(
             cur, f"SELECT COUNT(*) FROM stuf_batch b WHERE {batch_where}", batch_params
         )
-        return PurgeCounts(read=read, expired=expired, batches=batches)
+        return PurgeCounts(read=read, expired=expired, batches=batches, ebms=ebms)
     cur.execute(f"DELETE FROM stuf_message WHERE {expired_where}", (age_cut,))
     expired = cur.rowcount
     cur.execute(f"DELETE FROM stuf_message WHERE {read_where}", (age_cut, read_cut))
@@ -581,7 +598,9 @@ def purge(
         f"DELETE FROM stuf_batch WHERE id IN (SELECT b.id FROM stuf_batch b WHERE {batch_where})",
         batch_params,
     )
-    return PurgeCounts(read=read, expired=expired, batches=cur.rowcount)
+    batches = cur.rowcount
+    ebms = purge_copies(cur, copies, now, dry_run=False)
+    return PurgeCounts(read=read, expired=expired, batches=batches, ebms=ebms)
 
 
 def _count(cur: Cursor, sql: str, params: tuple[object, ...]) -> int:

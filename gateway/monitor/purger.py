@@ -1,0 +1,97 @@
+"""The purge ``dkgw serve`` runs every ``[retention] interval`` seconds.
+
+One run is :func:`purge_once` (plain, blocking: retention then, when much was
+freed, VACUUM on SQLite); :class:`PurgeScheduler` is its Twisted driver, which runs
+it in the store's thread pool.  A failing run is logged in one line and the loop goes
+on: the next run tries again (docs/operations.md, "Retention and purge").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+
+from gateway.logfmt import log_event
+from gateway.store.database import Database
+from gateway.store.retention import KINDS, PurgeReport, RetentionSettings, purge, reclaim_space
+from gateway.store.timeutil import utcnow
+
+__all__ = ["PurgeScheduler", "purge_once"]
+
+log = logging.getLogger("dkgw.retention")
+
+
+def purge_once(db: Database, settings: RetentionSettings, now: datetime) -> PurgeReport:
+    """Apply retention at ``now`` and give freed space back on SQLite."""
+    report = purge(db, now, settings)
+    if report.total_rows:
+        reclaim_space(db)
+    return report
+
+
+class PurgeScheduler:
+    """Runs :func:`purge_once` every ``settings.interval`` seconds (the first at once)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        db: Database,
+        run_in_thread: Callable[..., Deferred[Any]],
+        settings: RetentionSettings,
+        *,
+        node: str,
+        clock: Callable[[], datetime] = utcnow,
+        on_report: Callable[[PurgeReport], None] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.db = db
+        self.run = run_in_thread
+        self.settings = settings
+        self.node = node
+        self.clock = clock
+        self.on_report = on_report
+        self.runs = 0
+        """Purges finished, failed ones included (for tests and /status)."""
+        self._loop: LoopingCall | None = None
+        self._busy = False
+
+    def start(self) -> None:
+        """Begin the loop."""
+        loop = LoopingCall(self._tick)
+        loop.clock = self.reactor
+        self._loop = loop
+        d = loop.start(self.settings.interval, now=True)
+        d.addErrback(lambda f: log.error("purge schedule stopped: %s", f.getErrorMessage()))
+
+    def stop(self) -> None:
+        """Stop the loop; a purge in flight finishes its batch on its own."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def _tick(self) -> None:
+        if self._busy:  # still purging: never two at once
+            return
+        self._busy = True
+        d = self.run(purge_once, self.db, self.settings, self.clock())
+        d.addCallback(self._report)
+        d.addErrback(lambda f: log.error("purge failed: %s", f.getErrorMessage()))
+
+        def done(_: object) -> None:
+            self._busy = False
+            self.runs += 1
+
+        d.addBoth(done)
+
+    def _report(self, report: PurgeReport) -> None:
+        if report.total_rows:
+            fields = {"event": "purged", "node": self.node}
+            fields.update({kind: str(report.rows[kind]) for kind in KINDS if report.rows[kind]})
+            log_event(log, logging.INFO, fields)
+        if self.on_report is not None:
+            self.on_report(report)
