@@ -22,9 +22,10 @@ from twisted.web.http_headers import Headers
 
 from cpa.model import PartyId
 from cpa.registry import CpaRegistry
-from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult
+from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult, Undeliverable
 from gateway.store.database import Cursor
 from gateway.store.messages import StoredMessage
+from gateway.store.timeutil import utcnow
 from gateway.tls import ClientTlsPolicy
 
 
@@ -35,8 +36,19 @@ class ReplyTooLarge(Exception):
 def server_pin(
     registry: CpaRegistry, cur: Cursor, message: StoredMessage, url: str
 ) -> x509.Certificate | None:
-    """The CPA's server certificate for the endpoint ``url`` of the message's receiver."""
+    """The CPA's server certificate for the endpoint ``url`` of the message's receiver.
+
+    Raises :class:`~gateway.delivery.Undeliverable` when the CPA is no longer
+    in force or the certificate it names cannot be read: the task then fails
+    alone, with that reason (the worker goes on with the others).
+    """
     cpa = registry.get_cpa(message.cpa_id, cur)
+    now = utcnow()
+    if not cpa.in_force(now):
+        raise Undeliverable(
+            f"CPA {cpa.cpa_id} is not in force (status {cpa.status}, valid "
+            f"{cpa.start.isoformat()} to {cpa.end.isoformat()})."
+        )
     ids = []
     for key in message.to_party.split(","):
         type_, _, value = key.rpartition(":")
@@ -48,7 +60,12 @@ def server_pin(
         if any(ep.uri == url for ep in transport.endpoints) and transport.server_security:
             cert = party.certificates.get(transport.server_security.certificate_id or "")
             if cert is not None and cert.der:
-                return x509.load_der_x509_certificate(cert.der)
+                try:
+                    return x509.load_der_x509_certificate(cert.der)
+                except ValueError:
+                    raise Undeliverable(
+                        f"The server certificate {cert.cert_id} of CPA {cpa.cpa_id} cannot be read."
+                    ) from None
     return None
 
 
