@@ -105,6 +105,9 @@ class HttpResult:
     body: bytes
 
 
+Pin = x509.Certificate | tuple[x509.Certificate, ...] | None
+"""The partner's server certificate, or several during a rollover; None: no pin."""
+
 Body = bytes | IO[bytes]
 """What is POSTed: bytes, or for a large message a file positioned at its start."""
 
@@ -116,13 +119,13 @@ class Poster(Protocol):
     """
 
     def __call__(
-        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
+        self, url: str, headers: dict[str, str], body: Body, pin: Pin
     ) -> Deferred[HttpResult]: ...
 
 
 #: The partner's server certificate for a message and URL, looked up in the
 #: claim's transaction (the CPA registry reads the store).
-PinLookup = Callable[[Cursor, StoredMessage, str], "x509.Certificate | None"]
+PinLookup = Callable[[Cursor, StoredMessage, str], Pin]
 
 
 RunInThread = Callable[..., Deferred[Any]]
@@ -145,7 +148,7 @@ class Outgoing:
     message: StoredMessage
     content_type: str
     body: Body
-    pin: x509.Certificate | None = None
+    pin: Pin = None
     reliable: bool = False
     """The message asks for an acknowledgment: 2xx alone does not deliver it."""
     size: int = 0

@@ -22,7 +22,8 @@ from twisted.web.http_headers import Headers
 
 from cpa.model import PartyId
 from cpa.registry import CpaRegistry
-from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult, Undeliverable
+from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult, Pin, Undeliverable
+from gateway.store.certmap import resolve_certificate
 from gateway.store.database import Cursor
 from gateway.store.messages import StoredMessage
 from gateway.store.timeutil import utcnow
@@ -33,10 +34,12 @@ class ReplyTooLarge(Exception):
     """The partner answered with more than a signal's worth of bytes."""
 
 
-def server_pin(
-    registry: CpaRegistry, cur: Cursor, message: StoredMessage, url: str
-) -> x509.Certificate | None:
+def server_pin(registry: CpaRegistry, cur: Cursor, message: StoredMessage, url: str) -> Pin:
     """The CPA's server certificate for the endpoint ``url`` of the message's receiver.
+
+    With a certificate mapping (:mod:`gateway.store.certmap`) for it, the CPA's
+    certificate and the mapped one: during the partner's rollover either may
+    answer (docs/operations.md, "Certificate rotation").
 
     Raises :class:`~gateway.delivery.Undeliverable` when the CPA is no longer
     in force or the certificate it names cannot be read: the task then fails
@@ -61,7 +64,11 @@ def server_pin(
             cert = party.certificates.get(transport.server_security.certificate_id or "")
             if cert is not None and cert.der:
                 try:
-                    return x509.load_der_x509_certificate(cert.der)
+                    named = x509.load_der_x509_certificate(cert.der)
+                    mapped = resolve_certificate(cur, cert.der, cpa.cpa_id)
+                    if mapped == cert.der:
+                        return named
+                    return (named, x509.load_der_x509_certificate(mapped))
                 except ValueError:
                     raise Undeliverable(
                         f"The server certificate {cert.cert_id} of CPA {cpa.cpa_id} cannot be read."
@@ -92,10 +99,13 @@ class EbmsClient:
         self.read_timeout = read_timeout
         self._agents: dict[str, Agent] = {}
 
-    def _agent(self, pin: x509.Certificate | None) -> Agent:
-        key = hashlib.sha256(pin.public_bytes(Encoding.DER)).hexdigest() if pin else "-"
+    def _agent(self, pin: Pin) -> Agent:
+        pins = pin if isinstance(pin, tuple) else (pin,) if pin is not None else ()
+        key = ",".join(
+            sorted(hashlib.sha256(p.public_bytes(Encoding.DER)).hexdigest() for p in pins)
+        )
         if key not in self._agents:
-            policy = self.policy.with_pin(pin) if pin is not None else self.policy
+            policy = self.policy.with_pin(*pins) if pins else self.policy
             self._agents[key] = Agent(
                 self.reactor,
                 contextFactory=policy,
@@ -104,9 +114,7 @@ class EbmsClient:
             )
         return self._agents[key]
 
-    def post(
-        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
-    ) -> Deferred[HttpResult]:
+    def post(self, url: str, headers: dict[str, str], body: Body, pin: Pin) -> Deferred[HttpResult]:
         """POST and read at most MAX_REPLY_BYTES of the answer.
 
         A file body is sent from where it stands in 64 KiB reads, with its
@@ -114,9 +122,7 @@ class EbmsClient:
         """
         return Deferred.fromCoroutine(self._post(url, headers, body, pin))
 
-    async def _post(
-        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
-    ) -> HttpResult:
+    async def _post(self, url: str, headers: dict[str, str], body: Body, pin: Pin) -> HttpResult:
         client = treq.client.HTTPClient(self._agent(pin))
         # treq adapts only some file types itself (not a TemporaryFile's
         # BufferedRandom), so a file gets its producer here.
