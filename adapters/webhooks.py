@@ -51,6 +51,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from gateway.config import WebhookConfig
 from gateway.logfmt import log_event
+from gateway.monitor import heartbeat
 from gateway.store import webhooks as store
 from gateway.store.database import Database
 from gateway.store.timeutil import to_db, utcnow
@@ -319,6 +320,8 @@ class WebhookDispatcher:
         self._again = False
         d = Deferred.fromCoroutine(self._one_pass())
         self._pass = d
+        # Reached only when the pass ran to its end (gateway.monitor.heartbeat).
+        d.addCallback(lambda _: heartbeat.beat("webhooks"))
         d.addErrback(self._log_failure, "webhook pass")
         d.addBoth(self._pass_done)
 

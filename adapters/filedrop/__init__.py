@@ -24,6 +24,7 @@ from adapters.filedrop.outbox import Outbox, OutboxSender
 from cpa.registry import CpaRegistry
 from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
+from gateway.monitor import heartbeat
 from gateway.msh.security import MessageSecurity
 from gateway.store.database import Database
 
@@ -114,6 +115,8 @@ class FileDrop:
         if not self._running:
             return
         d: Deferred[None] = self.run_in_thread(self._one_pass)
+        # Reached only when the pass ran to its end (gateway.monitor.heartbeat).
+        d.addCallback(lambda _: heartbeat.beat("filedrop"))
         d.addErrback(self._failed)
         self._pass = d
         d.addBoth(self._done)

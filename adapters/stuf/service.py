@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from adapters.filedrop import FileDrop
 from adapters.stuf.relay import Relay
 from gateway.config import FileDropConfig
+from gateway.monitor import heartbeat
 from gateway.store.database import Database
 
 log = logging.getLogger("dkgw.stuf")
@@ -99,6 +100,8 @@ class RelayService:
     def _run(self) -> None:
         self._call = None
         self._pass = self.run_in_thread(self._one_pass)
+        # Reached only when the pass ran to its end (gateway.monitor.heartbeat).
+        self._pass.addCallback(lambda _: heartbeat.beat("stuf-relay"))
         self._pass.addErrback(lambda f: log.error("event=stuf-pass-failed reason=%s",
                                                   f.getErrorMessage()))  # fmt: skip
         self._pass.addBoth(self._done)

@@ -30,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from cpa.model import PartyId, in_force, parse_party
 from cpa.registry import CpaNotFound, CpaRegistry, select_all
 from gateway.logfmt import log_event
+from gateway.monitor import heartbeat
 from gateway.monitor.links import links_for
 from gateway.msh.outbound import SendError, queue_ping
 from gateway.store.database import Cursor, Database
@@ -303,6 +304,8 @@ class PingScheduler:
 
         d = self.run(work)
         d.addCallback(self._report)
+        # Reached only when the tick ran to its end (gateway.monitor.heartbeat).
+        d.addCallback(lambda _: heartbeat.beat("pinger"))
         # A failing store must not stop the schedule; the next tick tries again.
         d.addErrback(lambda f: log.error("ping tick failed: %s", f.getErrorMessage()))
 
