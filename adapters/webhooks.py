@@ -228,6 +228,13 @@ class _Hook:
 class WebhookDispatcher:
     """Pushes the store's message events to the configured webhooks."""
 
+    #: Called when a pass ran to its end (gateway.monitor.heartbeat; the gateway sets it).
+    heartbeat: Callable[[], None] | None = None
+
+    def _beat(self, _: object) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat()
+
     def __init__(
         self,
         reactor: Any,
@@ -319,6 +326,8 @@ class WebhookDispatcher:
         self._again = False
         d = Deferred.fromCoroutine(self._one_pass())
         self._pass = d
+        # Reached only when the pass ran to its end (gateway.monitor.heartbeat).
+        d.addCallback(self._beat)
         d.addErrback(self._log_failure, "webhook pass")
         d.addBoth(self._pass_done)
 

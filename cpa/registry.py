@@ -21,6 +21,7 @@ from cpa.model import Cpa
 from cpa.parse import parse_cpa
 from cpa.validate import ValidationOptions, ValidationReport, validate_cpa
 from gateway.store.database import Cursor, Database, IntegrityConflict
+from gateway.store.pending import fail_pending, pending_count
 from gateway.store.timeutil import from_db, to_db, utcnow
 
 
@@ -48,6 +49,16 @@ class CpaNotFound(RegistryError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "CPA not found"
+
+
+class CpaInUse(RegistryError):
+    """Outbound messages are still pending on the CPA to delete."""
+
+    def __init__(self, cpa_id: str, pending: int) -> None:
+        self.cpa_id = cpa_id
+        self.pending = pending
+        noun = "message" if pending == 1 else "messages"
+        super().__init__(f"CPA {cpa_id} has {pending} pending {noun}")
 
 
 @dataclass(frozen=True)
@@ -223,7 +234,18 @@ class CpaRegistry:
         with self.db.transaction() as cur:
             return select_all(cur)
 
-    def delete(self, cpa_id: str) -> None:
-        """Delete one CPA; raises :class:`CpaNotFound`."""
+    def delete(self, cpa_id: str, *, force: bool = False) -> int:
+        """Delete one CPA; returns how many pending messages were failed with it.
+
+        Raises :class:`CpaNotFound`, and :class:`CpaInUse` when outbound
+        messages are still pending on it, unless ``force``: then they are
+        failed ("CPA deleted by operator") in the same transaction.
+        """
         with self.db.transaction() as cur:
+            select_row(cur, cpa_id)
+            pending = pending_count(cur, cpa_id)
+            if pending and not force:
+                raise CpaInUse(cpa_id, pending)
+            failed = fail_pending(cur, cpa_id, now=utcnow()) if pending else 0
             delete_row(cur, cpa_id)
+        return failed

@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from cpa.registry import CpaNotFound
 from gateway.ebms.envelope import MAX_ENVELOPE_BYTES
 from gateway.ebms.mime import OutgoingPart, build_swa, parse_content_type
 from gateway.ebms.model import EB_NS, SOAP_NS
@@ -57,7 +58,7 @@ from gateway.store.messages import (
     unclaim_task,
 )
 from gateway.store.timeutil import utcnow
-from gateway.store.urlmap import resolve_url
+from gateway.store.urlmap import check_url, resolve_url
 from gateway.xmlsafe import parse_xml
 
 log = logging.getLogger("dkgw.delivery")
@@ -71,6 +72,27 @@ RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
 STORE_RETRY_PAUSES = (0.1, 0.5, 2.0)
 #: A synchronous reply is one signal; anything bigger is not an ebMS answer.
 MAX_REPLY_BYTES = 1024 * 1024
+#: The error code of the event for a message that cannot be sent at all: ebMS 2.0
+#: §4.2.3.4.1 DeliveryFailure, the code a receiving MSH would use for the same.
+UNDELIVERABLE_CODE = "DeliveryFailure"
+
+
+class Undeliverable(Exception):
+    """A task that can never be sent as it stands; the text is the reason, one sentence."""
+
+
+def refusal_reason(exc: Exception) -> str:
+    """The plain sentence stored for a task that could not be prepared because of ``exc``.
+
+    Never the message's content: exception texts of our own making only.
+    """
+    if isinstance(exc, Undeliverable):
+        return str(exc)
+    if isinstance(exc, CpaNotFound):
+        return f"The CPA of this message no longer exists ({exc})."
+    if isinstance(exc, LookupError):
+        return f"The stored message is inconsistent: {exc}."
+    return f"The message could not be prepared for sending ({type(exc).__name__})."
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,9 @@ class HttpResult:
     content_type: str
     body: bytes
 
+
+Pin = x509.Certificate | tuple[x509.Certificate, ...] | None
+"""The partner's server certificate, or several during a rollover; None: no pin."""
 
 Body = bytes | IO[bytes]
 """What is POSTed: bytes, or for a large message a file positioned at its start."""
@@ -93,13 +118,13 @@ class Poster(Protocol):
     """
 
     def __call__(
-        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
+        self, url: str, headers: dict[str, str], body: Body, pin: Pin
     ) -> Deferred[HttpResult]: ...
 
 
 #: The partner's server certificate for a message and URL, looked up in the
 #: claim's transaction (the CPA registry reads the store).
-PinLookup = Callable[[Cursor, StoredMessage, str], "x509.Certificate | None"]
+PinLookup = Callable[[Cursor, StoredMessage, str], Pin]
 
 
 RunInThread = Callable[..., Deferred[Any]]
@@ -122,7 +147,7 @@ class Outgoing:
     message: StoredMessage
     content_type: str
     body: Body
-    pin: x509.Certificate | None = None
+    pin: Pin = None
     reliable: bool = False
     """The message asks for an acknowledgment: 2xx alone does not deliver it."""
     size: int = 0
@@ -313,7 +338,14 @@ class DeliveryWorker:
 
         d.addBoth(done)
 
-    def _dispatch(self, batch: list[Outgoing]) -> Deferred[None] | None:
+    def _dispatch(
+        self, claimed: tuple[list[Outgoing], list[dict[str, str]]]
+    ) -> Deferred[None] | None:
+        batch, refused = claimed
+        for fields in refused:
+            log_event(log, logging.WARNING, fields)
+            if self.on_event is not None:
+                self.on_event(fields)
         if not self._running:
             # Stopped while claiming: hand the tasks back instead of starting
             # attempts that could not be recorded.
@@ -347,7 +379,13 @@ class DeliveryWorker:
             for t in tasks:
                 unclaim_task(cur, t, node=self.node_id, now=self.clock())
 
-    def _claim(self, limit: int) -> list[Outgoing]:
+    def _claim(self, limit: int) -> tuple[list[Outgoing], list[dict[str, str]]]:
+        """Claim due tasks; returns those to send and the log fields of those refused.
+
+        Each task is prepared in its own savepoint: one that cannot be (its CPA
+        deleted or expired, a certificate unreadable, a URL mapping invalid, a
+        row inconsistent) fails alone with its reason, and the others go out.
+        """
         now = self.clock()
         with self.db.transaction() as cur:
             if self._first_claim:
@@ -358,18 +396,73 @@ class DeliveryWorker:
                     log.info("event=recovered node=%s tasks=%d", self.node_id, released)
                 self._first_claim = False
             tasks = claim_due_tasks(cur, node=self.node_id, now=now, lease=self.lease, limit=limit)
-            batch = []
-            for t in tasks:
-                message = message_by_pk(cur, t.message_pk)
-                content_type, body = wire_body(message, cur)
-                # The pin is looked up by the CPA endpoint, not the mapped URL: the
-                # partner we must reach is the CPA's, whichever way we go to it.
-                pin = self.pin_lookup(cur, message, t.url) if self.pin_lookup else None
-                url = resolve_url(cur, t.url)
-                reliable = message.status is not None and asks_for_ack(message.envelope)
-                size = len(body) if isinstance(body, bytes) else _file_size(body)
-                batch.append(Outgoing(t, message, content_type, body, pin, reliable, size, url))
-        return batch
+            batch: list[Outgoing] = []
+            refused: list[dict[str, str]] = []
+            try:
+                for t in tasks:
+                    try:
+                        with cur.savepoint():
+                            batch.append(self._prepare(cur, t))
+                    except Exception as exc:
+                        refused.append(self._refuse(cur, t, refusal_reason(exc), now))
+            except BaseException:
+                for o in batch:
+                    close_body(o.body)
+                raise
+        return batch, refused
+
+    def _prepare(self, cur: Cursor, t: Task) -> Outgoing:
+        """What to send for one claimed task; raises when it cannot be sent."""
+        message = message_by_pk(cur, t.message_pk)
+        content_type, body = wire_body(message, cur)
+        try:
+            # The pin is looked up by the CPA endpoint, not the mapped URL: the
+            # partner we must reach is the CPA's, whichever way we go to it.
+            pin = self.pin_lookup(cur, message, t.url) if self.pin_lookup else None
+            url = resolve_url(cur, t.url)
+            if url != t.url:
+                try:
+                    check_url(url, "mapped")
+                except (TypeError, ValueError) as exc:
+                    raise Undeliverable(f"The URL mapping for {t.url} is invalid: {exc}.") from None
+            reliable = message.status is not None and asks_for_ack(message.envelope)
+            size = len(body) if isinstance(body, bytes) else _file_size(body)
+        except BaseException:
+            close_body(body)
+            raise
+        return Outgoing(t, message, content_type, body, pin, reliable, size, url)
+
+    def _refuse(self, cur: Cursor, t: Task, reason: str, now: datetime) -> dict[str, str]:
+        """End a task that cannot be sent: FAILED with ``reason``, its message too."""
+        finish_attempt(
+            cur, t, TaskOutcome.FAILED, node=self.node_id, started_at=now, now=now, error=reason
+        )
+        row = cur.execute(
+            "SELECT message_id, cpa_id, status FROM ebms_message WHERE id = ?", (t.message_pk,)
+        ).fetchone()
+        fields = {"event": "delivery", "task": str(t.id), "outcome": "failed", "error": reason}
+        if row is None:
+            return fields
+        message_id, cpa_id, status = row
+        fields.update(message_id=str(message_id), cpa_id=str(cpa_id))
+        if status is not None and set_status(
+            cur,
+            t.message_pk,
+            OutboundStatus.DELIVERY_FAILED.value,
+            now=now,
+            reason=reason,
+            only_from=(OutboundStatus.CREATED.value,),
+        ):
+            add_event(
+                cur,
+                t.message_pk,
+                str(message_id),
+                EventType.FAILED,
+                now=now,
+                error_code=UNDELIVERABLE_CODE,
+                error_text=reason,
+            )
+        return fields
 
     async def _deliver(self, outgoing: Outgoing) -> None:
         try:

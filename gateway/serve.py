@@ -84,6 +84,16 @@ def _listening(host: str, port: int, listen: Callable[[], Any]) -> Any:
         raise StartupError(f"cannot listen on {host}:{port}: {reason.lower()}") from exc
 
 
+#: A pass of the webhooks, a file drop or the relay may move many files or
+#: events; readiness allows it this long per interval before calling it stuck.
+MIN_PASS_INTERVAL = 10.0
+
+
+def _pass_interval(poll_interval: float) -> float:
+    """The interval a loop's heartbeat is judged by (three of them make it stale)."""
+    return max(poll_interval, MIN_PASS_INTERVAL)
+
+
 class Gateway:
     """A running gateway; :meth:`start` and :meth:`stop` it."""
 
@@ -275,6 +285,9 @@ class Gateway:
                 config.webhooks,
                 node_id=config.node_id,
             )
+            self.webhooks.heartbeat = self.heartbeats.beater(
+                "webhooks", _pass_interval(self.webhooks.poll_interval)
+            )
             self.webhooks.start()
         for exchange in config.filedrops:
             drop = FileDrop(
@@ -286,6 +299,9 @@ class Gateway:
                 node_id=config.node_id,
                 security=security,
                 wake=self.wake,
+            )
+            drop.heartbeat = self.heartbeats.beater(
+                f"filedrop {exchange.name}", _pass_interval(exchange.poll_interval)
             )
             drop.start()
             self.filedrops.append(drop)
@@ -306,6 +322,9 @@ class Gateway:
                 relay,
                 node_id=config.node_id,
                 wake_delivery=self.wake,
+            )
+            self.stuf.heartbeat = self.heartbeats.beater(
+                "stuf-relay", _pass_interval(config.stuf.poll_interval)
             )
             self.stuf.start()
         if config.api.port is not None:

@@ -481,7 +481,7 @@ class _ClientConnectionCreator:
         self,
         context: SSL.Context,
         host: str,
-        pin: bytes | None,
+        pin: frozenset[bytes] | None,
         leaf_check: Callable[[x509.Certificate], object] | None = None,
     ) -> None:
         self._context = context
@@ -522,10 +522,11 @@ class _ClientConnectionCreator:
                 verify_certificate_ip_address(leaf, self._ip)
             else:
                 verify_certificate_hostname(leaf, self._host)
-            if self._pin is not None and _fingerprint(leaf) != self._pin:
+            if self._pin is not None and _fingerprint(leaf) not in self._pin:
+                expected = " or ".join(sorted(p.hex() for p in self._pin))
                 raise TlsVerificationError(
                     f"server certificate for {self._host} is not the one in the CPA "
-                    f"(SHA-256 {_fingerprint(leaf).hex()}, expected {self._pin.hex()})"
+                    f"(SHA-256 {_fingerprint(leaf).hex()}, expected {expected})"
                 )
             if self._leaf_check is not None:
                 # Revocation and key usage: OpenSSL has no CRLs here (research notes §5.2).
@@ -584,13 +585,18 @@ class ClientTlsPolicy:
         leaf_check: Callable[[x509.Certificate], object] | None = None,
     ) -> None:
         self._context = _context(identity, trust_anchors)
-        self._pin: bytes | None = None
+        self._pin: frozenset[bytes] | None = None
         #: Called with the server's leaf certificate after the chain, host name and pin
         #: checks; raising refuses the connection (the CRL check of the trust store).
         self._leaf_check = leaf_check
 
-    def with_pin(self, server_certificate: x509.Certificate) -> ClientTlsPolicy:
+    def with_pin(
+        self, server_certificate: x509.Certificate, *also: x509.Certificate
+    ) -> ClientTlsPolicy:
         """The same policy, requiring also that the server's leaf is exactly this certificate.
+
+        ``also`` are accepted as well: the successor a certificate mapping names
+        while the partner rolls its server certificate over (docs/operations.md).
 
         The certificate is the CPA's ServerCertificateRef of the partner's
         endpoint ("expected peer server cert", research notes §6.2); compared by
@@ -598,7 +604,7 @@ class ClientTlsPolicy:
         replaces any earlier one; this policy itself is not changed.
         """
         pinned = copy.copy(self)  # the context is shared: it is immutable once used
-        pinned._pin = _fingerprint(server_certificate)
+        pinned._pin = frozenset(_fingerprint(c) for c in (server_certificate, *also))
         return pinned
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:

@@ -191,6 +191,26 @@ def test_client_certificate_must_be_the_senders(node, store, pki: Path) -> None:
     assert rows(store, "SELECT count(*) FROM ebms_message") == [(0,)]
 
 
+def test_a_mapped_tls_client_certificate_is_accepted_beside_the_cpas(
+    node, store, pki: Path, gemeente_cert
+) -> None:
+    """A partner rolling its TLS certificate over: the old and the new are both accepted."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from gateway.store.certmap import set_mapping
+
+    processor = node(profile="osb-rm", sync_reply=True)
+    new = load_cert(pki / "ggk-rinis-test" / "tls-client.pem")  # not the sender's in the CPA
+    refused = processor.handle(request(render("EbMSMessage"), new))
+    assert refused.status == 500 and b"Invalid SSL Client Certificate!" in refused.body
+    with store.transaction() as cur:
+        set_mapping(cur, gemeente_cert.public_bytes(Encoding.DER), new.public_bytes(Encoding.DER))
+    for cert in (new, gemeente_cert):
+        reply = processor.handle(request(render("EbMSMessage"), cert))
+        assert reply.status == 200, reply.body
+    assert rows(store, "SELECT count(*) FROM ebms_message WHERE direction = 'in'") == [(2,)]
+
+
 @pytest.mark.parametrize("name", ["EbMSMessageMissingFromPartyId", "EbMSPingXXE"])
 def test_unparsable_input_is_a_bare_500(node, gemeente_cert, name: str) -> None:
     reply = node(profile="osb-rm").handle(request(render(name), gemeente_cert))

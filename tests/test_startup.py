@@ -345,6 +345,7 @@ def test_heartbeats_go_stale_after_three_intervals() -> None:
     beats = Heartbeats(clock=lambda: now[0])
     beats.beat("delivery", 1.0)
     beats.beater("pings", 5.0)()
+    assert beats.last("delivery") == 100.0 and beats.last("webhooks") is None
     now[0] = 102.9
     assert beats.stale() == []
     now[0] = 103.5

@@ -324,9 +324,12 @@ async def test_pinned_server_certificate(pki: Path, serve: Serve) -> None:
     reasons = await refused(policy.with_pin(ggk_server), server.url())
     assert TlsVerificationError.__name__ in reasons, reasons
     assert "not the one in the CPA" in reasons, reasons
+    # A rollover: the CPA's certificate or its successor, whichever the server has.
+    code, body = await get(policy.with_pin(ggk_server, gemeente_server), server.url())
+    assert (code, body) == (200, NODE_OIN)
     # with_pin leaves the original policy alone.
     assert await get(policy, server.url()) == (200, NODE_OIN)
-    assert server.resource.seen == [NODE_OIN, NODE_OIN]
+    assert server.resource.seen == [NODE_OIN, NODE_OIN, NODE_OIN]
 
 
 @pytest_twisted.ensureDeferred

@@ -237,6 +237,7 @@ def _answers(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
         401: "authentication required (when configured)",
         404: "unknown id",
         405: "method not allowed on this path",
+        409: "messages are pending on the CPA; the text says how many",
         413: "request body too large",
         502: "the partner answered with an error, or the message could not be delivered",
         504: "the partner did not answer in time",
@@ -292,7 +293,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     "deleteCPA": {
         "summary": "Delete a CPA",
         "parameters": [_path("cpaId")],
-        "responses": _answers(_NO_CONTENT, 404),
+        "responses": _answers(_NO_CONTENT, 404, 409),
     },
     "deleteURLMappingCache": {
         "summary": "Clear the URL mapping cache (nothing is cached)",

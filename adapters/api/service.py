@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from cpa.model import MSH_SERVICE, Cpa, PartyId, PartyInfo, Service, parse_party
-from cpa.registry import CpaExists, CpaInvalid, CpaNotFound, CpaRegistry
+from cpa.registry import CpaExists, CpaInUse, CpaInvalid, CpaNotFound, CpaRegistry
 from gateway.logfmt import log_event
 from gateway.msh.outbound import (
     Payload,
@@ -106,6 +106,12 @@ class NotFound(ApiError):
     """An unknown CPA, message or mapping (HTTP 404)."""
 
     status = 404
+
+
+class Conflict(ApiError):
+    """The request clashes with the store's state (HTTP 409): a CPA still in use."""
+
+    status = 409
 
 
 class PartnerUnavailable(ApiError):
@@ -266,11 +272,20 @@ class BackOffice:
         return row.cpa_id
 
     def delete_cpa(self, cpa_id: str) -> None:
-        """Delete a CPA; :class:`NotFound` if there is none."""
+        """Delete a CPA; :class:`NotFound` if there is none.
+
+        :class:`Conflict` while messages are pending on it: ebms-core's
+        deleteCPA has no force flag, so the API refuses with the count and
+        only the command line (``dkgw cpa delete --force``) fails them.
+        """
         try:
             self.registry.delete(cpa_id)
         except CpaNotFound:
             raise NotFound(f"CPA {cpa_id} not found") from None
+        except CpaInUse as exc:
+            raise Conflict(
+                f"{exc}; wait for them, or fail them with 'dkgw cpa delete --force {cpa_id}'"
+            ) from None
         _log("cpa-deleted", cpa=cpa_id)
 
     def cpa_ids(self) -> list[str]:

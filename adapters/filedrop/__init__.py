@@ -35,6 +35,13 @@ log = logging.getLogger("dkgw.filedrop")
 class FileDrop:
     """One exchange's outbox and inbox folders."""
 
+    #: Called when a pass ran to its end (gateway.monitor.heartbeat; the gateway sets it).
+    heartbeat: Callable[[], None] | None = None
+
+    def _beat(self, _: object) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat()
+
     def __init__(
         self,
         reactor: Any,
@@ -114,6 +121,8 @@ class FileDrop:
         if not self._running:
             return
         d: Deferred[None] = self.run_in_thread(self._one_pass)
+        # Reached only when the pass ran to its end (gateway.monitor.heartbeat).
+        d.addCallback(self._beat)
         d.addErrback(self._failed)
         self._pass = d
         d.addBoth(self._done)

@@ -33,6 +33,13 @@ PURGE_EVERY = 3600.0
 class RelayService:
     """Runs a :class:`Relay` on the reactor's timer."""
 
+    #: Called when a pass ran to its end (gateway.monitor.heartbeat; the gateway sets it).
+    heartbeat: Callable[[], None] | None = None
+
+    def _beat(self, _: object) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat()
+
     def __init__(
         self,
         reactor: Any,
@@ -99,6 +106,8 @@ class RelayService:
     def _run(self) -> None:
         self._call = None
         self._pass = self.run_in_thread(self._one_pass)
+        # Reached only when the pass ran to its end (gateway.monitor.heartbeat).
+        self._pass.addCallback(self._beat)
         self._pass.addErrback(lambda f: log.error("event=stuf-pass-failed reason=%s",
                                                   f.getErrorMessage()))  # fmt: skip
         self._pass.addBoth(self._done)

@@ -20,7 +20,7 @@ from cpa.generate import (
     make_cpa,
 )
 from cpa.model import Cpa, PartyInfo
-from cpa.registry import CpaExists, CpaInvalid, CpaNotFound, CpaRegistry, StoredCpa
+from cpa.registry import CpaExists, CpaInUse, CpaInvalid, CpaNotFound, CpaRegistry, StoredCpa
 from cpa.validate import ValidationOptions, ValidationReport, validate_cpa
 from cpa.xsdtypes import parse_duration
 from gateway.commands.common import fail, load_party, open_store, read_input
@@ -65,6 +65,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmds.add_parser("delete", help="delete a stored CPA")
     p.add_argument("cpa_id", help="the CPA's cpaid")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also when messages are pending on it: they fail ('CPA deleted by operator')",
+    )
     p.set_defaults(handler=cmd_delete)
 
     p = cmds.add_parser(
@@ -389,10 +394,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     """``dkgw cpa delete ID``."""
     try:
-        CpaRegistry(open_store(args)).delete(args.cpa_id)
+        failed = CpaRegistry(open_store(args)).delete(args.cpa_id, force=args.force)
     except CpaNotFound as exc:
         return fail(str(exc))
-    print(f"deleted {args.cpa_id}")
+    except CpaInUse as exc:
+        return fail(f"{exc}; use --force to fail them")
+    if failed:
+        noun = "message" if failed == 1 else "messages"
+        print(f"deleted {args.cpa_id}; {failed} pending {noun} failed")
+    else:
+        print(f"deleted {args.cpa_id}")
     return 0
 
 

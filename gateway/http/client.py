@@ -28,10 +28,12 @@ from twisted.web.http_headers import Headers
 
 from cpa.model import PartyId
 from cpa.registry import CpaRegistry
-from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult
+from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult, Pin, Undeliverable
 from gateway.http.failures import NoResponse
+from gateway.store.certmap import resolve_certificate
 from gateway.store.database import Cursor
 from gateway.store.messages import StoredMessage
+from gateway.store.timeutil import utcnow
 from gateway.tls import ClientTlsPolicy
 
 
@@ -39,11 +41,24 @@ class ReplyTooLarge(Exception):
     """The partner answered with more than a signal's worth of bytes."""
 
 
-def server_pin(
-    registry: CpaRegistry, cur: Cursor, message: StoredMessage, url: str
-) -> x509.Certificate | None:
-    """The CPA's server certificate for the endpoint ``url`` of the message's receiver."""
+def server_pin(registry: CpaRegistry, cur: Cursor, message: StoredMessage, url: str) -> Pin:
+    """The CPA's server certificate for the endpoint ``url`` of the message's receiver.
+
+    With a certificate mapping (:mod:`gateway.store.certmap`) for it, the CPA's
+    certificate and the mapped one: during the partner's rollover either may
+    answer (docs/operations.md, "Certificate rotation").
+
+    Raises :class:`~gateway.delivery.Undeliverable` when the CPA is no longer
+    in force or the certificate it names cannot be read: the task then fails
+    alone, with that reason (the worker goes on with the others).
+    """
     cpa = registry.get_cpa(message.cpa_id, cur)
+    now = utcnow()
+    if not cpa.in_force(now):
+        raise Undeliverable(
+            f"CPA {cpa.cpa_id} is not in force (status {cpa.status}, valid "
+            f"{cpa.start.isoformat()} to {cpa.end.isoformat()})."
+        )
     ids = []
     for key in message.to_party.split(","):
         type_, _, value = key.rpartition(":")
@@ -55,7 +70,16 @@ def server_pin(
         if any(ep.uri == url for ep in transport.endpoints) and transport.server_security:
             cert = party.certificates.get(transport.server_security.certificate_id or "")
             if cert is not None and cert.der:
-                return x509.load_der_x509_certificate(cert.der)
+                try:
+                    named = x509.load_der_x509_certificate(cert.der)
+                    mapped = resolve_certificate(cur, cert.der, cpa.cpa_id)
+                    if mapped == cert.der:
+                        return named
+                    return (named, x509.load_der_x509_certificate(mapped))
+                except ValueError:
+                    raise Undeliverable(
+                        f"The server certificate {cert.cert_id} of CPA {cpa.cpa_id} cannot be read."
+                    ) from None
     return None
 
 
@@ -90,10 +114,13 @@ class EbmsClient:
         self.policy = policy
         self._agents = {}
 
-    def _agent(self, pin: x509.Certificate | None) -> Agent:
-        key = hashlib.sha256(pin.public_bytes(Encoding.DER)).hexdigest() if pin else "-"
+    def _agent(self, pin: Pin) -> Agent:
+        pins = pin if isinstance(pin, tuple) else (pin,) if pin is not None else ()
+        key = ",".join(
+            sorted(hashlib.sha256(p.public_bytes(Encoding.DER)).hexdigest() for p in pins)
+        )
         if key not in self._agents:
-            policy = self.policy.with_pin(pin) if pin is not None else self.policy
+            policy = self.policy.with_pin(*pins) if pins else self.policy
             self._agents[key] = Agent(
                 self.reactor,
                 contextFactory=policy,
@@ -102,9 +129,7 @@ class EbmsClient:
             )
         return self._agents[key]
 
-    def post(
-        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
-    ) -> Deferred[HttpResult]:
+    def post(self, url: str, headers: dict[str, str], body: Body, pin: Pin) -> Deferred[HttpResult]:
         """POST and read at most MAX_REPLY_BYTES of the answer.
 
         A file body is sent from where it stands in 64 KiB reads, with its
@@ -113,7 +138,7 @@ class EbmsClient:
         return Deferred.fromCoroutine(self._post_or_timeout(url, headers, body, pin))
 
     async def _post_or_timeout(
-        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
+        self, url: str, headers: dict[str, str], body: Body, pin: Pin
     ) -> HttpResult:
         # treq's timeout cancels the request; the cancellation surfaces as a bare
         # CancelledError, or wrapped in ResponseNeverReceived.  Only that timeout
@@ -127,9 +152,7 @@ class EbmsClient:
                 raise NoResponse(self.read_timeout) from None
             raise
 
-    async def _post(
-        self, url: str, headers: dict[str, str], body: Body, pin: x509.Certificate | None
-    ) -> HttpResult:
+    async def _post(self, url: str, headers: dict[str, str], body: Body, pin: Pin) -> HttpResult:
         client = treq.client.HTTPClient(self._agent(pin))
         # treq adapts only some file types itself (not a TemporaryFile's
         # BufferedRandom), so a file gets its producer here.

@@ -1,7 +1,11 @@
 """Heartbeats of the gateway's loops, for ``/ready``.
 
-Each loop (the delivery worker's poll, the Ping schedule's tick) calls
-:meth:`Heartbeats.beat` when it ticks; a loop that has not ticked within three
+Each loop (the delivery worker's poll, the Ping schedule's tick, and the passes
+of the webhooks, file drops and StUF relay) calls :meth:`Heartbeats.beat` when a
+tick ran to its end, whatever its tasks came to: one failed task is the task's
+affair, a tick that raised (the store unreachable, a bug) is the loop's.  The
+gateway hands each loop a ``heartbeat`` callable (:meth:`Heartbeats.beater`).
+A loop that has not ticked within three
 of its intervals is stuck (a store that hangs, a crashed ``LoopingCall``) and
 makes the gateway "not ready" (docs/operations.md, "Health and readiness").
 """
@@ -32,6 +36,12 @@ class Heartbeats:
     def beater(self, name: str, interval: float) -> Callable[[], None]:
         """A no-argument ``beat`` for one loop, to hand to that loop."""
         return lambda: self.beat(name, interval)
+
+    def last(self, name: str) -> float | None:
+        """When (on :attr:`clock`) loop ``name`` last ticked, None if it never did."""
+        with self._lock:
+            entry = self._last.get(name)
+        return entry[0] if entry is not None else None
 
     def stale(self, now: float | None = None) -> list[str]:
         """One reason per loop that missed three of its ticks (``delivery: no tick for 9.0 s``)."""

@@ -49,6 +49,7 @@ from gateway.msh.security import (
     open_inbound,
     sign_acknowledgment,
 )
+from gateway.store.certmap import resolve_certificate
 from gateway.store.database import Cursor, Database, IntegrityConflict
 from gateway.store.messages import (
     AttachmentRecord,
@@ -201,7 +202,9 @@ class InboundProcessor:
                 return self._fault(
                     f"CPA {header.cpa_id} not found!", {**fields, "outcome": "no-cpa"}
                 )
-            if self.check_client_certificate and not self._certificate_matches(cpa, env, request):
+            if self.check_client_certificate and not self._certificate_matches(
+                cur, cpa, env, request
+            ):
                 return self._fault(
                     "Invalid SSL Client Certificate!", {**fields, "outcome": "client-certificate"}
                 )
@@ -234,19 +237,27 @@ class InboundProcessor:
     def _fault(self, message: str, fields: dict[str, str], code: str = CLIENT) -> HttpReply:
         return HttpReply(500, soap_fault(code, message), XML, fields)
 
-    def _certificate_matches(self, cpa: Cpa, env: Envelope, request: InboundRequest) -> bool:
-        """The TLS client certificate must be one the sender's CPA entry names.
+    def _certificate_matches(
+        self, cur: Cursor, cpa: Cpa, env: Envelope, request: InboundRequest
+    ) -> bool:
+        """The TLS client certificate must be one the sender's CPA entry names, or its mapping.
 
         Research notes §5.2: compare with the certificate of the From party's
         TransportClientSecurity.  A sender that is not in the CPA at all is
-        left to the header checks, which answer it with an ebMS error.
+        left to the header checks, which answer it with an ebMS error.  A
+        certificate mapping (:mod:`gateway.store.certmap`) adds its destination
+        without removing the CPA's certificate: while a partner rolls its TLS
+        certificate over, both are accepted (docs/operations.md, "Certificate
+        rotation").
         """
         party = cpa.party_by_ids(env.header.from_ids)
         if party is None:
             return True
         if request.peer_certificate is None:
             return False
-        return _der(request.peer_certificate) in party.tls_client_certificates()
+        named = party.tls_client_certificates()
+        accepted = {*named, *(resolve_certificate(cur, der, cpa.cpa_id) for der in named)}
+        return _der(request.peer_certificate) in accepted
 
     # -- the transaction ---------------------------------------------------------
 

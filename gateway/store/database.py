@@ -153,6 +153,7 @@ class Cursor:
     def __init__(self, raw: _RawCursor, dialect: Dialect) -> None:
         self._raw = raw
         self._failed = False
+        self._savepoints = 0
         self.dialect: Dialect = dialect
         """Which database runs this transaction, for the rare SQL that must differ."""
 
@@ -186,6 +187,30 @@ class Cursor:
         with self._guard():
             rows = self._raw.fetchall()
         return [_plain_row(row) for row in rows]
+
+    @contextmanager
+    def savepoint(self) -> Iterator[Cursor]:
+        """Run the block in a savepoint: on an error only its own statements are undone.
+
+        The error is re-raised and the transaction may go on: a worker fails
+        one task that cannot be prepared without losing the others it claimed
+        in the same transaction.  Savepoints nest; both dialects have them.
+        """
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self.execute(f"SAVEPOINT {name}")
+        try:
+            yield self
+        except BaseException:
+            # Statements after a failed one are allowed again once it is undone.
+            self._failed = False
+            self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        else:
+            self.execute(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self._savepoints -= 1
 
     def _sql(self, sql: str) -> str:
         return qmark_to_format(sql) if self.dialect == "postgresql" else sql
