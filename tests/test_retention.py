@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cpa.registry import CpaRegistry
 from gateway.cli import main
+from gateway.config import ConfigError, load_config
 from gateway.ebms.envelope import parse_envelope
 from gateway.msh.inbound import InboundProcessor, InboundRequest
 from gateway.store.backoffice import process_message
@@ -321,3 +322,12 @@ def test_purge_command_dry_run_deletes_nothing_and_prints_figures(
     print(out)
     assert _ids(db) == {"kept"}
     db.close()
+
+
+def test_retention_section_is_parsed_and_checked(write) -> None:
+    config = load_config(write("[retention]\nmessages_days = 90\ninterval = 60\n"))
+    assert config.retention == RetentionSettings(messages_days=90.0, interval=60.0)
+    assert load_config(write("")).retention == RetentionSettings()
+    for bad in ("messages_days = 0", "batch_size = 0", "keep = 1"):
+        with pytest.raises(ConfigError, match=r"messages_days|batch_size|keep"):
+            load_config(write(f"[retention]\n{bad}\n"))
