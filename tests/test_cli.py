@@ -251,3 +251,25 @@ def test_demo_runs_and_exits_0(dkgw, tmp_path: Path) -> None:
     assert "gemeente gateway stopped (exit 0)" in out and "node gateway stopped (exit 0)" in out
     assert (tmp_path / "var" / "demo" / "gemeente.sqlite3").exists()
     assert dkgw("demo")[0] == EXIT_OK  # a rerun starts from fresh stores
+
+
+def test_cpa_diff_and_overwrite_show_what_changes(dkgw, pki: Path, tmp_path: Path) -> None:
+    old, new = tmp_path / "old.xml", tmp_path / "new.xml"
+    assert dkgw(*make_args(pki, old, "--cpa-id", "diff-cpa"))[0] == EXIT_OK
+    args = make_args(pki, new, "--cpa-id", "diff-cpa")
+    args[args.index("https://localhost:18444/ebms")] = "https://node.example.nl/ebms"
+    assert dkgw(*args)[0] == EXIT_OK
+    assert dkgw("cpa", "import", str(old))[0] == EXIT_OK
+
+    code, out, _ = dkgw("cpa", "diff", str(old))
+    assert (code, out.strip()) == (EXIT_OK, "no changes")
+    code, out, _ = dkgw("cpa", "diff", str(new))
+    assert code == EXIT_OK
+    assert f"~ party urn:osb:oin:{NODE_OIN} transport " in out, out
+    assert "https://localhost:18444/ebms -> https://node.example.nl/ebms" in out, out
+    code, _, err = dkgw("cpa", "diff", str(new), "--against", "nope")
+    assert code == EXIT_INVALID and "no CPA 'nope'" in err
+
+    code, out, _ = dkgw("cpa", "import", "--overwrite", str(new))
+    assert code == EXIT_OK and out.startswith("replaced diff-cpa"), out
+    assert "https://localhost:18444/ebms -> https://node.example.nl/ebms" in out, out

@@ -577,3 +577,19 @@ def test_check_ping_without_links_is_unknown(tmp_path: Path) -> None:
     )
     assert done.returncode == UNKNOWN
     assert done.stdout.startswith("UNKNOWN no watched link")
+
+
+def test_an_unreadable_cpa_does_not_stop_the_pings_of_the_others(store: Database, cpa_xml) -> None:
+    schedule = Schedule(store, cpa_xml(profile="osb-rm"), PingSettings(interval=60.0))
+    schedule.registry.insert(cpa_xml(profile="osb-rm", cpa_id="broken-cpa"), overwrite=True)
+    with store.transaction() as cur:
+        # Stored long ago, unreadable now (the registry would refuse it today).
+        cur.execute(
+            "UPDATE cpa SET xml = ?, sha256 = ? WHERE cpa_id = ?",
+            (b"<broken/>", "broken", "broken-cpa"),
+        )
+    schedule.tick()
+    (link,) = schedule.links()
+    assert link.key.cpa_id == "test-cpa"
+    report = schedule.tick(after=(link.next_due - schedule.now).total_seconds())
+    assert [k.cpa_id for k, _ in report.queued] == ["test-cpa"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cpa.certificates import CertificateFacts, facts, load_der
+from cpa.diff import diff_cpas, format_change
 from cpa.generate import (
     PROFILES,
     ActionSpec,
@@ -20,6 +21,7 @@ from cpa.generate import (
     make_cpa,
 )
 from cpa.model import Cpa, PartyInfo
+from cpa.parse import CpaReadError, parse_cpa
 from cpa.registry import CpaExists, CpaInUse, CpaInvalid, CpaNotFound, CpaRegistry, StoredCpa
 from cpa.validate import ValidationOptions, ValidationReport, validate_cpa
 from cpa.xsdtypes import parse_duration
@@ -52,6 +54,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a CPA with the same id")
     validation_flags(p)
     p.set_defaults(handler=cmd_import)
+
+    p = cmds.add_parser("diff", help="show what a CPA file changes against the stored CPA")
+    p.add_argument("file", help="CPA XML file, or - for standard input")
+    p.add_argument(
+        "--against", metavar="ID", help="the stored CPA to compare with (default: same id)"
+    )
+    p.set_defaults(handler=cmd_diff)
 
     p = cmds.add_parser("list", help="list stored CPAs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -177,6 +186,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(f"cannot read {args.file}: {exc.strerror}")
     registry = CpaRegistry(open_store(args, create=True), _options(args))
+    changes = _changes(registry, xml, None) if args.overwrite else None
     try:
         row, replaced, report = registry.insert(xml, overwrite=args.overwrite)
     except CpaInvalid as exc:
@@ -190,6 +200,45 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"{'replaced' if replaced else 'imported'} {row.cpa_id} "
         f"({', '.join(report.profiles) or 'no actions'}; valid until {row.end:%Y-%m-%d})"
     )
+    if replaced and changes is not None:
+        for line in changes or ["no changes"]:
+            print(f"  {line}")
+    return 0
+
+
+def _changes(registry: CpaRegistry, xml: bytes, against: str | None) -> list[str] | None:
+    """Lines saying what ``xml`` changes against the stored CPA; None when there is none."""
+    try:
+        new = parse_cpa(xml)
+    except (CpaReadError, ValueError):
+        return None  # the import's validation says what is wrong with it
+    try:
+        old = registry.get_cpa(against or new.cpa_id)
+    except CpaNotFound:
+        return None
+    return [format_change(c) for c in diff_cpas(old, new)]
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """``dkgw cpa diff FILE [--against ID]``: what importing FILE would change."""
+    try:
+        xml = read_input(args.file)
+    except OSError as exc:
+        return fail(f"cannot read {args.file}: {exc.strerror}")
+    try:
+        new = parse_cpa(xml)
+    except (CpaReadError, ValueError) as exc:
+        return fail(f"{args.file} is not a readable CPA: {exc}")
+    registry = CpaRegistry(open_store(args))
+    try:
+        old = registry.get_cpa(args.against or new.cpa_id)
+    except CpaNotFound as exc:
+        return fail(str(exc))
+    changes = diff_cpas(old, new)
+    for change in changes:
+        print(format_change(change))
+    if not changes:
+        print("no changes")
     return 0
 
 

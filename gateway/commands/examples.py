@@ -15,7 +15,14 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     ),
     ("cpa", "list"): ("dkgw --config /etc/dkgw/dkgw.toml cpa list --json",),
     ("cpa", "show"): ("dkgw --config /etc/dkgw/dkgw.toml cpa show GGK_iWmo_3_2_demo",),
-    ("cpa", "delete"): ("dkgw --config /etc/dkgw/dkgw.toml cpa delete GGK_iWmo_3_2_demo",),
+    ("cpa", "diff"): (
+        "dkgw --config /etc/dkgw/dkgw.toml cpa diff partner-cpa-v2.xml",
+        "dkgw --config /etc/dkgw/dkgw.toml cpa diff partner-cpa-v2.xml --against GGK_iWmo_3_2_demo",
+    ),
+    ("cpa", "delete"): (
+        "dkgw --config /etc/dkgw/dkgw.toml cpa delete GGK_iWmo_3_2_demo",
+        "dkgw --config /etc/dkgw/dkgw.toml cpa delete GGK_iWmo_3_2_demo --force",
+    ),
     ("cpa", "make"): (
         "dkgw cpa make --a-name 'Gemeente Voorbeeld' --a-id 00000001001234567000 "
         "--a-role Gemeente --a-endpoint https://gw.gemeente.test/ebms --a-certs certs/gemeente "

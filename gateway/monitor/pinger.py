@@ -115,10 +115,21 @@ class LinkPlanner:
             cached = self._cache.get(row.cpa_id)
             if cached is None or cached[0] != row.sha256:
                 try:
-                    cpa = self.registry.get_cpa(row.cpa_id, cur)
+                    with cur.savepoint():
+                        cpa = self.registry.get_cpa(row.cpa_id, cur)
+                        links = links_for(cpa, self.own_ids, self.client_cert_der)
                 except CpaNotFound:
                     continue
-                cached = (row.sha256, links_for(cpa, self.own_ids, self.client_cert_der))
+                except Exception as exc:
+                    # One unreadable CPA must not stop the pings of the others; it is
+                    # reported once per version (cached without links).
+                    log.warning(
+                        "event=ping-links-failed cpa_id=%s reason=%s",
+                        row.cpa_id,
+                        f"{type(exc).__name__}: {exc}"[:300],
+                    )
+                    links = []
+                cached = (row.sha256, links)
                 self._cache[row.cpa_id] = cached
             keys.extend(cached[1])
         for gone in set(self._cache) - seen:
@@ -206,17 +217,21 @@ def run_tick(
 
     for key in claim_due_links(cur, now=now):
         try:
-            queued = queue_ping(
-                cur,
-                registry,
-                cpa_id=key.cpa_id,
-                from_party=parse_party(key.from_party),
-                to_party=parse_party(key.to_party),
-                clock=lambda: now,
-            )
-        except (SendError, CpaNotFound, ValueError) as exc:
-            # The CPA does not let us ping (or vanished): that is a finding, not a crash.
-            reason = f"cannot send a Ping: {exc}"
+            # Its own savepoint: a link that cannot be pinged fails alone.
+            with cur.savepoint():
+                queued = queue_ping(
+                    cur,
+                    registry,
+                    cpa_id=key.cpa_id,
+                    from_party=parse_party(key.from_party),
+                    to_party=parse_party(key.to_party),
+                    clock=lambda: now,
+                )
+        except Exception as exc:
+            # The CPA does not let us ping (or vanished, or is unreadable): that is a
+            # finding about this link, not a crash of the schedule.
+            detail = str(exc) if isinstance(exc, SendError | CpaNotFound | ValueError) else ""
+            reason = f"cannot send a Ping: {detail or type(exc).__name__}"
             if settle(
                 cur,
                 key,
