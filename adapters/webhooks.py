@@ -11,6 +11,11 @@ reactor; each outcome is recorded in the thread pool: 2xx is done, anything
 else (another status, a connection error, a timeout) is retried with
 exponential backoff until ``max_age``, then the delivery is failed.
 
+One item never stops the others: a webhook whose events cannot be queued is
+skipped for that pass (its own savepoint, an error line), and a delivery whose
+row cannot be read or whose POST cannot be prepared is failed at once with
+its reason (``last_error``) and a log line with its ids.
+
 Message receipt never waits for any of this: the dispatcher only reads
 ``message_event``, every error in it is logged and swallowed, and a receiver
 that is slow or down only delays its own deliveries.
@@ -400,16 +405,25 @@ class WebhookDispatcher:
                 # What this node had in flight when it last went down is due again.
                 released = store.release_node(cur, node=self.node_id, now=now)
             queued = {}
+            stalled: dict[str, str] = {}
             for name in self._names:
                 hook = self._hooks[name].config
-                queued[name] = store.enqueue(
-                    cur,
-                    name,
-                    now=now,
-                    cpa_ids=hook.cpa_ids,
-                    services=hook.services,
-                    event_types=hook.event_types,
-                )
+                # One webhook whose events cannot be queued (its cursor row
+                # inconsistent, say) must not stop the others': its own savepoint.
+                try:
+                    with cur.savepoint():
+                        queued[name] = store.enqueue(
+                            cur,
+                            name,
+                            now=now,
+                            cpa_ids=hook.cpa_ids,
+                            services=hook.services,
+                            event_types=hook.event_types,
+                        )
+                except Exception as exc:
+                    kind = type(exc).__name__
+                    stalled[name] = f"The new events of this webhook could not be queued ({kind})."
+            refused: list[store.Refused] = []
             batch = store.claim_due(
                 cur,
                 node=self.node_id,
@@ -417,8 +431,30 @@ class WebhookDispatcher:
                 limit=limit,
                 lease=self.lease,
                 webhooks=self._names,
+                refused=refused,
             )
         self._first_pass = False
+        for name, reason in stalled.items():
+            log_event(
+                log,
+                logging.ERROR,
+                {"event": "webhook-enqueue", "webhook": name, "outcome": "failed", "error": reason},
+            )
+        for r in refused:
+            log_event(
+                log,
+                logging.WARNING,
+                {
+                    "event": "webhook",
+                    "node": self.node_id,
+                    "webhook": r.webhook,
+                    "delivery": r.id,
+                    "message_id": r.message_id,
+                    "event_id": r.event_id,
+                    "outcome": "failed",
+                    "error": r.reason,
+                },
+            )
         if released:
             log_event(
                 log,
@@ -442,19 +478,25 @@ class WebhookDispatcher:
 
     async def _attempt(self, delivery: store.Delivery) -> None:
         hook = self._hooks[delivery.webhook]
-        body = event_body(delivery)
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "dkgw-webhook",
-            "X-Dkgw-Event-Id": str(delivery.event_id),
-            "X-Dkgw-Delivery-Attempt": str(delivery.attempts),
-        }
-        if hook.secret is not None:
-            headers["X-Dkgw-Signature"] = signature(hook.secret, body)
         started = self.reactor.seconds()
+        try:
+            body = event_body(delivery)
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "dkgw-webhook",
+                "X-Dkgw-Event-Id": str(delivery.event_id),
+                "X-Dkgw-Delivery-Attempt": str(delivery.attempts),
+            }
+            if hook.secret is not None:
+                headers["X-Dkgw-Signature"] = signature(hook.secret, body)
+            posted = self.post(hook.config, headers, body)
+        except Exception as exc:
+            # Nothing was sent and trying again would fail the same way: failed for good.
+            reason = f"The event could not be prepared for posting ({type(exc).__name__})."
+            await self._refuse(delivery, reason, started)
+            return
         status: int | None = None
         error: str | None = None
-        posted = self.post(hook.config, headers, body)
         timed_out = False
 
         def give_up() -> None:
@@ -508,6 +550,15 @@ class WebhookDispatcher:
                     "error": error,
                 },
             )
+
+    async def _refuse(self, delivery: store.Delivery, reason: str, started: float) -> None:
+        """End a delivery that cannot be attempted: failed with ``reason``, logged."""
+        failed: bool = await self.run_in_thread(self._fail, delivery.id, reason)
+        self._log(delivery, "failed" if failed else "lease-lost", None, reason, started)
+
+    def _fail(self, delivery_id: int, reason: str) -> bool:
+        with self.db.transaction() as cur:
+            return store.fail(cur, delivery_id, node=self.node_id, now=self.clock(), error=reason)
 
     async def _record(
         self,

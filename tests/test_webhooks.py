@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -723,6 +723,118 @@ def test_an_empty_secret_file_stops_the_start(db: Database, tmp_path: Path) -> N
         WebhookDispatcher(
             reactor, db, run_in_thread, (hook("http://x/", secret_file=secret),), node_id="n"
         )
+
+
+# -- failure isolation: one broken item never stops the others ---------------------------
+
+
+def _corrupt_event(db: Database, event_id: int) -> None:
+    """An inconsistent event row: its timestamp is not in the store's form."""
+    with db.transaction() as cur:
+        cur.execute("UPDATE message_event SET created_at = 'garbage' WHERE id = ?", (event_id,))
+
+
+def test_claim_fails_an_inconsistent_row_alone(db: Database) -> None:
+    enqueue(db)
+    bad, _ = new_event(db)
+    good, _ = new_event(db)
+    _corrupt_event(db, bad)
+    enqueue(db)
+    refused: list[wh.Refused] = []
+    with db.transaction() as cur:
+        batch = wh.claim_due(
+            cur, node="n1", now=T0, limit=10, lease=LEASE, webhooks=("hook",), refused=refused
+        )
+    assert [d.event_id for d in batch] == [good]
+    [r] = refused
+    assert r.event_id == bad and "inconsistent" in r.reason
+    assert deliveries(db) == [(bad, "failed", 1, None, r.reason), (good, "sending", 1, None, None)]
+    # Once the good one's lease runs out it is due again; the failed one never is.
+    assert [d.event_id for d in claim(db, now=T0 + LEASE * 2)] == [good]
+    with db.transaction() as cur:
+        assert wh.fail(cur, batch[0].id, node="n2", now=T0, error="x") is False  # not n2's
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_inconsistent_event_row_fails_alone_and_later_events_flow(
+    db: Database, receivers, dispatchers
+) -> None:
+    receiver = receivers()
+    enqueue(db)  # the cursor exists: the events below are all new to the dispatcher
+    bad, _ = new_event(db)
+    good, _ = new_event(db)
+    _corrupt_event(db, bad)
+    dispatchers(db, hook(receiver.url))
+    await wait_until(lambda: len(receiver.acked) == 1, timeout=5)
+    later, _ = await in_thread(new_event, db)
+    await wait_until(lambda: len(receiver.acked) == 2, timeout=5)
+    assert receiver.event_ids() == [good, later]
+    [(event_id, state, _, _, reason), *_] = deliveries(db)
+    assert (event_id, state) == (bad, "failed")
+    assert reason == "The stored delivery or its event is inconsistent (ValueError)."
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_webhook_whose_events_cannot_be_queued_stops_no_other(
+    db: Database, receivers, dispatchers, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    real_enqueue = wh.enqueue
+
+    def broken_enqueue(cur: Any, webhook: str, **kw: Any) -> int:
+        if webhook == "bad":
+            # A failing statement: on PostgreSQL it aborts the transaction too.
+            cur.execute("SELECT no_such_column FROM webhook_cursor")
+        return real_enqueue(cur, webhook, **kw)
+
+    receiver = receivers()
+    enqueue(db, "good")
+    first, _ = new_event(db)
+    monkeypatch.setattr(wh, "enqueue", broken_enqueue)
+    caplog.set_level("ERROR", logger="dkgw.webhooks")
+    # "bad" sorts first: it is enqueued before "good" in every pass.
+    dispatchers(db, hook(receiver.url, name="bad"), hook(receiver.url, name="good"))
+    await wait_until(lambda: len(receiver.acked) == 1, timeout=5)
+    later, _ = await in_thread(new_event, db)
+    await wait_until(lambda: len(receiver.acked) == 2, timeout=5)
+    assert receiver.event_ids() == [first, later]
+    assert deliveries(db, "bad") == []
+    await wait_until(
+        lambda: [r[:2] for r in deliveries(db, "good")] == [(first, "done"), (later, "done")]
+    )
+    assert any(
+        "event=webhook-enqueue webhook=bad outcome=failed" in r.getMessage() for r in caplog.records
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_that_cannot_be_posted_fails_alone_and_later_events_flow(
+    db: Database, dispatchers
+) -> None:
+    enqueue(db)
+    bad, _ = new_event(db)
+    good, _ = new_event(db)
+    posted: list[int] = []
+
+    def post(hook: WebhookConfig, headers: dict[str, str], body: bytes) -> Any:
+        event_id = int(headers["X-Dkgw-Event-Id"])
+        if event_id == bad:
+            raise RuntimeError("cannot prepare this one")
+        posted.append(event_id)
+        return defer.succeed(200)
+
+    dispatchers(db, hook("http://127.0.0.1:9/events"), post=post)
+    await wait_until(lambda: posted == [good], timeout=5)
+    later, _ = await in_thread(new_event, db)
+    await wait_until(lambda: posted == [good, later], timeout=5)
+    await wait_until(lambda: deliveries(db)[0][1] == "failed", timeout=5)
+    assert deliveries(db)[0] == (
+        bad,
+        "failed",
+        1,
+        None,
+        "The event could not be prepared for posting (RuntimeError).",
+    )
+    await wait_until(lambda: [r[1] for r in deliveries(db)] == ["failed", "done", "done"])
 
 
 # -- two real gateways ------------------------------------------------------------------

@@ -51,8 +51,10 @@ __all__ = [
     "Backoff",
     "Delivery",
     "Finished",
+    "Refused",
     "claim_due",
     "enqueue",
+    "fail",
     "finish",
     "read_committed",
     "release",
@@ -121,6 +123,17 @@ class Finished:
     attempts: int
     next_attempt_at: datetime | None
     """When the next attempt is due, for ``pending``."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A claimed delivery that could not be prepared: :func:`fail` ended it with ``reason``."""
+
+    id: int
+    webhook: str
+    event_id: int | None
+    message_id: str | None
+    reason: str
 
 
 def read_committed(cur: Cursor) -> None:
@@ -256,12 +269,17 @@ def claim_due(
     limit: int,
     lease: timedelta,
     webhooks: Sequence[str],
+    refused: list[Refused] | None = None,
 ) -> list[Delivery]:
     """Lease up to ``limit`` due deliveries of ``webhooks`` to ``node``, oldest due first.
 
     Due: pending with its next attempt time come, or sending under a lease
     that ran out (its node died mid-POST).  The claim counts as an attempt.
     Deliveries of webhooks no longer configured are left alone.
+
+    A claimed row that cannot be read (an inconsistent delivery or event row)
+    is failed alone with its reason (:func:`fail`, in its own savepoint) and
+    appended to ``refused``; the others are returned.
     """
     if limit <= 0 or not webhooks:
         return []
@@ -284,7 +302,25 @@ def claim_due(
         "ORDER BY d.id",
         ids,
     ).fetchall()
-    return [_delivery(r) for r in found]
+    batch: list[Delivery] = []
+    for r in found:
+        try:
+            batch.append(_delivery(r))
+        except Exception as exc:
+            reason = f"The stored delivery or its event is inconsistent ({type(exc).__name__})."
+            try:
+                with cur.savepoint():
+                    fail(cur, int(r[0]), node=node, now=now, error=reason)
+            except Exception as again:
+                reason += (
+                    f" It could not be failed either ({type(again).__name__}):"
+                    " it is due again when its lease runs out."
+                )
+            if refused is not None:
+                event_id = r[2] if isinstance(r[2], int) else None
+                message_id = r[3] if isinstance(r[3], str) else None
+                refused.append(Refused(int(r[0]), str(r[1]), event_id, message_id, reason))
+    return batch
 
 
 def retry_delay(attempts: int, backoff: Backoff, jitter: float = 0.5) -> timedelta:
@@ -354,6 +390,21 @@ def finish(
     if cur.rowcount != 1:
         return None
     return Finished(state, attempts, next_attempt_at)
+
+
+def fail(cur: Cursor, delivery_id: int, *, node: str, now: datetime, error: str) -> bool:
+    """End ``node``'s claimed delivery for good: it cannot be made (``error`` says why).
+
+    Returns False when the delivery is no longer ``node``'s claim (nothing changed).
+    """
+    stamp = to_db(now)
+    cur.execute(
+        "UPDATE webhook_delivery SET state = 'failed', next_attempt_at = ?, locked_by = NULL, "
+        "lease_until = NULL, last_status = NULL, last_error = ?, updated_at = ? "
+        "WHERE id = ? AND locked_by = ? AND state = 'sending'",
+        (stamp, error[:500], stamp, delivery_id, node),
+    )
+    return cur.rowcount == 1
 
 
 def release(
