@@ -807,6 +807,26 @@ async def test_a_webhook_whose_events_cannot_be_queued_stops_no_other(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_webhook_with_an_inconsistent_cursor_row_stops_no_other(
+    db: Database, receivers, dispatchers
+) -> None:
+    if db.dialect != "sqlite":
+        pytest.skip("PostgreSQL's BIGINT column cannot hold a broken cursor")
+    receiver = receivers()
+    enqueue(db, "bad")
+    enqueue(db, "good")
+    with db.transaction() as cur:
+        cur.execute("UPDATE webhook_cursor SET last_event_id = 'broken' WHERE name = 'bad'")
+    first, _ = new_event(db)
+    dispatchers(db, hook(receiver.url, name="bad"), hook(receiver.url, name="good"))
+    await wait_until(lambda: len(receiver.acked) == 1, timeout=5)
+    later, _ = await in_thread(new_event, db)
+    await wait_until(lambda: len(receiver.acked) == 2, timeout=5)
+    assert receiver.event_ids() == [first, later]
+    assert deliveries(db, "bad") == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_event_that_cannot_be_posted_fails_alone_and_later_events_flow(
     db: Database, dispatchers
 ) -> None:
