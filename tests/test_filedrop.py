@@ -33,13 +33,14 @@ import pytest
 import pytest_twisted
 
 import adapters.filedrop.inbox as inbox_module
+import adapters.filedrop.outbox as outbox_module
 from adapters.filedrop.files import move_no_clobber, numbered, safe_name
 from adapters.filedrop.inbox import Inbox
 from adapters.filedrop.outbox import Outbox
 from cpa.generate import make_cpa
 from cpa.registry import CpaRegistry
 from gateway.config import FileDropConfig, load_config
-from gateway.store.database import Database
+from gateway.store.database import Database, IntegrityConflict
 from gateway.store.filedrop import ItemState, claim_item, list_items
 from gateway.store.messages import (
     CHUNK_BYTES,
@@ -989,3 +990,176 @@ def test_1000_files_are_delivered_exactly_once_across_a_kill_and_a_restart(
         "WHERE direction = 'out' AND action = 'WMO301'",
     ) == [(FILES, "DELIVERED", "DELIVERED")]
     print(f"\n1,000 files across a SIGKILL and a SIGTERM restart ({dialect}): {elapsed:.1f} s")
+
+
+# -- failure isolation: one broken item fails (or waits) alone, the others flow -----------
+
+
+def item_states(db: Database) -> dict[str, tuple[ItemState, str | None]]:
+    with db.transaction() as cur:
+        rows = cur.execute("SELECT file_name, state, error FROM filedrop_item").fetchall()
+    return {r[0]: (ItemState(r[1]), r[2]) for r in rows}
+
+
+def test_an_inconsistent_outbox_record_fails_alone_and_the_other_files_go_on(
+    db: Database, tmp_path: Path
+) -> None:
+    config = exchange_config(tmp_path)
+    outbox = make_outbox(db, config)
+    assert config.outbox is not None
+    drop(config.outbox, "broken.xml", b"<a/>")
+    drop(config.outbox, "good.xml", b"<b/>")
+    outbox.run_pass()
+    by_name = {r[2]: r[0] for r in outbound(db)}
+    with db.transaction() as cur:  # a row the store cannot read back
+        cur.execute(
+            "UPDATE filedrop_item SET created_at = 'not a time' WHERE file_name = 'broken.xml'"
+        )
+    settle(db, by_name["good.xml"], OutboundStatus.DELIVERED)
+
+    outbox.run_pass()
+    assert files(outbox.sent) == ["good.xml"]
+    assert files(outbox.failed) == ["broken.xml", "broken.xml.error"]
+    assert "record in the store is inconsistent" in read_error(outbox, "broken.xml")
+    state, error = item_states(db)["broken.xml"]
+    assert state is ItemState.FAILED and "inconsistent" in (error or "")
+
+    drop(config.outbox, "later.xml", b"<c/>")
+    outbox.run_pass()
+    assert "later.xml" in {r[2] for r in outbound(db)}
+    assert item_states(db)["later.xml"][0] is ItemState.QUEUED
+
+
+def test_a_file_whose_queuing_breaks_a_store_constraint_fails_alone(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = exchange_config(tmp_path)
+    outbox = make_outbox(db, config)
+    assert config.outbox is not None
+    real = outbox_module.queue_message
+
+    def queue(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["payloads"][0].filename == "bad.xml":
+            raise IntegrityConflict("duplicate key value violates unique constraint")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outbox_module, "queue_message", queue)
+    drop(config.outbox, "bad.xml", b"<a/>")
+    drop(config.outbox, "good.xml", b"<b/>")
+    outbox.run_pass()
+    assert [r[2] for r in outbound(db)] == ["good.xml"]
+    assert files(outbox.failed) == ["bad.xml", "bad.xml.error"]
+    assert "IntegrityConflict" in read_error(outbox, "bad.xml").splitlines()[0]
+    assert item_states(db)["bad.xml"][0] is ItemState.FAILED
+
+    drop(config.outbox, "later.xml", b"<c/>")
+    outbox.run_pass()
+    assert [r[2] for r in outbound(db)] == ["good.xml", "later.xml"]
+
+
+def test_a_file_that_cannot_be_moved_waits_alone_and_the_other_files_go_on(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = exchange_config(tmp_path)
+    outbox = make_outbox(db, config)
+    assert config.outbox is not None
+    drop(config.outbox, "a-stuck.xml", b"<a/>")
+    drop(config.outbox, "b-good.xml", b"<b/>")
+    outbox.run_pass()
+    for message_id, *_ in outbound(db):
+        settle(db, message_id, OutboundStatus.DELIVERED)
+    real = outbox_module.move_no_clobber
+
+    def move(src: Path, folder: Path, name: str, **kwargs: Any) -> Path:
+        if name == "a-stuck.xml":
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real(src, folder, name, **kwargs)
+
+    monkeypatch.setattr(outbox_module, "move_no_clobber", move)
+    outbox.run_pass()
+    assert files(outbox.sent) == ["b-good.xml"]
+    assert len(files(outbox.work)) == 1  # the stuck one waits for the next pass
+
+    drop(config.outbox, "c-later.xml", b"<c/>")
+    outbox.run_pass()
+    assert "c-later.xml" in {r[2] for r in outbound(db)}
+
+    monkeypatch.setattr(outbox_module, "move_no_clobber", real)
+    outbox.run_pass()
+    assert files(outbox.sent) == ["a-stuck.xml", "b-good.xml"]
+
+
+def failed_events(db: Database, message_id: str) -> list[str | None]:
+    with db.transaction() as cur:
+        rows = cur.execute(
+            "SELECT error_text FROM message_event WHERE message_id = ? AND event_type = 'FAILED'",
+            (message_id,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_an_inbound_message_with_a_missing_payload_chunk_fails_alone(
+    db: Database, tmp_path: Path
+) -> None:
+    config = exchange_config(tmp_path)
+    inbox = make_inbox(db, config)
+    assert config.inbox is not None
+    big = SpooledPayload()
+    big.write(b"x" * (2 * CHUNK_BYTES))
+    broken = receive(
+        db,
+        [
+            AttachmentRecord("p1@x", "text/xml", b"<first/>", None),
+            AttachmentRecord("p2@x", "application/octet-stream", big),
+        ],
+    )
+    big.close()
+    good = receive(db, [AttachmentRecord("p@x", "text/xml", b"<good/>", None)])
+    with db.transaction() as cur:  # a row inconsistent: a chunk of the payload is gone
+        message = find_message(cur, broken, Direction.IN)
+        assert message is not None
+        cur.execute(
+            "DELETE FROM ebms_payload_chunk WHERE message_pk = ? AND seq = 1", (message.pk,)
+        )
+
+    assert inbox.run_pass() == 1
+    assert inbound_state(db, good)[0] == InboundStatus.PROCESSED.value
+    assert inbound_state(db, broken)[0] == InboundStatus.FAILED.value
+    [reason] = failed_events(db, broken)
+    assert reason is not None and "lacks chunk 1" in reason
+    assert not [n for n in files(config.inbox) if n.startswith(safe_name(broken))]
+
+    later = receive(db, [AttachmentRecord("p@x", "text/xml", b"<later/>", None)])
+    assert inbox.run_pass() == 1
+    assert inbound_state(db, later)[0] == InboundStatus.PROCESSED.value
+
+
+def test_an_inbound_message_that_cannot_be_written_now_waits_alone(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = exchange_config(tmp_path)
+    inbox = make_inbox(db, config)
+    assert config.inbox is not None
+    part = AttachmentRecord("p@x", "text/xml", b"<a/>", None)
+    stuck = receive(db, [part])
+    good = receive(db, [part])
+    real = inbox_module.atomic_write
+
+    def write(folder: Path, name: str, source: Any) -> tuple[int, str]:
+        if name.startswith(safe_name(stuck)):
+            raise OSError(28, "No space left on device", name)
+        return real(folder, name, source)
+
+    monkeypatch.setattr(inbox_module, "atomic_write", write)
+    monkeypatch.setattr(inbox_module, "BATCH", 1)  # the stuck one fills a whole batch
+    assert inbox.run_pass() == 1
+    assert inbound_state(db, good)[0] == InboundStatus.PROCESSED.value
+    assert inbound_state(db, stuck)[0] == InboundStatus.RECEIVED.value  # tried again later
+
+    later = receive(db, [part])
+    assert inbox.run_pass() == 1
+    assert inbound_state(db, later)[0] == InboundStatus.PROCESSED.value
+
+    monkeypatch.setattr(inbox_module, "atomic_write", real)
+    assert inbox.run_pass() == 1
+    assert inbound_state(db, stuck)[0] == InboundStatus.PROCESSED.value

@@ -16,6 +16,7 @@ same content: the back office sees at most a rewrite, never a half file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mimetypes
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.filedrop.files import atomic_write, ensure_folder, fsync_folder, safe_name
+from adapters.filedrop.outbox import transient
 from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
 from gateway.store.backoffice import MessageFilter, process_message, unprocessed_message_ids
@@ -35,10 +37,13 @@ from gateway.store.database import Database
 from gateway.store.messages import (
     AttachmentRecord,
     Direction,
+    EventType,
     InboundStatus,
     StoredMessage,
+    add_event,
     find_message,
     load_attachments,
+    set_status,
 )
 from gateway.store.timeutil import to_db, utcnow
 
@@ -136,19 +141,67 @@ class Inbox:
         return [MessageFilter(cpa_id=exchange.cpa_id, service=exchange.service)]
 
     def run_pass(self) -> int:
-        """Write out every waiting message; returns how many were written."""
+        """Write out every waiting message; returns how many were written.
+
+        Each message on its own: one that cannot be written fails alone
+        (:meth:`_fail`) or, when the disk or the store failed, waits for the
+        next pass; the others are written.
+        """
         written = 0
+        # Left RECEIVED after a failure of the disk or the store: tried again next pass.
+        later: set[str] = set()
         for flt in self.filters():
             while not self.stopping.is_set():
+                limit = BATCH + len(later)
                 with self.db.transaction() as cur:
-                    ids = unprocessed_message_ids(cur, flt, BATCH)
+                    ids = unprocessed_message_ids(cur, flt, limit)
                 for message_id in ids:
                     if self.stopping.is_set():
                         break
-                    written += self.deliver(message_id)
-                if len(ids) < BATCH:
+                    if message_id in later:
+                        continue
+                    try:
+                        written += self.deliver(message_id)
+                    except Exception as exc:
+                        if transient(exc):
+                            later.add(message_id)
+                            self._log_failure(message_id, "retry", exc)
+                        else:
+                            self._fail(message_id, exc)
+                if len(ids) < limit:
                     break
         return written
+
+    def _fail(self, message_id: str, exc: Exception) -> None:
+        """End a message that cannot be written: FAILED with the reason and a FAILED event."""
+        reason = f"the message cannot be written to the inbox folder ({type(exc).__name__}: {exc})"
+        with self.db.transaction() as cur:
+            message = find_message(cur, message_id, Direction.IN)
+            now = self.clock()
+            if message is not None and set_status(
+                cur,
+                message.pk,
+                InboundStatus.FAILED.value,
+                now=now,
+                reason=reason,
+                only_from=(InboundStatus.RECEIVED.value,),
+            ):
+                add_event(cur, message.pk, message_id, EventType.FAILED, now=now, error_text=reason)
+        self._log_failure(message_id, "failed", exc)
+
+    def _log_failure(self, message_id: str, outcome: str, exc: Exception) -> None:
+        log_event(
+            log,
+            logging.ERROR,
+            {
+                "event": "filedrop",
+                "exchange": self.exchange.name,
+                "direction": "in",
+                "message_id": message_id,
+                "outcome": outcome,
+                "error": f"{type(exc).__name__}: {exc}",
+            },
+        )
 
     def deliver(self, message_id: str) -> int:
         """Write one message's payloads and sidecar and mark it PROCESSED; 1 if done."""
@@ -173,6 +226,12 @@ class Inbox:
                         "sha256": sha256,
                     }
                 )
+        except BaseException:
+            # No sidecar announces them: the payloads written so far are removed.
+            for written in files:
+                with contextlib.suppress(OSError):
+                    (self.folder / str(written["file"])).unlink()
+            raise
         finally:
             for part in parts:
                 part.close()

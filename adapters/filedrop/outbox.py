@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -38,7 +38,7 @@ from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
 from gateway.msh.outbound import Payload, SendError, queue_message
 from gateway.msh.security import MessageSecurity
-from gateway.store.database import Cursor, Database, StoreError
+from gateway.store.database import Cursor, Database, IntegrityConflict, StoreError
 from gateway.store.filedrop import (
     FileDropItem,
     ItemState,
@@ -58,10 +58,24 @@ FAILED = "failed"
 #: Name endings of files still being written: never picked up.
 PARTIAL_SUFFIXES = (".tmp", ".part")
 _WORK_NAME = re.compile(r"([0-9a-f]{32})__(.+)", re.DOTALL)
-#: Errors that say nothing about the file: the pass stops and the next one tries again.
+#: Errors that say nothing about the file: the next pass tries it again.
 TRANSIENT = (sqlite3.Error, psycopg.Error, StoreError, OSError)
+#: Store errors that are the item's own (a constraint or a value it breaks): trying
+#: again would fail again, so the item fails with the reason.
+ITEM_FAULTS = (
+    IntegrityConflict,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    psycopg.IntegrityError,
+    psycopg.DataError,
+)
 #: Longest file name (UTF-8 bytes) taken: the claim adds 34 characters to it.
 MAX_NAME_BYTES = 200
+
+
+def transient(exc: BaseException) -> bool:
+    """True for an error of the store or the disk, not of the item: try it again later."""
+    return isinstance(exc, TRANSIENT) and not isinstance(exc, ITEM_FAULTS)
 
 
 def ignored(name: str) -> bool:
@@ -163,13 +177,16 @@ class Outbox:
             if self.stopping.is_set():
                 return
             item = items.get(token)
-            if item is None:
-                # Claimed, but the transaction that queues it never committed.
-                self._queue(token, name)
-            elif item.state is ItemState.SENT:
-                self._finish(token, item, self.sent)
-            elif item.state is ItemState.FAILED:
-                self._finish(token, item, self.failed)
+            try:
+                if item is None:
+                    # Claimed, but the transaction that queues it never committed.
+                    self._queue(token, name)
+                elif item.state is ItemState.SENT:
+                    self._finish(token, replace(item, file_name=name), self.sent)
+                elif item.state is ItemState.FAILED:
+                    self._finish(token, replace(item, file_name=name), self.failed)
+            except Exception as exc:
+                self._retry_later(token, name, exc)
 
     # -- new files -------------------------------------------------------------------
 
@@ -192,13 +209,19 @@ class Outbox:
             if self.stopping.is_set():
                 break
             if len(os.fsencode(name)) > MAX_NAME_BYTES:
-                self._refuse_unclaimed(name)
+                try:
+                    self._refuse_unclaimed(name)
+                except Exception as exc:
+                    self._retry_later(None, name, exc)
                 continue
             token = uuid.uuid4().hex
             try:
                 os.rename(self.folder / name, self.work / f"{token}__{name}")
             except FileNotFoundError:
                 continue  # taken by another node, or withdrawn
+            except OSError as exc:
+                self._retry_later(None, name, exc)
+                continue
             claimed.append((token, name))
         if not claimed:
             return
@@ -211,7 +234,30 @@ class Outbox:
                 # The rest wait in .work/ under tokens the store does not know:
                 # the next start queues them, exactly as after a crash.
                 break
-            self._queue(token, name)
+            try:
+                self._queue(token, name)
+            except Exception as exc:
+                self._retry_later(token, name, exc)
+
+    def _retry_later(self, token: str | None, name: str, exc: Exception) -> None:
+        """One file's step failed on the disk or the store: the others go on.
+
+        The file stays where it is (``.work/`` once claimed) and the next pass
+        tries it again; a file that cannot be sent is refused, never left here.
+        """
+        log_event(
+            log,
+            logging.ERROR,
+            {
+                "event": "filedrop",
+                "exchange": self.exchange.name,
+                "direction": "out",
+                "file": name,
+                "token": token,
+                "outcome": "retry",
+                "error": f"{type(exc).__name__}: {exc}",
+            },
+        )
 
     def _refuse_unclaimed(self, name: str) -> None:
         error = (
@@ -295,11 +341,11 @@ class Outbox:
                         self.sender.file_refused(name, read.data(), exc)
                     except Exception:
                         log.exception("filedrop %s: recording the refusal failed", exchange.name)
-            except TRANSIENT:
-                raise  # the store or the disk: the next pass tries again
             except Exception as exc:
+                if transient(exc):
+                    raise  # the store or the disk: the next pass tries again
                 # Not the store's fault, so trying again would fail again and keep
-                # the file (and the pass) stuck: refuse it, with the reason.
+                # the file stuck: refuse it, with the reason.
                 log.exception("filedrop %s: %s cannot be sent", exchange.name, name)
                 refusal = f"the file cannot be sent: {type(exc).__name__}: {exc}"
             else:

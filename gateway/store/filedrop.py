@@ -204,11 +204,46 @@ def settle_items(
             (exchange, *chunk),
         ).fetchall()
         for row in rows:
-            item = _item(row)
-            if item.state is ItemState.QUEUED and item.message_id is not None:
-                item = _settle(cur, item, row[10], row[11], now)
+            # Each row in its own savepoint: one that cannot be read or settled
+            # fails alone, with the reason, and the others are settled.
+            try:
+                with cur.savepoint():
+                    item = _item(row)
+                    if item.state is ItemState.QUEUED and item.message_id is not None:
+                        item = _settle(cur, item, row[10], row[11], now)
+            except Exception as exc:
+                item = _fail_inconsistent(cur, row, exc, now)
             found[item.token] = item
     return found
+
+
+def _fail_inconsistent(cur: Cursor, row: Row, exc: Exception, now: datetime) -> FileDropItem:
+    """Mark an item whose row cannot be read or settled failed, with the reason."""
+    token = str(row[1])
+    error = (
+        f"the file's record in the store is inconsistent ({type(exc).__name__}: {exc}), "
+        "so its delivery cannot be followed"
+    )
+    cur.execute(
+        "UPDATE filedrop_item SET state = ?, error = ?, updated_at = ? WHERE token = ?",
+        (ItemState.FAILED.value, error, to_db(now), token),
+    )
+    try:
+        size = int(row[3])
+    except (TypeError, ValueError):
+        size = 0
+    return FileDropItem(
+        exchange=str(row[0]),
+        token=token,
+        file_name=str(row[2]),
+        size=size,
+        sha256=row[4] if isinstance(row[4], str) else None,
+        message_id=row[5] if isinstance(row[5], str) else None,
+        state=ItemState.FAILED,
+        error=error,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def _settle(
