@@ -680,6 +680,24 @@ def test_a_message_whose_file_cannot_be_written_fails_alone(
     assert len([n for n in folder_files(gemeente.tmp / "inbox") if n.endswith(".xml")]) == 2
 
 
+def test_a_message_whose_stored_payload_is_inconsistent_fails_alone(gemeente: Env) -> None:
+    bad = gemeente.receive(envelope_of("ijw/3.2/JW302.xml", cross_ref=str(uuid.uuid4())),
+                           action="JW302")  # fmt: skip
+    good = gemeente.receive(envelope_of("ijw/3.2/JW302.xml", cross_ref=str(uuid.uuid4())),
+                            action="JW302")  # fmt: skip
+    # Its size says chunks follow, and there are none.
+    with gemeente.db.transaction() as cur:
+        cur.execute(
+            "UPDATE ebms_attachment SET size = size + 1 WHERE message_pk = "
+            "(SELECT id FROM ebms_message WHERE message_id = ? AND direction = 'in')",
+            (bad,),
+        )
+    assert gemeente.relay.process_received(limit=1) == 1
+    assert gemeente.relay.process_received(limit=1) == 1
+    _failed_alone(gemeente, bad, "The stored message is inconsistent (LookupError).")
+    assert gemeente.status(good) == "PROCESSED"
+
+
 def test_a_message_over_a_deleted_cpa_fails_alone_and_the_other_cpa_goes_on(
     db: Database, tmp_path: Path, make_spec: SpecFactory
 ) -> None:
