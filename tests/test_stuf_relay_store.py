@@ -24,11 +24,12 @@ from adapters.stuf.bare import read_bare, wrap_bare
 from adapters.stuf.envelope import Envelope, Systeem, unwrap, wrap
 from adapters.stuf.fo01 import fo01_for, parse_fo01
 from adapters.stuf.relay import NODE_SYSTEEM, Refused, Relay
+from adapters.stuf.service import RelayService
 from cpa.generate import ActionSpec, make_cpa
 from cpa.model import PartyId
 from cpa.registry import CpaRegistry
 from gateway.config import StufConfig, StufMunicipality
-from gateway.store.database import Database
+from gateway.store.database import Database, StoreError
 from gateway.store.messages import (
     AttachmentRecord,
     Direction,
@@ -101,7 +102,8 @@ class Env:
 
     # -- the MSH's side -----------------------------------------------------------------
 
-    def receive(self, data: bytes, *, action: str, message_id: str | None = None) -> str:
+    def receive(self, data: bytes, *, action: str, message_id: str | None = None,
+                cpa_id: str = CPA_ID) -> str:  # fmt: skip
         """Store ``data`` as the one payload of a received ebMS message, as the MSH does."""
         mid = message_id or f"{uuid.uuid4()}@peer.example"
         ours, theirs = (GEMEENTE, NODE) if self.relay.gemeente else (NODE, GEMEENTE)
@@ -112,7 +114,7 @@ class Env:
                 MessageRecord(
                     message_id=mid,
                     direction=Direction.IN,
-                    cpa_id=CPA_ID,
+                    cpa_id=cpa_id,
                     conversation_id=str(uuid.uuid4()),
                     from_party=theirs.key(),
                     from_role="GGk" if self.relay.gemeente else "Gemeente",
@@ -625,3 +627,178 @@ def test_a_payload_without_its_xsd_passes_unless_the_schema_is_required(
         strict.relay.send(wmo302)
     assert refused.value.code == "GW005"
     assert lenient.relay.send(wmo302).functie == "WMO302"
+
+
+# -- 6. failure isolation: one bad item fails alone, the pass goes on --------------------
+
+OTHER_CPA = "other-cpa"
+
+
+def _failed_alone(side: Env, mid: str, reason: str) -> None:
+    """``mid`` ended FAILED with ``reason``: its event, its log row."""
+    assert side.status(mid) == "FAILED"
+    assert side.events(mid) == [("RECEIVED", True), ("FAILED", False)]
+    (row,) = side.rows(
+        "SELECT status, reason_code, reason FROM stuf_message WHERE ebms_message_id = ?", mid
+    )
+    assert row[:2] == ("rejected", "GW009")
+    assert reason in row[2]
+    (text,) = side.rows(
+        "SELECT error_text FROM message_event WHERE message_id = ? AND event_type = 'FAILED'",
+        mid,
+    )
+    assert reason in text[0]
+
+
+def test_a_message_whose_file_cannot_be_written_fails_alone(
+    gemeente: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = gemeente.receive(envelope_of("ijw/3.2/JW302.xml", cross_ref=str(uuid.uuid4())),
+                           action="JW302")  # fmt: skip
+    good = gemeente.receive(envelope_of("ijw/3.2/JW302.xml", cross_ref=str(uuid.uuid4())),
+                            action="JW302")  # fmt: skip
+    deliver = gemeente.relay._deliver_to_inbox
+
+    def deliver_or_fail(folder: Path, name: str, env: Envelope, message: Any) -> None:
+        if message.message_id == bad:
+            raise PermissionError(13, "Permission denied", str(folder / name))
+        deliver(folder, name, env, message)
+
+    monkeypatch.setattr(gemeente.relay, "_deliver_to_inbox", deliver_or_fail)
+    assert gemeente.relay.process_received() == 2
+    _failed_alone(gemeente, bad, "A file could not be read or written (Permission denied).")
+    assert gemeente.status(good) == "PROCESSED"
+    # Nothing of the failed message stayed behind: no delivered row, no file name.
+    assert [r for r in gemeente.log("ebms_message_id", "status") if r[0] == bad] == [
+        (bad, "rejected")
+    ]
+    # It takes no place in later passes: the next message is relayed, one at a time.
+    later = gemeente.receive(envelope_of("ijw/3.2/JW302.xml", cross_ref=str(uuid.uuid4())),
+                             action="JW302")  # fmt: skip
+    assert gemeente.relay.process_received(limit=1) == 1
+    assert gemeente.status(later) == "PROCESSED"
+    assert len([n for n in folder_files(gemeente.tmp / "inbox") if n.endswith(".xml")]) == 2
+
+
+def test_a_message_whose_stored_payload_is_inconsistent_fails_alone(gemeente: Env) -> None:
+    bad = gemeente.receive(envelope_of("ijw/3.2/JW302.xml", cross_ref=str(uuid.uuid4())),
+                           action="JW302")  # fmt: skip
+    good = gemeente.receive(envelope_of("ijw/3.2/JW302.xml", cross_ref=str(uuid.uuid4())),
+                            action="JW302")  # fmt: skip
+    # Its size says chunks follow, and there are none.
+    with gemeente.db.transaction() as cur:
+        cur.execute(
+            "UPDATE ebms_attachment SET size = size + 1 WHERE message_pk = "
+            "(SELECT id FROM ebms_message WHERE message_id = ? AND direction = 'in')",
+            (bad,),
+        )
+    assert gemeente.relay.process_received(limit=1) == 1
+    assert gemeente.relay.process_received(limit=1) == 1
+    _failed_alone(gemeente, bad, "The stored message is inconsistent (LookupError).")
+    assert gemeente.status(good) == "PROCESSED"
+
+
+def test_a_message_over_a_deleted_cpa_fails_alone_and_the_other_cpa_goes_on(
+    db: Database, tmp_path: Path, make_spec: SpecFactory
+) -> None:
+    CpaRegistry(db).insert(make_cpa(make_spec(profile="osb-rm", actions=ACTIONS, cpa_id=OTHER_CPA)))
+    node = _env(db, tmp_path, _node_config(tmp_path, gemeenten=(
+        StufMunicipality(CPA_ID, ("0384", "0363")),
+        StufMunicipality(OTHER_CPA, ("0599",)),
+    )))  # fmt: skip
+    # Not authorised for 0384: its Fo01 must go back over the CPA that is deleted meanwhile.
+    bad = node.receive(envelope_of("iwmo/3.2/WMO301.xml"), action="WMO301", cpa_id=OTHER_CPA)
+    good = node.receive(envelope_of("iwmo/3.2/WMO301.xml"), action="WMO301")
+    node.relay.registry.delete(OTHER_CPA, force=True)
+    assert node.relay.process_received() == 2
+    _failed_alone(node, bad, f"IB101: CPA {OTHER_CPA} is not imported")
+    assert node.status(good) == "PROCESSED"
+    assert len(folder_files(node.tmp / "providers-out")) == 1
+    assert node.outbound("Fo01") == []
+    # The other CPA's traffic keeps flowing: a refusal over it is answered, later.
+    later = node.receive(envelope_of("iwmo/3.2/WMO301.xml").replace(b"0384", b"0599"),
+                         action="WMO301")  # fmt: skip
+    assert node.relay.process_received(limit=1) == 1
+    assert node.status(later) == "PROCESSED"
+    (fo01,) = node.outbound("Fo01")
+    assert fo01[1] == CPA_ID
+
+
+def test_an_outcome_that_cannot_be_applied_fails_its_row_alone(
+    node: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = node.relay.send(sample("iwmo/3.2/WMO315.xml"))
+    good = node.relay.send(sample("iwmo/3.2/WMO317.xml"))
+    mark = relay_module.mark_by_ebms_id
+
+    def mark_or_fail(cur: Any, ebms_id: str, *args: Any, **kw: Any) -> int:
+        if ebms_id == bad.message_id:
+            raise LookupError("inconsistent")
+        return mark(cur, ebms_id, *args, **kw)
+
+    monkeypatch.setattr(relay_module, "mark_by_ebms_id", mark_or_fail)
+    node.set_ebms_status(bad.message_id, "DELIVERED")
+    node.set_ebms_status(good.message_id, "DELIVERY_FAILED")
+    assert node.relay.sync_statuses() == 2
+    assert node.log("functie", "status", "reason_code") == [
+        ("WMO315", "failed", "GW009"),
+        ("WMO317", "failed", "DELIVERY_FAILED"),
+    ]
+    (reason,) = node.rows("SELECT reason FROM stuf_message WHERE functie = 'WMO315'")
+    assert reason[0] == (
+        "The ebMS outcome DELIVERED could not be applied: "
+        "The stored message is inconsistent (LookupError)."
+    )
+    later = node.relay.send(sample("ijw/3.2/JW305.xml"))
+    node.set_ebms_status(later.message_id, "DELIVERED")
+    assert node.relay.sync_statuses() == 1
+    assert node.log("status")[2] == ("delivered",)
+
+
+def test_a_delivered_item_whose_file_cannot_be_looked_at_fails_alone(node: Env) -> None:
+    outbox = node.tmp / "providers-out"
+
+    def relay_one_and_take_it_away() -> None:
+        node.receive(envelope_of("iwmo/3.2/WMO301.xml"), action="WMO301")
+        assert node.relay.process_received() == 1
+        for p in outbox.rglob("*.xml"):
+            p.unlink()
+
+    relay_one_and_take_it_away()
+    # An inconsistent row: a file name the file system cannot even look up (too long).
+    with node.db.transaction() as cur:
+        ((bad_id,),) = cur.execute("SELECT id FROM stuf_message").fetchall()
+        cur.execute("UPDATE stuf_message SET file_name = ? WHERE id = ?",
+                    (f"{AGB}/{'x' * 300}.xml", bad_id))  # fmt: skip
+    relay_one_and_take_it_away()
+    assert node.relay.detect_read() == 1
+    rows = node.log("id", "status", "reason_code", "reason")
+    assert rows[0] == (
+        bad_id,
+        "failed",
+        "GW009",
+        "Whether its file was taken away cannot be checked: "
+        "A file could not be read or written (File name too long).",
+    )
+    assert rows[1][1] == "read"
+    # It is not looked at again; a later item is still seen read.
+    relay_one_and_take_it_away()
+    assert node.relay.detect_read() == 1
+    assert node.log("status") == [("failed",), ("read",), ("read",)]
+
+
+def test_a_failed_step_does_not_stop_the_rest_of_the_pass(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = _env(db, tmp_path, _node_config(tmp_path, provider_inbox=None))
+    service = RelayService(object(), db, None, node.relay, node_id="t")
+    sent = node.relay.send(sample("iwmo/3.2/WMO315.xml"))
+    node.set_ebms_status(sent.message_id, "DELIVERED")
+
+    def broken(limit: int = 50) -> int:
+        raise StoreError("the select failed")
+
+    monkeypatch.setattr(node.relay, "process_received", broken)
+    with pytest.raises(StoreError):
+        service._one_pass()
+    assert node.log("status") == [("delivered",)]

@@ -46,6 +46,9 @@ VERSION_MISMATCH = "GW003"
 RELEASE_NOT_ALLOWED = "GW004"
 #: No XSD for the payload's release and message in this gateway.  Local code.
 SCHEMA_UNAVAILABLE = "GW005"
+#: The relay could not process the item (a file, the store, a bug); the reason says
+#: what, never the content.  Local code, never sent in an Fo01.
+RELAY_FAILED = "GW009"
 
 
 @dataclass(frozen=True)

@@ -65,10 +65,12 @@ from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
     Direction,
     EventType,
+    InboundStatus,
     StoredMessage,
     add_event,
     find_message,
     load_attachments,
+    set_status,
 )
 from gateway.store.stuf import (
     LogEntry,
@@ -82,11 +84,11 @@ from gateway.store.stuf import (
     reference_used,
     update_status,
 )
-from gateway.store.timeutil import utcnow
+from gateway.store.timeutil import to_db, utcnow
 
 log = logging.getLogger("dkgw.stuf")
 
-__all__ = ["Refused", "Relay", "Sent", "upload_handler"]
+__all__ = ["Refused", "Relay", "Sent", "failure_reason", "upload_handler"]
 
 #: The sender identity of the back office in the authorisation table.
 BACK_OFFICE = "backoffice"
@@ -486,12 +488,56 @@ class Relay:
         for mid in ids:
             try:
                 with self.db.transaction() as cur:
-                    self._process_one(cur, mid)
+                    try:
+                        with cur.savepoint():
+                            self._process_one(cur, mid)
+                    except Exception as exc:
+                        # One message that cannot be processed fails alone, with its
+                        # reason; it no longer takes a place in every later pass.
+                        self._fail_received(cur, mid, failure_reason(exc))
             except Exception:
-                # One bad message must not stop the others; it stays RECEIVED and
-                # is tried again on the next pass.
+                # Not even failing it worked (the store): it stays RECEIVED and is
+                # tried again on the next pass; the others still go on.
                 log.exception("event=stuf-error message_id=%s", mid)
         return len(ids)
+
+    def _fail_received(self, cur: Cursor, message_id: str, reason: str) -> None:
+        """End a received message the relay cannot process: FAILED, logged, an event."""
+        message = find_message(cur, message_id, Direction.IN)
+        now = self.clock()
+        if message is None or not set_status(
+            cur,
+            message.pk,
+            InboundStatus.FAILED.value,
+            now=now,
+            reason=reason,
+            only_from=(InboundStatus.RECEIVED.value,),
+        ):
+            return
+        # The RECEIVED event is answered by the FAILED one: the back office sees
+        # a failure, not a message to fetch.
+        cur.execute(
+            "UPDATE message_event SET processed_at = ? WHERE message_pk = ? "
+            "AND event_type = ? AND processed_at IS NULL",
+            (to_db(now), message.pk, EventType.RECEIVED.value),
+        )
+        add_event(cur, message.pk, message_id, EventType.FAILED, now=now,
+                  error_code=codes.RELAY_FAILED, error_text=reason)  # fmt: skip
+        record_message(
+            cur,
+            _log_entry(
+                StufDirection.IN,
+                StufStatus.REJECTED,
+                None,
+                ebms_message_id=message_id,
+                cpa_id=message.cpa_id,
+                reason_code=codes.RELAY_FAILED,
+                reason=reason[:1000],
+            ),
+            now=now,
+        )
+        self._log("stuf-failed", level=logging.ERROR, message_id=message_id,
+                  cpa_id=message.cpa_id, reason=reason)  # fmt: skip
 
     def _process_one(self, cur: Cursor, message_id: str) -> None:
         message = find_message(cur, message_id, Direction.IN)
@@ -757,13 +803,39 @@ class Relay:
                 "'EXPIRED') LIMIT 500"
             ).fetchall()
             for ebms_id, status in rows:
-                if status == "DELIVERED":
-                    moved += mark_by_ebms_id(cur, ebms_id, StufStatus.DELIVERED, now=self.clock())
-                else:
-                    moved += mark_by_ebms_id(
-                        cur, ebms_id, StufStatus.FAILED, reason_code=str(status)[:20],
-                        reason=f"ebMS {status.lower().replace('_', ' ')}", now=self.clock(),
-                    )  # fmt: skip
+                try:
+                    with cur.savepoint():
+                        moved += self._apply_outcome(cur, str(ebms_id), str(status))
+                except Exception as exc:
+                    moved += self._fail_outcome(cur, str(ebms_id), str(status), exc)
+        return moved
+
+    def _apply_outcome(self, cur: Cursor, ebms_id: str, status: str) -> int:
+        if status == "DELIVERED":
+            return mark_by_ebms_id(cur, ebms_id, StufStatus.DELIVERED, now=self.clock())
+        return mark_by_ebms_id(
+            cur, ebms_id, StufStatus.FAILED, reason_code=status[:20],
+            reason=f"ebMS {status.lower().replace('_', ' ')}", now=self.clock(),
+        )  # fmt: skip
+
+    def _fail_outcome(self, cur: Cursor, ebms_id: str, status: str, exc: Exception) -> int:
+        """An outcome that cannot be applied fails its log rows alone, with the reason."""
+        reason = f"The ebMS outcome {status} could not be applied: {failure_reason(exc)}"
+        try:
+            with cur.savepoint():
+                # Plain SQL: the guarded move is what just failed.
+                cur.execute(
+                    "UPDATE stuf_message SET status = ?, reason_code = ?, reason = ?, "
+                    "updated_at = ? WHERE ebms_message_id = ? AND status = ?",
+                    (StufStatus.FAILED.value, codes.RELAY_FAILED, reason[:1000],
+                     to_db(self.clock()), ebms_id, StufStatus.SENT.value),
+                )  # fmt: skip
+                moved = max(cur.rowcount, 0)
+        except Exception:
+            log.exception("event=stuf-error ebms_message_id=%s", ebms_id)
+            return 0
+        self._log("stuf-outcome-failed", level=logging.ERROR, ebms_message_id=ebms_id,
+                  reason=reason)  # fmt: skip
         return moved
 
     def detect_read(self) -> int:
@@ -778,9 +850,27 @@ class Relay:
                 "AND status = 'delivered' AND file_name IS NOT NULL ORDER BY id LIMIT 1000"
             ).fetchall()
             for log_id, name in rows:
-                if not (base / str(name)).exists():
-                    read += int(update_status(cur, int(log_id), StufStatus.READ, now=self.clock()))
+                try:
+                    with cur.savepoint():
+                        if _taken_away(base, str(name)):
+                            read += int(
+                                update_status(cur, int(log_id), StufStatus.READ, now=self.clock())
+                            )
+                except Exception as exc:
+                    self._fail_delivered(cur, int(log_id), exc)
         return read
+
+    def _fail_delivered(self, cur: Cursor, log_id: int, exc: Exception) -> None:
+        """A delivered item whose file cannot be looked at fails alone, with the reason."""
+        reason = f"Whether its file was taken away cannot be checked: {failure_reason(exc)}"
+        try:
+            with cur.savepoint():
+                update_status(cur, log_id, StufStatus.FAILED, reason_code=codes.RELAY_FAILED,
+                              reason=reason[:1000], now=self.clock())  # fmt: skip
+        except Exception:
+            log.exception("event=stuf-error log_id=%s", log_id)
+            return
+        self._log("stuf-read-failed", level=logging.ERROR, log_id=str(log_id), reason=reason)
 
     def purge(self) -> PurgeCounts:
         """Apply retention (``read_retention_hours``, ``max_age_days``)."""
@@ -798,6 +888,33 @@ class Relay:
 
     def _log(self, event: str, *, level: int = logging.INFO, **fields: str | None) -> None:
         log_event(log, level, {"event": event, "node": self.node_id or None, **fields})
+
+
+def failure_reason(exc: Exception) -> str:
+    """The one sentence stored for an item the relay could not process because of ``exc``.
+
+    Never the message's content: texts of our own making, or the kind of error only.
+    """
+    if isinstance(exc, Refused):
+        return f"{exc.code}: {exc.reason}"
+    if isinstance(exc, CpaNotFound):
+        return f"The CPA of this message no longer exists ({exc})."
+    if isinstance(exc, OSError):
+        return f"A file could not be read or written ({exc.strerror or type(exc).__name__})."
+    if isinstance(exc, LookupError):
+        return f"The stored message is inconsistent ({type(exc).__name__})."
+    return f"The relay could not process this message ({type(exc).__name__})."
+
+
+def _taken_away(base: Path, name: str) -> bool:
+    """Whether the file ``name`` (under ``base``) is gone; raises when it cannot tell."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError("the stored file name is outside the folder")
+    try:
+        (base / name).stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    return False
 
 
 def _log_entry(

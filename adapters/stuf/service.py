@@ -118,15 +118,32 @@ class RelayService:
         self._schedule(0.0 if again else self.relay.config.poll_interval)
 
     def _one_pass(self) -> None:
+        """Each step runs even when an earlier one failed; the first failure is raised last.
+
+        A pass with a failed step does not count as finished (no heartbeat).
+        """
         relay = self.relay
-        if relay.process_received():
+        failure: Exception | None = None
+
+        def step(name: str, run: Callable[[], object]) -> object:
+            nonlocal failure
+            try:
+                return run()
+            except Exception as exc:
+                log.error("event=stuf-step-failed step=%s reason=%s", name, type(exc).__name__)
+                failure = failure or exc
+                return None
+
+        if step("received", relay.process_received):
             # An Fo01 or a forwarded message may wait in the delivery queue.
             self.reactor.callFromThread(self.wake_delivery)
-        relay.sync_statuses()
-        relay.detect_read()
+        step("statuses", relay.sync_statuses)
+        step("read", relay.detect_read)
         if time.monotonic() - self._last_purge >= PURGE_EVERY:
             self._last_purge = time.monotonic()
-            relay.purge()
+            step("purge", relay.purge)
+        if failure is not None:
+            raise failure
 
     def stop(self) -> Deferred[None]:
         """Stop the timer; a pass in progress is finished first."""
