@@ -37,13 +37,11 @@ from gateway.store.database import Database
 from gateway.store.messages import (
     AttachmentRecord,
     Direction,
-    EventType,
     InboundStatus,
     StoredMessage,
-    add_event,
+    fail_received,
     find_message,
     load_attachments,
-    set_status,
 )
 from gateway.store.timeutil import to_db, utcnow
 
@@ -176,17 +174,7 @@ class Inbox:
         """End a message that cannot be written: FAILED with the reason and a FAILED event."""
         reason = f"the message cannot be written to the inbox folder ({type(exc).__name__}: {exc})"
         with self.db.transaction() as cur:
-            message = find_message(cur, message_id, Direction.IN)
-            now = self.clock()
-            if message is not None and set_status(
-                cur,
-                message.pk,
-                InboundStatus.FAILED.value,
-                now=now,
-                reason=reason,
-                only_from=(InboundStatus.RECEIVED.value,),
-            ):
-                add_event(cur, message.pk, message_id, EventType.FAILED, now=now, error_text=reason)
+            fail_received(cur, message_id, reason, now=self.clock())
         self._log_failure(message_id, "failed", exc)
 
     def _log_failure(self, message_id: str, outcome: str, exc: Exception) -> None:

@@ -65,12 +65,11 @@ from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
     Direction,
     EventType,
-    InboundStatus,
     StoredMessage,
     add_event,
+    fail_received,
     find_message,
     load_attachments,
-    set_status,
 )
 from gateway.store.stuf import (
     LogEntry,
@@ -503,26 +502,10 @@ class Relay:
 
     def _fail_received(self, cur: Cursor, message_id: str, reason: str) -> None:
         """End a received message the relay cannot process: FAILED, logged, an event."""
-        message = find_message(cur, message_id, Direction.IN)
         now = self.clock()
-        if message is None or not set_status(
-            cur,
-            message.pk,
-            InboundStatus.FAILED.value,
-            now=now,
-            reason=reason,
-            only_from=(InboundStatus.RECEIVED.value,),
-        ):
+        message = fail_received(cur, message_id, reason, now=now, error_code=codes.RELAY_FAILED)
+        if message is None:
             return
-        # The RECEIVED event is answered by the FAILED one: the back office sees
-        # a failure, not a message to fetch.
-        cur.execute(
-            "UPDATE message_event SET processed_at = ? WHERE message_pk = ? "
-            "AND event_type = ? AND processed_at IS NULL",
-            (to_db(now), message.pk, EventType.RECEIVED.value),
-        )
-        add_event(cur, message.pk, message_id, EventType.FAILED, now=now,
-                  error_code=codes.RELAY_FAILED, error_text=reason)  # fmt: skip
         record_message(
             cur,
             _log_entry(

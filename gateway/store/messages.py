@@ -569,6 +569,43 @@ def add_event(
     )
 
 
+def fail_received(
+    cur: Cursor,
+    message_id: str,
+    reason: str,
+    *,
+    now: datetime,
+    error_code: str | None = None,
+) -> StoredMessage | None:
+    """End a received message that cannot be handed on: FAILED with ``reason``.
+
+    Its RECEIVED event is answered by a FAILED one (with the code and reason),
+    so the back office sees a failure, not a message to fetch.  Returns the
+    message, or None when it is unknown or no longer RECEIVED (someone else
+    settled it first).
+    """
+    message = find_message(cur, message_id, Direction.IN)
+    if message is None or not set_status(
+        cur,
+        message.pk,
+        InboundStatus.FAILED.value,
+        now=now,
+        reason=reason,
+        only_from=(InboundStatus.RECEIVED.value,),
+    ):
+        return None
+    cur.execute(
+        "UPDATE message_event SET processed_at = ? WHERE message_pk = ? "
+        "AND event_type = ? AND processed_at IS NULL",
+        (to_db(now), message.pk, EventType.RECEIVED.value),
+    )
+    add_event(
+        cur, message.pk, message_id, EventType.FAILED, now=now,
+        error_code=error_code, error_text=reason,
+    )  # fmt: skip
+    return message
+
+
 def insert_task(
     cur: Cursor,
     message_pk: int,
