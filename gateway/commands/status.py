@@ -105,17 +105,26 @@ def _ago(then: datetime | None, now: datetime) -> str:
     return f"{seconds:.0f} s"
 
 
-def render(
-    snap: Snapshot,
-    *,
-    version: str,
-    store: str,
-    node: str | None,
-    found: list[Listener] | None,
-    failures: list[RecentFailure],
-    coming: list[Expiry],
-) -> str:
+@dataclass(frozen=True)
+class Overview:
+    """Everything the screen shows, read once."""
+
+    snap: Snapshot
+    version: str
+    store: str
+    node: str | None
+    found: list[Listener] | None
+    """The configured listeners, probed; None without ``--config``."""
+    failures: list[RecentFailure]
+    coming: list[Expiry]
+
+
+def render(view: Overview) -> str:
     """The screen, as text."""
+    snap, node, found, failures, coming = (
+        view.snap, view.node, view.found, view.failures, view.coming
+    )  # fmt: skip
+    version, store = view.version, view.store
     now = snap.now
     lines = [f"dkgw {version}" + (f"  node {node}" if node else "") + f"  {to_db(now)}"]
     lines.append(f"store      {store}")
@@ -159,21 +168,13 @@ def render(
     return "\n".join(lines)
 
 
-def document(
-    snap: Snapshot,
-    *,
-    version: str,
-    store: str,
-    node: str | None,
-    found: list[Listener] | None,
-    failures: list[RecentFailure],
-    coming: list[Expiry],
-) -> dict[str, Any]:
+def document(view: Overview) -> dict[str, Any]:
     """The same as JSON: ``/status``'s document plus the rest of the screen."""
-    doc = status_document(snap, node=node or "")
+    snap, found, failures, coming = view.snap, view.found, view.failures, view.coming
+    doc = status_document(snap, node=view.node or "")
     doc.update(
-        version=version,
-        store=store,
+        version=view.version,
+        store=view.store,
         listeners=None
         if found is None
         else [
@@ -223,17 +224,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         db.close()
     found = listeners(config) if config is not None else None
     coming = expiries(snap, own_certificates(config) if config is not None else None)
-    shown = {
-        "version": version(),
-        "store": db.description,
-        "node": config.node_id if config is not None else None,
-        "found": found,
-        "failures": failures,
-        "coming": coming,
-    }
-    if args.json:
-        print(json.dumps(document(snap, **shown), indent=2))
-    else:
-        print(render(snap, **shown))
+    view = Overview(
+        snap,
+        version=version(),
+        store=db.description,
+        node=config.node_id if config is not None else None,
+        found=found,
+        failures=failures,
+        coming=coming,
+    )
+    print(json.dumps(document(view), indent=2) if args.json else render(view))
     bad = any(e.expired for e in coming) or any(not i.answering for i in found or ())
     return 1 if bad else 0
