@@ -26,7 +26,7 @@ stored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +47,7 @@ from gateway.ebms.xmldsig import (
     RSA_SHA1,
     SHA1,
     SHA224,
+    PartOpener,
     SignatureError,
     SignaturePolicy,
     SigningKey,
@@ -168,6 +169,42 @@ def _cpa_certificate(cur: Cursor, cert: Certificate | None, cpa_id: str) -> x509
     if cert is None or cert.der is None:
         raise LookupError("the CPA names no such certificate")
     return x509.load_der_x509_certificate(resolve_certificate(cur, cert.der, cpa_id))
+
+
+def _signing_certificates(
+    cur: Cursor, cert: Certificate | None, cpa_id: str
+) -> list[x509.Certificate]:
+    """The certificates a partner's signature may verify against: the mapped one first.
+
+    During a rollover (docs/operations.md, "Certificate rotation") the operator
+    maps the CPA's signing certificate to the partner's new one; messages signed
+    with the old key are still on their way, so the CPA's certificate is
+    accepted beside its successor until the mapping and the CPA are replaced.
+    """
+    if cert is None or cert.der is None:
+        raise LookupError("the CPA names no such certificate")
+    mapped = resolve_certificate(cur, cert.der, cpa_id)
+    ders = [mapped] if mapped == bytes(cert.der) else [mapped, bytes(cert.der)]
+    return [x509.load_der_x509_certificate(der) for der in ders]
+
+
+def _verify_with_any(
+    envelope: bytes,
+    parts: Mapping[str, PartOpener],
+    certificates: Sequence[x509.Certificate],
+    policy: SignaturePolicy,
+) -> x509.Certificate:
+    """The first certificate the signature verifies with; else the first one's error."""
+    first: SignatureError | None = None
+    for certificate in certificates:
+        try:
+            verify_envelope(envelope, parts, certificate, policy)
+        except SignatureError as exc:
+            first = first or exc
+            continue
+        return certificate
+    assert first is not None
+    raise first
 
 
 def _signal_route(cpa: Cpa, from_ids: Sequence[PartyId], to_ids: Sequence[PartyId]) -> Route:
@@ -352,13 +389,13 @@ def open_inbound(
     if security is None or security.trust is None:
         raise _failure("this gateway cannot verify signatures", _LOC_SIGNATURE)
     try:
-        certificate = _cpa_certificate(cur, route.signing_certificate, cpa_id)
+        candidates = _signing_certificates(cur, route.signing_certificate, cpa_id)
     except (LookupError, ValueError):
         raise _failure("the CPA names no usable signing certificate", _LOC_SIGNATURE) from None
     policy = security.policy(route.signing, f"verifying in CPA {cpa_id}")
     parts = {p.content_id: p.open for p in payloads}
     try:
-        verify_envelope(envelope, parts, certificate, policy)
+        certificate = _verify_with_any(envelope, parts, candidates, policy)
     except SignatureError as exc:
         raise CheckFailed(exc.to_error()) from None
     try:
@@ -427,12 +464,12 @@ class AckVerifier:
         if route.signing is None:
             return "the CPA names no signing certificate for the acknowledging party"
         try:
-            certificate = _cpa_certificate(cur, route.signing_certificate, ours.cpa_id)
+            candidates = _signing_certificates(cur, route.signing_certificate, ours.cpa_id)
         except (LookupError, ValueError):
             return "the CPA names no usable signing certificate for the acknowledging party"
         policy = self.security.policy(route.signing, f"a signed acknowledgment in CPA {cpa.cpa_id}")
         try:
-            verify_envelope(body, {}, certificate, policy)
+            certificate = _verify_with_any(body, {}, candidates, policy)
             check_ack_references(body, read_references(ours.envelope))
             self.security.trust.check_certificate(
                 certificate, purpose="signing", at=ack.header.timestamp.astimezone(UTC)
