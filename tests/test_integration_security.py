@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 from twisted.internet.threads import deferToThread
 
@@ -39,7 +38,6 @@ from gateway.ebms.xmldsig import EBMS_XPATH, SigningKey
 from gateway.ebms.xmlenc import AES256_CBC, encrypt_part, looks_encrypted
 from gateway.msh.outbound import Payload, SendError, send_message
 from gateway.msh.security import AckVerifier, MessageSecurity
-from gateway.store.certmap import set_mapping
 from gateway.store.database import Database
 from gateway.store.messages import Direction, StoredMessage, find_message, load_attachments
 from gateway.store.migrate import apply_migrations
@@ -256,16 +254,17 @@ async def test_a_tampered_or_unsigned_ack_is_not_accepted(secure_pair) -> None:
 async def test_an_ack_signed_with_an_unexpected_key_never_delivers(
     secure_pair, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The municipality maps the node's signing certificate to another one: its acks fail.
+    """The node signs its acks with a key the CPA does not name: they are refused.
 
-    Also shows that certificate mappings apply to verification.  The message
-    is resent on every retry (each gets the same refused ack) and expires.
+    Neither the CPA's certificate nor a mapped one (tests/test_rotation.py) fits,
+    so the message is resent on every retry (each gets the same refused ack) and
+    expires.
     """
     pair = await secure_pair(profile="osb-rm-s", ack_signed=True, **RM_FAST)
-    node_signing = load_cert(pki / B_DIR / "signing.pem").public_bytes(Encoding.DER)
-    other = load_cert(pki / A_DIR / "signing.pem").public_bytes(Encoding.DER)
-    with pair.a.db.transaction() as cur:
-        set_mapping(cur, node_signing, other, pair.cpa_id)
+    await pair.b.stop()
+    # The municipality's signing key: valid and trusted, but not the node's in the CPA.
+    pair.b.config = replace(pair.b.config, security=security_config(pki, B_DIR, keys_of=A_DIR))
+    pair.b.start()
     caplog.set_level(logging.WARNING, logger="dkgw.inbound")
     queued = await pair.send(payloads(1))
     await wait_until(lambda: pair.a.status(queued.message_id, "out") == "EXPIRED", timeout=20)
