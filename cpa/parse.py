@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lxml import etree
 
@@ -40,6 +41,8 @@ from cpa.model import (
 from cpa.xsdtypes import parse_datetime, parse_duration
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
 from wsdl import XSD_DIR
+
+_T = TypeVar("_T")
 
 TNS = "http://www.oasis-open.org/committees/ebxml-cppa/schema/cpp-cpa-2_0.xsd"
 DS = "http://www.w3.org/2000/09/xmldsig#"
@@ -136,6 +139,19 @@ def _line(el: etree._Element) -> int:
     return el.sourceline or 0
 
 
+def _value(text: str, read: Callable[[str], _T], el: etree._Element, name: str) -> _T:
+    """``read(text)``, or a :class:`CpaReadError` naming the element and its line.
+
+    The schema admits values the model cannot hold: a dateTime whose UTC instant
+    falls outside years 1-9999 (``0001-01-01T00:00:00+14:00``), a duration of
+    more days than a timedelta has.
+    """
+    try:
+        return read(text)
+    except ValueError as exc:
+        raise CpaReadError([XmlProblem(_line(el) or None, f"tns:{name}: {exc}")]) from None
+
+
 def _children(el: etree._Element, name: str) -> Iterator[etree._Element]:
     return iter(el.findall(f"tns:{name}", NS))
 
@@ -159,14 +175,17 @@ def build_cpa(tree: etree._ElementTree) -> Cpa:
     """Build the model from a schema-valid CPA tree."""
     root = tree.getroot()
     status = _child(root, "Status")
-    start, end = _text(_child(root, "Start")), _text(_child(root, "End"))
-    assert status is not None and start is not None and end is not None  # schema-required
+    start_el, end_el = _child(root, "Start"), _child(root, "End")
+    start, end = _text(start_el), _text(end_el)
+    # schema-required
+    assert status is not None and start_el is not None and end_el is not None
+    assert start is not None and end is not None
     return Cpa(
         cpa_id=_req(root, "cpaid"),
         version=_attr(root, "version"),
         status=_req(status, "value"),
-        start=parse_datetime(start),
-        end=parse_datetime(end),
+        start=_value(start, parse_datetime, start_el, "Start"),
+        end=_value(end, parse_datetime, end_el, "End"),
         parties=tuple(_party(p) for p in _children(root, "PartyInfo")),
         has_conversation_constraints=_child(root, "ConversationConstraints") is not None,
         lines={
@@ -247,7 +266,7 @@ def _action(el: etree._Element, *, sends: bool) -> ActionBinding:
             is_tamper_proof=_attr(btc, "isTamperProof"),
             is_authorization_required=_bool(_attr(btc, "isAuthorizationRequired")),
             is_intelligible_check_required=_bool(_attr(btc, "isIntelligibleCheckRequired")),
-            time_to_perform=parse_duration(ttp) if ttp else None,
+            time_to_perform=_value(ttp, parse_duration, btc, "timeToPerform") if ttp else None,
             line=_line(btc),
         ),
         channel_ids=tuple(t for c in _children(this, "ChannelId") if (t := _text(c))),
@@ -363,7 +382,9 @@ def _binding(el: etree._Element, side: str) -> MessagingBinding:
         retries, interval = _text(_child(rm_el, "Retries")), _text(_child(rm_el, "RetryInterval"))
         rm = ReliableMessaging(
             retries=int(retries) if retries else None,
-            retry_interval=parse_duration(interval) if interval else None,
+            retry_interval=(
+                _value(interval, parse_duration, rm_el, "RetryInterval") if interval else None
+            ),
             message_order_semantics=_text(_child(rm_el, "MessageOrderSemantics"))
             or "NotGuaranteed",
             line=_line(rm_el),
@@ -405,7 +426,9 @@ def _binding(el: etree._Element, side: str) -> MessagingBinding:
     return MessagingBinding(
         version=_attr(el, "version") or "",
         reliable_messaging=rm,
-        persist_duration=parse_duration(persist) if persist else None,
+        persist_duration=_value(persist, parse_duration, el, "PersistDuration")
+        if persist
+        else None,
         non_repudiation=nr,
         digital_envelope=de,
         line=_line(el),

@@ -41,26 +41,61 @@ def _delta(parts: dict[str, str]) -> timedelta:
     )
 
 
+# ASCII digits only (re.ASCII): ``\d`` would also take other scripts' digits.
 _DATETIME = re.compile(
     r"^(?P<date>-?\d{4,}-\d{2}-\d{2})T(?P<time>\d{2}:\d{2}:\d{2})(?P<frac>\.\d+)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?$"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?$",
+    re.ASCII,
 )
+#: XML Schema 1.0 Second Edition §3.2.7 (and 1.1 §3.3.8): zones run from -14:00 to +14:00.
+_MAX_OFFSET = timedelta(hours=14)
 
 
 def parse_datetime(text: str) -> datetime:
     """Parse an xsd:dateTime into an aware UTC datetime.
 
     A value without a time zone is read as UTC: ebMS 2.0 requires UTC and the
-    CPAs seen in the field that omit the zone mean UTC.
+    CPAs seen in the field that omit the zone mean UTC.  ``24:00:00`` is the
+    first instant of the next day (XML Schema 1.0 Second Edition §3.2.7).
+    Raises :class:`ValueError`, and nothing else, for anything that is not an
+    xsd:dateTime or that lies outside what :class:`datetime` holds in UTC
+    (years 1 to 9999): ``0001-01-01T00:00:00+14:00`` is a valid lexical
+    value, but its UTC instant falls in year 0.
     """
     m = _DATETIME.match(text.strip())
     if not m:
-        raise ValueError(f"not an xsd:dateTime: {text!r}")
+        raise ValueError(f"not an xsd:dateTime: {_quote(text)}")
     frac = (m.group("frac") or "")[:7]  # fromisoformat takes at most 6 digits after the dot
-    base = f"{m.group('date')}T{m.group('time')}{frac[:7]}"
+    clock = m.group("time")
+    end_of_day = clock.startswith("24:")
+    if end_of_day:
+        if clock != "24:00:00" or frac.strip(".0"):
+            raise ValueError(f"not an xsd:dateTime: {_quote(text)}")
+        clock, frac = "00:00:00", ""
     tz = m.group("tz") or "Z"
-    value = datetime.fromisoformat(base + ("+00:00" if tz == "Z" else tz))
-    return value.astimezone(UTC)
+    try:
+        value = datetime.fromisoformat(f"{m.group('date')}T{clock}{frac}+00:00")
+        offset = timedelta(0) if tz == "Z" else _offset(tz)
+        if abs(offset) > _MAX_OFFSET:
+            raise ValueError("time zone offset beyond 14:00")
+        if end_of_day:
+            value += timedelta(days=1)
+        return (value - offset).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"xsd:dateTime out of range: {_quote(text)} ({exc})") from None
+
+
+def _offset(tz: str) -> timedelta:
+    hours, minutes = int(tz[1:3]), int(tz[4:6])
+    if minutes > 59:
+        raise ValueError("time zone minutes beyond 59")
+    magnitude = timedelta(hours=hours, minutes=minutes)
+    return -magnitude if tz[0] == "-" else magnitude
+
+
+def _quote(text: str, limit: int = 64) -> str:
+    """The value as an error message may quote it: repr, cut short (it may be a peer's)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def format_datetime(value: datetime) -> str:

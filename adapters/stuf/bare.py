@@ -63,11 +63,21 @@ class BareMessage:
     payload: bytes = field(repr=False)
 
 
+def _own_text(node: etree._Element) -> str:
+    """The element's character content, however comments and PIs split it.
+
+    ``node.text`` stops at the first comment or processing instruction, so
+    ``<Afzender>03<!-- -->63</Afzender>`` would read as "03"; the value the
+    schema sees is the text children joined (XML Information Set §2.6).
+    """
+    return "".join(str(t) for t in node.xpath("text()")).strip()
+
+
 def _text(header: etree._Element, ns: str, name: str) -> str | None:
     node = header.find(f"{{{ns}}}{name}")
-    if node is None or node.text is None:
+    if node is None or not node.xpath("text()"):
         return None
-    return str(node.text).strip()
+    return _own_text(node)
 
 
 def _four(value: str | None, what: str) -> str:
@@ -111,9 +121,10 @@ def read_bare(payload: bytes, *, max_bytes: int) -> BareMessage:
     ident_parent = header.find(f"{{{ns}}}BerichtIdentificatie")
     identificatie = ""
     if ident_parent is not None:
-        for child in ident_parent:
-            if etree.QName(child).localname == "Identificatie" and child.text:
-                identificatie = child.text.strip()
+        # Element children only: a comment or processing instruction has no QName.
+        for child in ident_parent.iterchildren(etree.Element):
+            if etree.QName(child).localname == "Identificatie" and _own_text(child):
+                identificatie = _own_text(child)
     return BareMessage(
         functie=pid.functie,
         standard=pid.standard.value,

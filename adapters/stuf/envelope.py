@@ -242,9 +242,25 @@ def _text(parent: etree._Element, ns: str, name: str, *, required: bool = True) 
                 f"missing element {name}", parent.sourceline, _local_path(parent) + "/" + name
             )
         return None
-    if len(node):
+    if _has_elements(node):
         raise EnvelopeError(f"element {name} must hold text only", node.sourceline)
-    return (node.text or "").strip()
+    return _own_text(node).strip()
+
+
+def _has_elements(node: etree._Element) -> bool:
+    # len() counts comments and processing instructions too, which simple content may hold.
+    return next(node.iterchildren(etree.Element), None) is not None
+
+
+def _own_text(node: etree._Element) -> str:
+    """The element's character content, however comments and PIs split it.
+
+    ``node.text`` stops at the first comment or processing instruction; the
+    value the schema sees is the text children joined (XML Information Set §2.6).
+    """
+    if len(node) == 0:
+        return node.text or ""
+    return "".join(str(t) for t in node.xpath("text()"))
 
 
 def _local_path(node: etree._Element) -> str:
@@ -340,7 +356,7 @@ def from_tree(tree: etree._ElementTree) -> Envelope:
             "bericht must hold exactly one of xmlBestand or tekstBestand", bericht.sourceline
         )
     node = xml_node if xml_node is not None else text_node
-    if len(node):
+    if _has_elements(node):
         raise EnvelopeError("the payload element must hold base64 text only", node.sourceline)
     bestandsnaam = None
     if text_node is not None:
@@ -348,7 +364,7 @@ def from_tree(tree: etree._ElementTree) -> Envelope:
         if not bestandsnaam:
             raise EnvelopeError("tekstBestand needs a bestandsnaam", text_node.sourceline)
     try:
-        payload = decode_base64(node.text or "")
+        payload = decode_base64(_own_text(node))
     except EnvelopeError as exc:
         raise EnvelopeError(str(exc), node.sourceline, _local_path(node)) from None
     return Envelope(sg, parameters, payload, bestandsnaam)

@@ -329,7 +329,10 @@ def _header_text(header: etree._Element | None, ns: str, name: str) -> str | Non
     if header is None:
         return None
     node = header.find(f"{{{ns}}}{name}")
-    return None if node is None or node.text is None else node.text.strip()
+    if node is None or not node.xpath("text()"):
+        return None
+    # The text children joined: a comment or PI inside the value splits node.text.
+    return "".join(str(t) for t in node.xpath("text()")).strip()
 
 
 def _versions(env: Envelope, header: etree._Element | None, ns: str, run: _Run) -> None:

@@ -189,8 +189,10 @@ def _eb_attr(el: etree._Element, name: str) -> str | None:
 def _datetime(text: str, name: str) -> datetime:
     try:
         return parse_datetime(text)
-    except ValueError:
-        raise EnvelopeError(f"eb:{name} is not an xsd:dateTime") from None
+    except ValueError as exc:
+        # The schema admits dates whose UTC instant a datetime cannot hold
+        # (0001-01-01T00:00:00+14:00); the message says which (and is bounded).
+        raise EnvelopeError(f"eb:{name} is not a usable xsd:dateTime: {exc}") from None
 
 
 def _party_ids(el: etree._Element | None) -> tuple[PartyId, ...]:
@@ -241,14 +243,23 @@ def _sync_reply(el: etree._Element) -> SyncReply:
     )
 
 
+def _canonical(el: etree._Element) -> bytes:
+    try:
+        out: bytes = etree.tostring(el, method="c14n")
+    except etree.C14NError:
+        # libxml2 refuses C14N with a relative namespace URI in scope (C14N 1.0 §2).
+        raise EnvelopeError(
+            f"{etree.QName(el).localname} cannot be canonicalised (a relative namespace URI?)"
+        ) from None
+    return out
+
+
 def _acknowledgment(el: etree._Element) -> Acknowledgment:
     return Acknowledgment(
         timestamp=_datetime(_required_text(el, "Timestamp"), "Timestamp"),
         ref_to_message_id=_required_text(el, "RefToMessageId"),
         from_ids=_party_ids(el.find(_q(EB_NS, "From"))),
-        references=tuple(
-            etree.tostring(r, method="c14n") for r in el.findall(_q(DS_NS, "Reference"))
-        ),
+        references=tuple(_canonical(r) for r in el.findall(_q(DS_NS, "Reference"))),
         actor=el.get(_q(SOAP_NS, "actor")),
         version=_eb_attr(el, "version") or "",
     )

@@ -46,7 +46,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import quote, unquote
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lxml import etree
@@ -342,14 +342,28 @@ class _C14n:
     prefixes: tuple[str, ...] = ()
 
     def apply(self, node: etree._Element | etree._ElementTree) -> bytes:
+        """The canonical form of ``node``; :class:`SignatureError` when it has none.
+
+        libxml2 refuses to canonicalise a document with a relative namespace
+        URI in scope (``xmlns:x="rel"``), as C14N 1.0 §2 allows: the W3C XML
+        Plenary decision makes such documents an error for canonicalisation.
+        The partner controls the envelope, so that is a refused signature,
+        not a crash.
+        """
         exclusive = self.algorithm == C14N_EXCLUSIVE
-        out: bytes = etree.tostring(
-            node,
-            method="c14n",
-            exclusive=exclusive,
-            with_comments=False,
-            inclusive_ns_prefixes=list(self.prefixes) if exclusive and self.prefixes else None,
-        )
+        try:
+            out: bytes = etree.tostring(
+                node,
+                method="c14n",
+                exclusive=exclusive,
+                with_comments=False,
+                inclusive_ns_prefixes=list(self.prefixes) if exclusive and self.prefixes else None,
+            )
+        except etree.C14NError:
+            raise SignatureError(
+                "the document cannot be canonicalised (a relative namespace URI?)",
+                _LOC_SIGNATURE,
+            ) from None
         return out
 
 
@@ -624,7 +638,10 @@ def sign_envelope(
         raise ValueError("the envelope is already signed")
     if unsigned := _unsigned_elements(root, header):
         raise ValueError(f"{_path(unsigned[0])} carries a SOAP:actor the signature leaves out")
-    envelope_digest = _envelope_digest(root, method, hash_name)
+    try:
+        envelope_digest = _envelope_digest(root, method, hash_name)
+    except SignatureError as exc:
+        raise ValueError(exc.description) from None
 
     signature = etree.SubElement(header, _ds("Signature"), nsmap={"ds": DS_NS})
     info = _ds_sub(signature, "SignedInfo")
@@ -881,17 +898,34 @@ def keyinfo_certificates(
         der = _unb64(element.text, "X509Certificate", _LOC_KEY_INFO)
         try:
             found.append(x509.load_der_x509_certificate(der))
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
+            # InvalidVersion is not a ValueError: a version field other than v1-v3.
             raise SignatureError("KeyInfo holds an unreadable certificate", _LOC_KEY_INFO) from None
     return tuple(found)
 
 
+def _offered_key(certificate: x509.Certificate) -> bytes:
+    """The SubjectPublicKeyInfo of a KeyInfo certificate, in DER.
+
+    cryptography reads the key only now, so a broken key (truncated, a curve
+    it does not know) surfaces here rather than when the certificate loads.
+    """
+    try:
+        return _spki(certificate.public_key())
+    except (ValueError, UnsupportedAlgorithm):
+        raise SignatureError(
+            "KeyInfo holds a certificate with an unreadable key", _LOC_KEY_INFO
+        ) from None
+
+
 def _check_key_info(signature: etree._Element, certificate: x509.Certificate) -> None:
     # The CPA certificate verifies; KeyInfo is only compared with it, by public
-    # key, so a renewed certificate over the same key still passes.
+    # key, so a renewed certificate over the same key still passes.  KeyInfo
+    # lies outside SignedInfo: anyone on the path may change it, so every
+    # certificate in it is treated as hostile input (ebMS 2.0 §4.1.3).
     offered = keyinfo_certificates(signature)
     wanted = _spki(certificate.public_key())
-    if offered and not any(_spki(c.public_key()) == wanted for c in offered):
+    if offered and not any(_offered_key(c) == wanted for c in offered):
         raise SignatureError(
             "KeyInfo names another key than the signing certificate in the CPA", _LOC_KEY_INFO
         )
@@ -1016,7 +1050,8 @@ def signature_references(
     :func:`gateway.ebms.signals.acknowledgment` takes them.  They are
     exclusive C14N with the prefixes used inside ``ds:XPath`` kept in scope,
     so the copied XPath still means what it meant.  Empty when the message is
-    not signed.
+    not signed; :class:`SignatureError` when a Reference cannot be
+    canonicalised (a relative namespace URI in scope).
     """
     copies = []
     for reference in _signed_info_references(document):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -40,7 +40,7 @@ from gateway.ebms.model import (
     SignalAction,
 )
 from gateway.ebms.signals import acknowledgment, message_error, pong, status_response
-from gateway.ebms.xmldsig import signature_references
+from gateway.ebms.xmldsig import SignatureError, signature_references
 from gateway.msh.security import (
     AckVerifier,
     MessageSecurity,
@@ -122,6 +122,24 @@ def _host(url: str | None) -> str:
 
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
+
+
+def _persist_until(timestamp: datetime, route: Route) -> datetime:
+    """How long a received message id is kept for duplicate elimination (ebMS 2.0 §6.4.1).
+
+    The sender's Timestamp plus its PersistDuration, or plus its whole
+    retry schedule when that is longer.  A Timestamp near the end of what a
+    datetime holds (``9999-12-31T23:59:59Z`` is valid under a CPA that ends
+    then) is kept until the end of that range rather than overflowing.
+    """
+    try:
+        window = max(
+            route.persist_duration or timedelta(0),
+            (route.retry_interval or timedelta(0)) * (route.retries + 1),
+        )
+        return timestamp + window
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
 
 
 class InboundProcessor:
@@ -309,9 +327,19 @@ class InboundProcessor:
                     key=lambda a: keep[a.content_id],
                 )
             )
+            signed = env.ack_requested is not None and env.ack_requested.signed
+            references: tuple[bytes, ...] = ()
             if not header.is_signal:
                 # Research notes §5.3/§5.4: decrypt, then verify, before anything is kept.
                 payloads = open_inbound(cur, route, env, request.envelope, payloads, self.security)
+                if signed and route.ack_requested:
+                    # ebMS 2.0 §6.3.2.5: a signed ack copies the references of the
+                    # message's signature; taken now, so a Reference that cannot be
+                    # copied is refused before the message is kept.
+                    try:
+                        references = signature_references(request.envelope)
+                    except SignatureError as exc:
+                        raise CheckFailed(exc.to_error()) from None
         except CheckFailed as exc:
             if exc.error.code is ErrorCode.SECURITY_FAILURE:
                 log.warning(
@@ -323,10 +351,7 @@ class InboundProcessor:
             return self._refuse(cur, cpa, env, request, exc.error, now)
         if header.is_signal:
             return self._signal(cur, cpa, env, request, route, now)
-        persist_until = header.timestamp + max(
-            route.persist_duration or timedelta(0),
-            (route.retry_interval or timedelta(0)) * (route.retries + 1),
-        )
+        persist_until = _persist_until(header.timestamp, route)
         pk = self._store(
             cur, env, request, payloads, InboundStatus.RECEIVED.value, now, persist_until
         )
@@ -334,9 +359,6 @@ class InboundProcessor:
         if not route.ack_requested:
             return HttpReply(204, log={"outcome": "received"})
         fields = {"outcome": "received", "reply": "Acknowledgment"}
-        signed = env.ack_requested is not None and env.ack_requested.signed
-        # ebMS 2.0 §6.3.2.5: a signed ack copies the references of the message's signature.
-        references = signature_references(request.envelope) if signed else ()
         ack = acknowledgment(
             env, now=now, host=_host(route.receive.endpoint), references=references
         )
