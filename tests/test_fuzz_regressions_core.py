@@ -468,3 +468,49 @@ def test_stuf_envelope_values_may_hold_comments_and_pis(inserted: bytes) -> None
     read = unwrap(data)
     assert read.stuurgegevens.referentienummer == env.stuurgegevens.referentienummer
     assert read.payload == env.payload
+
+
+# -- 3. a StatusRequest without eb:StatusRequest; 6. an unknown action of the MSH service -----
+
+
+def _error_of(reply) -> tuple[str, str | None]:
+    env, _ = parse_envelope(reply.body)
+    assert env.header.action == "MessageError", reply.body
+    assert env.error_list is not None
+    (error,) = env.error_list.errors
+    return error.code.value, error.location
+
+
+def test_status_request_without_its_element_is_inconsistent(node, store, gemeente_tls) -> None:
+    processor = node(profile="osb-rm", sync_reply=True)
+    xml = render("EbMSMessageStatus")
+    xml, count = re.subn(rb"\s*<eb:StatusRequest .*</eb:StatusRequest>", b"", xml, flags=re.S)
+    assert count == 1
+    reply = processor.handle(_request(xml, gemeente_tls))
+    assert (reply.status, reply.log["outcome"]) == (200, "refused")
+    assert _error_of(reply) == ("Inconsistent", "//Body/StatusRequest")
+    assert _rows(store, "SELECT action, status FROM ebms_message WHERE direction = 'in'") == [
+        ("StatusRequest", "FAILED")
+    ]
+
+
+@pytest.mark.parametrize("action", ["Bogus", "ping", "MessageAcknowledgment"])
+def test_unknown_action_of_the_msh_service_is_refused(
+    node, store, gemeente_tls, action: str
+) -> None:
+    processor = node(profile="osb-rm", sync_reply=True)
+    xml = render("EbMSPing").replace(
+        b"<eb:Action>Ping</eb:Action>", f"<eb:Action>{action}</eb:Action>".encode()
+    )
+    reply = processor.handle(_request(xml, gemeente_tls))
+    assert (reply.status, reply.log["outcome"]) == (200, "refused"), reply
+    assert _error_of(reply) == ("ValueNotRecognized", "//Header/MessageHeader/Action")
+    assert _rows(store, "SELECT status FROM ebms_message WHERE direction = 'in'") == [("FAILED",)]
+
+
+def test_the_known_signals_still_pass(node, gemeente_tls) -> None:
+    processor = node(profile="osb-rm", sync_reply=True)
+    pong = processor.handle(_request(render("EbMSPing"), gemeente_tls))
+    assert pong.log["outcome"] == "ping"
+    status = processor.handle(_request(render("EbMSMessageStatus"), gemeente_tls))
+    assert status.log["outcome"] == "status-request"

@@ -26,6 +26,7 @@ from gateway.ebms.model import (
     TO_PARTY_MSH,
     EbmsError,
     ErrorCode,
+    SignalAction,
 )
 
 __all__ = ["CheckFailed", "check_manifest", "check_message"]
@@ -89,6 +90,8 @@ def check_message(env: Envelope, cpa: Cpa, *, now: datetime) -> Checked:
     except ResolutionError as exc:
         code = ErrorCode(exc.code)
         raise _fail(code, exc.location, exc.description) from None
+    if header.is_signal:
+        _check_signal(env)
     # Step 10: a message that arrives after its TimeToLive is not delivered.
     if header.time_to_live is not None and header.time_to_live < now:
         raise _fail(
@@ -98,6 +101,29 @@ def check_message(env: Envelope, cpa: Cpa, *, now: datetime) -> Checked:
         )
     _check_reliability(env, route)
     return Checked(route)
+
+
+#: The actions of the MSH service (ebMS 2.0 §6.3.2.1, §4.2.4.1, §7.1, §8.1).
+_SIGNAL_ACTIONS = frozenset(a.value for a in SignalAction)
+
+
+def _check_signal(env: Envelope) -> None:
+    """A message of the MSH service must be one of its signals, with the body it needs."""
+    action = env.header.action
+    if action not in _SIGNAL_ACTIONS:
+        # ebMS 2.0 §4.2.3.4.1: an eb:Action the MSH service does not define is
+        # element content not recognised, i.e. ValueNotRecognized.  NotSupported
+        # is for elements and attributes (a feature), Inconsistent for a value
+        # that contradicts another; neither describes an unknown action.  It is
+        # also what a business Action missing from the CPA gets (step 8 of §6.4).
+        raise _fail(
+            ErrorCode.VALUE_NOT_RECOGNIZED, "//Header/MessageHeader/Action", "Value not found."
+        )
+    if action == SignalAction.STATUS_REQUEST and env.status_request is None:
+        # ebMS 2.0 §7.1: a StatusRequest message carries an eb:StatusRequest
+        # element.  The schema cannot require it (it ties no body to an
+        # Action), so the Action is inconsistent with the body: Inconsistent.
+        raise _fail(ErrorCode.INCONSISTENT, "//Body/StatusRequest", "Element missing.")
 
 
 def _check_reliability(env: Envelope, route: Route) -> None:

@@ -208,8 +208,9 @@ def _message_header(mh: etree._Element) -> MessageHeader:
     from_el, to_el = mh.find(_q(EB_NS, "From")), mh.find(_q(EB_NS, "To"))
     service_el = mh.find(_q(EB_NS, "Service"))
     data = mh.find(_q(EB_NS, "MessageData"))
-    assert from_el is not None and to_el is not None and service_el is not None
-    assert data is not None  # all schema-required
+    if from_el is None or to_el is None or service_el is None or data is None:
+        # Schema-required, so only a schema that drifted could let this through.
+        raise EnvelopeError("eb:MessageHeader lacks From, To, Service or MessageData")
     ttl = _text(data.find(_q(EB_NS, "TimeToLive")))
     return MessageHeader(
         from_ids=_party_ids(from_el),

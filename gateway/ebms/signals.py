@@ -112,7 +112,8 @@ def status_response(
     ``timestamp`` (when the message was received or processed) is only sent
     for Received, Processed and Forwarded.
     """
-    assert request.status_request is not None
+    if request.status_request is None:
+        raise ValueError("a StatusResponse answers a message with an eb:StatusRequest")
     carries_time = status in (
         MessageStatus.RECEIVED,
         MessageStatus.PROCESSED,

@@ -393,7 +393,8 @@ def _canonical_signed_info(signed_info: etree._Element, c14n: _C14n) -> bytes:
 def _remove_keeping_tail(element: etree._Element) -> None:
     """Detach ``element``; its tail is text of the parent and stays (lxml would drop it)."""
     parent = element.getparent()
-    assert parent is not None
+    if parent is None:
+        raise SignatureError("the document element cannot be left out", _LOC_SIGNATURE)
     if element.tail:
         previous = element.getprevious()
         if previous is not None:

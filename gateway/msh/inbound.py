@@ -638,8 +638,13 @@ class InboundProcessor:
 
     @staticmethod
     def _status_of(cur: Cursor, env: Envelope) -> tuple[MessageStatus, datetime | None]:
-        """ebms-core's StatusResponse rules (research notes §4.5)."""
-        assert env.status_request is not None
+        """ebms-core's StatusResponse rules (research notes §4.5).
+
+        :func:`~gateway.ebms.checks.check_message` has refused a StatusRequest
+        without its ``eb:StatusRequest``; should one get here, nothing is asked about.
+        """
+        if env.status_request is None:
+            return MessageStatus.NOT_RECOGNIZED, None
         asked = find_message(cur, env.status_request.ref_to_message_id, Direction.IN)
         if asked is None or asked.service.startswith(MSH_SERVICE):
             return MessageStatus.NOT_RECOGNIZED, None
