@@ -54,11 +54,17 @@ from gateway.ebms.xmldsig import (
     signature_references,
     verify_envelope,
 )
-from gateway.msh.inbound import InboundProcessor, InboundRequest
+from gateway.msh.inbound import (
+    SIGNAL_ATTEMPTS,
+    SIGNAL_RETRY_INTERVAL,
+    InboundProcessor,
+    InboundRequest,
+)
 from gateway.msh.security import MessageSecurity
 from gateway.store.database import Database
-from gateway.store.messages import AttachmentRecord
+from gateway.store.messages import AttachmentRecord, TaskOutcome, claim_due_tasks, finish_attempt
 from gateway.store.migrate import apply_migrations
+from gateway.store.timeutil import utcnow
 from gateway.trust import TrustStore
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, REPO, load_cert
 from tests.messages import render
@@ -514,3 +520,43 @@ def test_the_known_signals_still_pass(node, gemeente_tls) -> None:
     assert pong.log["outcome"] == "ping"
     status = processor.handle(_request(render("EbMSMessageStatus"), gemeente_tls))
     assert status.log["outcome"] == "status-request"
+
+
+# -- 5. the partner's resend reopens our asynchronous acknowledgment ------------------------
+
+
+def _send_round(
+    store: Database, outcome: TaskOutcome, later: timedelta = timedelta(0), node_id: str = "n1"
+) -> int:
+    """Claim the due task and record one attempt with ``outcome``; returns its number."""
+    now = utcnow() + later
+    with store.transaction() as cur:
+        (task,) = claim_due_tasks(cur, node=node_id, now=now, lease=timedelta(minutes=5))
+        took = finish_attempt(cur, task, outcome, node=node_id, started_at=now, now=now)
+        assert took is outcome
+        return task.attempts
+
+
+def test_a_resend_after_our_async_ack_went_out_sends_it_again(node, store, gemeente_tls) -> None:
+    processor = node(profile="osb-rm")  # asynchronous: the ack goes in its own POST
+    xml = render("EbMSMessageMissingSyncReply")
+    first = processor.handle(_request(xml, gemeente_tls))
+    assert first.queued and first.log["reply"] == "Acknowledgment"
+    assert _send_round(store, TaskOutcome.DONE) == 1
+    # The partner never saw the ack and resends (ebMS 2.0 §6.5.3): the stored ack goes again.
+    again = processor.handle(_request(xml, gemeente_tls))
+    assert again.queued and again.log["outcome"] == "duplicate"
+    assert _send_round(store, TaskOutcome.RETRY) == 2  # was 1 again: UNIQUE (task_id, attempt)
+    assert _send_round(store, TaskOutcome.DONE, SIGNAL_RETRY_INTERVAL * 2) == 3
+    # Once more, after two more rounds: the numbering still goes on.
+    processor.handle(_request(xml, gemeente_tls))
+    assert _send_round(store, TaskOutcome.DONE) == 4
+    assert _rows(store, "SELECT attempt, outcome FROM delivery_attempt ORDER BY attempt") == [
+        (1, "done"),
+        (2, "retry"),
+        (3, "done"),
+        (4, "done"),
+    ]
+    assert _rows(store, "SELECT state, attempts, max_attempts FROM delivery_task") == [
+        ("done", 4, 4 + SIGNAL_ATTEMPTS - 1)
+    ]

@@ -68,9 +68,10 @@ from gateway.store.messages import (
     insert_message,
     insert_task,
     release_task,
+    resend_task,
     set_status,
 )
-from gateway.store.timeutil import to_db, utcnow
+from gateway.store.timeutil import utcnow
 from gateway.trust import CertificateRejected
 
 log = logging.getLogger("dkgw.inbound")
@@ -502,20 +503,8 @@ class InboundProcessor:
             return HttpReply(204, log={"outcome": "duplicate"})
         route = self._sender_route(cpa, env)
         if route is not None and route.sync_reply_mode == "none":
-            # Send the stored reply again in its own POST: reopen its task.
-            cur.execute(
-                "UPDATE delivery_task SET state = 'pending', next_attempt_at = ?, "
-                "attempts = 0, updated_at = ? WHERE message_pk = ? "
-                "AND state IN ('done', 'failed', 'expired')",
-                (to_db(now), to_db(now), stored.pk),
-            )
-            # A reply still waiting out a retry interval (the sender was down when
-            # we first sent it) goes now: the sender resending shows it is back.
-            cur.execute(
-                "UPDATE delivery_task SET next_attempt_at = ?, updated_at = ? "
-                "WHERE message_pk = ? AND state = 'pending' AND next_attempt_at > ?",
-                (to_db(now), to_db(now), stored.pk, to_db(now)),
-            )
+            # Send the stored reply again in its own POST.
+            resend_task(cur, stored.pk, now=now, attempts=SIGNAL_ATTEMPTS)
             return HttpReply(204, log={"outcome": "duplicate", "reply": stored.action}, queued=True)
         return HttpReply(
             200, stored.envelope, XML, {"outcome": "duplicate", "reply": stored.action}

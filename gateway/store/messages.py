@@ -762,6 +762,33 @@ def release_task(cur: Cursor, message_pk: int, state: TaskOutcome, *, now: datet
     return cur.rowcount == 1
 
 
+def resend_task(cur: Cursor, message_pk: int, *, now: datetime, attempts: int) -> None:
+    """Send a message again now, in its own POST, with ``attempts`` more attempts.
+
+    For a stored reply (an acknowledgment, say) whose message the partner
+    resent: the resend says our reply was lost (ebMS 2.0 §6.5.3-§6.5.4).  An
+    ended task is reopened; one waiting out a retry interval goes now.  The
+    attempt count carries on from where it stood: each attempt is recorded in
+    ``delivery_attempt`` under its number, so numbering from one again would
+    collide with the first round's attempts.  The budget grows instead.
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    cur.execute(
+        "UPDATE delivery_task SET state = 'pending', next_attempt_at = ?, "
+        "max_attempts = attempts + ?, updated_at = ? WHERE message_pk = ? "
+        "AND state IN ('done', 'failed', 'expired')",
+        (to_db(now), attempts, to_db(now), message_pk),
+    )
+    # A reply still waiting out a retry interval (the sender was down when we
+    # first sent it) goes now: the sender resending shows it is back.
+    cur.execute(
+        "UPDATE delivery_task SET next_attempt_at = ?, updated_at = ? "
+        "WHERE message_pk = ? AND state = 'pending' AND next_attempt_at > ?",
+        (to_db(now), to_db(now), message_pk, to_db(now)),
+    )
+
+
 def last_task_error(cur: Cursor, task_id: int) -> str | None:
     """The failure sentence of a task's last failed attempt, if any."""
     row = cur.execute("SELECT last_error FROM delivery_task WHERE id = ?", (task_id,)).fetchone()
