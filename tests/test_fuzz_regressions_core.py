@@ -26,6 +26,7 @@ from adapters.stuf.envelope import unwrap, wrap
 from cpa.registry import CpaRegistry
 from cpa.validate import validate_cpa
 from cpa.xsdtypes import parse_datetime
+from gateway.ebms.checks import MAX_IDENTIFIER_LENGTH, MAX_PARTY_IDS
 from gateway.ebms.envelope import (
     Envelope,
     EnvelopeError,
@@ -59,6 +60,7 @@ from gateway.msh.inbound import (
     SIGNAL_RETRY_INTERVAL,
     InboundProcessor,
     InboundRequest,
+    accept_sync_reply,
 )
 from gateway.msh.security import MessageSecurity
 from gateway.store.database import Database
@@ -560,3 +562,114 @@ def test_a_resend_after_our_async_ack_went_out_sends_it_again(node, store, gemee
     assert _rows(store, "SELECT state, attempts, max_attempts FROM delivery_task") == [
         ("done", 4, 4 + SIGNAL_ATTEMPTS - 1)
     ]
+
+
+# -- 7. identifiers are bounded and free of control characters ------------------------------
+
+LIMIT = MAX_IDENTIFIER_LENGTH
+
+
+def _with_element(xml: bytes, element: str, value: str) -> bytes:
+    """The first eb:``element`` (its attributes kept) holding ``value``."""
+    changed, count = re.subn(
+        rf"(<eb:{element}(?:\s[^>]*)?>)[^<]*(</eb:{element}>)".encode(),
+        lambda m: m.group(1) + value.encode() + m.group(2),
+        xml,
+        count=1,
+    )
+    assert count == 1, element
+    return changed
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> int:
+    return max((len(r.getMessage()) for r in caplog.records), default=0)
+
+
+@pytest.mark.parametrize(
+    ("element", "value", "location"),
+    [
+        ("MessageId", "m" * 600_000 + "@x", "MessageData/MessageId"),
+        ("MessageId", "a&#9;b@localhost", "MessageData/MessageId"),
+        ("MessageId", "a&#x85;b@localhost", "MessageData/MessageId"),
+        ("MessageId", "a\u202eb@localhost", "MessageData/MessageId"),
+        ("ConversationId", "c" * (LIMIT + 1), "ConversationId"),
+        ("CPAId", "test-cpa" + "x" * LIMIT, "CPAId"),
+        ("PartyId", "9" * (LIMIT + 1), "From/PartyId"),
+    ],
+)
+def test_an_identifier_a_message_error_would_echo_gets_a_bounded_fault(
+    node, store, gemeente_tls, caplog: pytest.LogCaptureFixture, element, value, location
+) -> None:
+    processor = node(profile="osb-rm", sync_reply=True)
+    xml = _with_element(render("EbMSMessage"), element, value)
+    reply = processor.handle(_request(xml, gemeente_tls))
+    assert (reply.status, reply.log["outcome"]) == (500, "bad-identifier"), reply.log
+    assert b"Fault" in reply.body and len(reply.body) < 2048
+    assert f"//Header/MessageHeader/{location}".encode() in reply.body
+    assert all(len(v) < 1200 for v in reply.log.values())
+    assert _logged(caplog) < 2048
+    assert _rows(store, "SELECT count(*) FROM ebms_message") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("element", "value", "location"),
+    [
+        ("Action", "A" * 600_000, "//Header/MessageHeader/Action"),
+        ("Action", "WMO&#x7f;301", "//Header/MessageHeader/Action"),
+        ("Role", "R" * (LIMIT + 1), "//Header/MessageHeader/From/Role"),
+        ("Service", "S" * (LIMIT + 1), "//Header/MessageHeader/Service"),
+    ],
+)
+def test_another_identifier_gets_a_bounded_message_error(
+    node, store, gemeente_tls, caplog: pytest.LogCaptureFixture, element, value, location
+) -> None:
+    processor = node(profile="osb-rm", sync_reply=True)
+    xml = _with_element(render("EbMSMessage"), element, value)
+    reply = processor.handle(_request(xml, gemeente_tls))
+    assert (reply.status, reply.log["outcome"]) == (200, "refused"), reply.log
+    assert _error_of(reply) == ("OtherXml", location)
+    assert len(reply.body) < 4096
+    assert all(len(v) < 1200 for v in reply.log.values())
+    assert _logged(caplog) < 2048
+    # The refused message is not kept with its oversized value; the answer is.
+    assert _rows(store, "SELECT direction, action FROM ebms_message") == [("out", "MessageError")]
+
+
+def test_a_status_request_about_an_oversized_id_is_refused(node, gemeente_tls) -> None:
+    processor = node(profile="osb-rm", sync_reply=True)
+    xml = render("EbMSMessageStatus", ref_to_message_id="r" * 600_000)
+    reply = processor.handle(_request(xml, gemeente_tls))
+    assert _error_of(reply) == ("OtherXml", "//Body/StatusRequest/RefToMessageId")
+    assert len(reply.body) < 4096
+
+
+def test_too_many_party_ids_are_refused(node, gemeente_tls) -> None:
+    processor = node(profile="osb-rm", sync_reply=True)
+    xml = render("EbMSMessage")
+    party = re.search(rb"<eb:PartyId [^>]*>[^<]*</eb:PartyId>", xml)
+    assert party is not None
+    xml = xml.replace(party.group(0), party.group(0) * (MAX_PARTY_IDS + 1), 1)
+    reply = processor.handle(_request(xml, gemeente_tls))
+    assert (reply.status, reply.log["outcome"]) == (500, "bad-identifier")
+    assert b"//Header/MessageHeader/From/PartyId" in reply.body
+
+
+def test_the_bound_itself_is_accepted(node, gemeente_tls) -> None:
+    processor = node(profile="osb-rm", sync_reply=True)
+    message_id = "m" * (LIMIT - len("@localhost")) + "@localhost"
+    xml = _with_element(render("EbMSMessage"), "MessageId", message_id)
+    xml = _with_element(xml, "ConversationId", "c" * LIMIT)
+    reply = processor.handle(_request(xml, gemeente_tls))
+    assert reply.log["outcome"] == "received", reply.log
+    ack, _ = parse_envelope(reply.body)
+    assert ack.header.ref_to_message_id == message_id
+
+
+def test_a_synchronous_reply_with_an_oversized_id_is_not_taken_in(store: Database) -> None:
+    apply_migrations(store)
+    pong = _with_element(render("EbMSPing"), "MessageId", "p" * 600_000)
+    pong = pong.replace(b"<eb:Action>Ping</eb:Action>", b"<eb:Action>Pong</eb:Action>")
+    with store.transaction() as cur:
+        outcome = accept_sync_reply(cur, pong, XML, now=utcnow())
+    assert outcome == "bad-reply"
+    assert _rows(store, "SELECT count(*) FROM ebms_message") == [(0,)]

@@ -11,6 +11,7 @@ errors from us as from the reference implementation.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +30,108 @@ from gateway.ebms.model import (
     SignalAction,
 )
 
-__all__ = ["CheckFailed", "check_manifest", "check_message"]
+__all__ = [
+    "ECHOED_LOCATIONS",
+    "MAX_IDENTIFIER_LENGTH",
+    "MAX_PARTY_IDS",
+    "CheckFailed",
+    "check_manifest",
+    "check_message",
+    "clip",
+    "identifier_problem",
+]
+
+#: Longest MessageId, RefToMessageId, ConversationId, CPAId, PartyId (value and
+#: type), Role, Service (value and type) or Action the MSH takes, in characters.
+#: ebms-core keeps each of them in a VARCHAR(256) column, so a partner cannot
+#: rely on more; real ones are far shorter (``uuid@host`` is about 50, an OIN
+#: 20, the longest CPA id in the field about 60).  RFC 2822 §2.1.1 caps a line,
+#: and so a msg-id, at 998 characters.
+MAX_IDENTIFIER_LENGTH = 256
+#: Most PartyIds in eb:From or eb:To.  Digikoppeling uses one (the OIN); ebMS
+#: 2.0 §3.1.1.1 allows more, and each is echoed in every reply.
+MAX_PARTY_IDS = 8
+#: Where a value sits that a MessageError would have to repeat (ebMS 2.0
+#: §4.2.4.2 and §3.1: it carries the message's CPAId, ConversationId and
+#: parties and refers to its MessageId).  A refused value there leaves no
+#: MessageError to build: the MSH answers with a SOAP Fault instead.
+ECHOED_LOCATIONS = frozenset(
+    {
+        "//Header/MessageHeader/MessageData/MessageId",
+        "//Header/MessageHeader/CPAId",
+        "//Header/MessageHeader/ConversationId",
+        "//Header/MessageHeader/From/PartyId",
+        "//Header/MessageHeader/To/PartyId",
+    }
+)
+# Control characters (C0, DEL, C1), line and paragraph separators, and the
+# invisible format characters (bidi overrides, zero-width ones): none belongs
+# in an identifier, and each can break or disguise a log line.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def clip(value: str, limit: int = MAX_IDENTIFIER_LENGTH) -> str:
+    """``value`` made safe for a log line: cut at ``limit`` characters, controls escaped."""
+    cut = value if len(value) <= limit else value[:limit]
+    if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in cut):
+        cut = "".join(
+            c if unicodedata.category(c) not in _REFUSED_CATEGORIES else f"\\u{ord(c):04x}"
+            for c in cut
+        )
+    return cut if len(value) <= limit else f"{cut}...({len(value)} characters)"
+
+
+def _identifier_fault(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) > MAX_IDENTIFIER_LENGTH:
+        return f"Value too long ({len(value)} characters, at most {MAX_IDENTIFIER_LENGTH})."
+    if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in value):
+        return "Value holds a control character."
+    return None
+
+
+def identifier_problem(env: Envelope) -> EbmsError | None:
+    """The first identifier of ``env`` that is too long or holds a control character.
+
+    Checked before anything is looked up, logged or stored (docs/msh.md, "What
+    the endpoint refuses").  ebMS 2.0 §4.2.3.4.1: a schema-valid value that is
+    wrong for another reason than being unknown or contradicting another value
+    is ``OtherXml``, "other error in an element content or attribute value".
+    """
+    h = env.header
+    mh = "//Header/MessageHeader"
+    values: list[tuple[str, str | None]] = [
+        (f"{mh}/MessageData/MessageId", h.message_id),
+        (f"{mh}/CPAId", h.cpa_id),
+        (f"{mh}/ConversationId", h.conversation_id),
+    ]
+    for side, ids, role in (("From", h.from_ids, h.from_role), ("To", h.to_ids, h.to_role)):
+        if len(ids) > MAX_PARTY_IDS:
+            return EbmsError(
+                ErrorCode.OTHER_XML,
+                f"{mh}/{side}/PartyId",
+                f"More than {MAX_PARTY_IDS} PartyIds.",
+            )
+        values += [(f"{mh}/{side}/PartyId", v) for p in ids for v in (p.value, p.type)]
+        values.append((f"{mh}/{side}/Role", role))
+    values += [
+        (f"{mh}/Service", h.service.value),
+        (f"{mh}/Service/@type", h.service.type),
+        (f"{mh}/Action", h.action),
+        (f"{mh}/MessageData/RefToMessageId", h.ref_to_message_id),
+    ]
+    if env.status_request is not None:
+        values.append(("//Body/StatusRequest/RefToMessageId", env.status_request.ref_to_message_id))
+    if env.acknowledgment is not None:
+        values.append(
+            ("//Header/Acknowledgment/RefToMessageId", env.acknowledgment.ref_to_message_id)
+        )
+    for location, value in values:
+        fault = _identifier_fault(value)
+        if fault is not None:
+            return EbmsError(ErrorCode.OTHER_XML, location, fault)
+    return None
 
 
 class CheckFailed(Exception):

@@ -29,7 +29,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cpa.model import MSH_SERVICE, Cpa, PartyId, Service
 from cpa.registry import CpaNotFound, CpaRegistry
 from cpa.resolve import ResolutionError, Route, resolve
-from gateway.ebms.checks import CheckFailed, check_manifest, check_message
+from gateway.ebms.checks import (
+    ECHOED_LOCATIONS,
+    CheckFailed,
+    check_manifest,
+    check_message,
+    clip,
+    identifier_problem,
+)
 from gateway.ebms.envelope import Envelope, EnvelopeError, build_envelope, parse_envelope
 from gateway.ebms.faults import CLIENT, MUST_UNDERSTAND, soap_fault
 from gateway.ebms.model import (
@@ -176,7 +183,7 @@ class InboundProcessor:
         if action != "ebXML":
             # ebMS 2.0 §2.1.3 / research notes §1.1: lenient on the quotes only.
             return self._fault(
-                f"Unable to process message! SOAPAction={request.soap_action}",
+                f"Unable to process message! SOAPAction={clip(request.soap_action or '')}",
                 {"outcome": "bad-soapaction"},
             )
         try:
@@ -185,16 +192,32 @@ class InboundProcessor:
             log.warning("refused: not an ebMS envelope (%s), %d bytes", exc, len(request.envelope))
             return HttpReply(500, log={"outcome": "bad-envelope", "reason": str(exc)})
         header = env.header
+        # Every value is the peer's: bounded and escaped before it reaches a log line.
         fields = {
-            "message_id": header.message_id,
-            "cpa_id": header.cpa_id,
-            "from": _parties(header.from_ids),
-            "to": _parties(header.to_ids),
-            "service": header.service.key(),
-            "action": header.action,
+            "message_id": clip(header.message_id),
+            "cpa_id": clip(header.cpa_id),
+            "from": clip(_parties(header.from_ids), 1024),
+            "to": clip(_parties(header.to_ids), 1024),
+            "service": clip(header.service.key()),
+            "action": clip(header.action),
         }
         if header.ref_to_message_id:
-            fields["ref_to"] = header.ref_to_message_id
+            fields["ref_to"] = clip(header.ref_to_message_id)
+        bad_identifier = identifier_problem(env)
+        if bad_identifier is not None:
+            log.warning(
+                "refused %s: %s at %s",
+                fields["message_id"],
+                bad_identifier.description,
+                bad_identifier.location,
+            )
+            if bad_identifier.location in ECHOED_LOCATIONS:
+                # A MessageError would have to repeat the value (ebMS 2.0 §4.2.4.2):
+                # as with an unknown CPA, a SOAP Fault is the only answer left.
+                return self._fault(
+                    f"Invalid value at {bad_identifier.location}: {bad_identifier.description}",
+                    {**fields, "outcome": "bad-identifier", "error": bad_identifier.location},
+                )
         if env.unknown_must_understand:
             return self._fault(
                 f"Header not understood: {env.unknown_must_understand[0]}",
@@ -203,15 +226,20 @@ class InboundProcessor:
             )
         now = self.clock()
         try:
-            reply = self._in_transaction(env, request, fields, now)
+            reply = self._in_transaction(env, request, fields, now, bad_identifier)
         except IntegrityConflict:
             # The same message arrived twice at once (on two nodes, say) and the
             # other copy committed first: this one is now a duplicate.
-            reply = self._in_transaction(env, request, fields, now)
+            reply = self._in_transaction(env, request, fields, now, bad_identifier)
         return replace(reply, log={**fields, **reply.log})
 
     def _in_transaction(
-        self, env: Envelope, request: InboundRequest, fields: dict[str, str], now: datetime
+        self,
+        env: Envelope,
+        request: InboundRequest,
+        fields: dict[str, str],
+        now: datetime,
+        bad_identifier: EbmsError | None = None,
     ) -> HttpReply:
         header = env.header
         with self.db.transaction() as cur:
@@ -234,6 +262,9 @@ class InboundProcessor:
                     "Invalid SSL Client Certificate!",
                     {**fields, "outcome": "client-certificate-rejected", "reason": rejected},
                 )
+            if bad_identifier is not None:
+                # Answered, but not kept: the store would hold the oversized value.
+                return self._refuse(cur, cpa, env, request, bad_identifier, now, keep=False)
             return self._process(cur, cpa, env, request, now)
 
     def _certificate_rejected(self, request: InboundRequest, now: datetime) -> str | None:
@@ -533,18 +564,25 @@ class InboundProcessor:
         request: InboundRequest,
         error: EbmsError,
         now: datetime,
+        *,
+        keep: bool = True,
     ) -> HttpReply:
-        """Answer a message that failed validation with a MessageError."""
+        """Answer a message that failed validation with a MessageError.
+
+        The message is stored FAILED (with an event for the back office) unless
+        ``keep`` is false: one with an identifier the store should not hold.
+        """
         fields = {"outcome": "refused", "error": f"{error.code.value} {error.location}"}
         if env.header.is_signal and env.header.action in (
             SignalAction.ACKNOWLEDGMENT.value,
             SignalAction.MESSAGE_ERROR.value,
         ):
             # Never an error about an error or an ack: that is how loops start.
-            log.warning("refused signal %s: %s", env.header.message_id, fields["error"])
+            log.warning("refused signal %s: %s", clip(env.header.message_id), fields["error"])
             return HttpReply(500, log=fields)
-        pk = self._store(cur, env, request, (), InboundStatus.FAILED.value, now)
-        add_event(cur, pk, env.header.message_id, EventType.FAILED, now=now)
+        if keep:
+            pk = self._store(cur, env, request, (), InboundStatus.FAILED.value, now)
+            add_event(cur, pk, env.header.message_id, EventType.FAILED, now=now)
         route = self._sender_route(cpa, env)
         reply = message_error(
             env, [error], now=now, host=_host(route.receive.endpoint if route else None)
@@ -672,6 +710,15 @@ def accept_sync_reply(
         return "bad-reply"
     header = env.header
     if not header.is_signal:
+        return "bad-reply"
+    bad_identifier = identifier_problem(env)
+    if bad_identifier is not None:
+        log.warning(
+            "synchronous reply %s refused: %s at %s",
+            clip(header.message_id),
+            bad_identifier.description,
+            bad_identifier.location,
+        )
         return "bad-reply"
     if find_message(cur, header.message_id, Direction.IN) is not None:
         # The partner repeated a stored reply (we resent a message it had
