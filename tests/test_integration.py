@@ -9,6 +9,7 @@ retry interval of one second so that retries and expiry fit in a test.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -344,3 +345,44 @@ async def test_resent_duplicate_is_stored_once_and_the_ack_repeated(pair_factory
     ) == [(1,)]
     assert events(pair.b, queued.message_id) == ["RECEIVED"]
     assert pair.a.status(queued.message_id, "out") == "DELIVERED"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_async_ack_resent_after_delivery_is_recorded_cleanly(
+    pair_factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the resend reopened the ack's task with its attempts at 0.
+
+    The second POST of the ack went out, but recording it as attempt 1 again hit
+    the primary key of delivery_attempt: an ERROR in the worker and the task
+    stuck in 'sending' until its lease ran out.
+    """
+    caplog.set_level(logging.WARNING, logger="dkgw")
+    pair = await pair_factory(profile="osb-rm", **RM_FAST)
+    queued = await pair.send(payloads(100))
+    await wait_until(lambda: pair.a.status(queued.message_id, "out") == "DELIVERED")
+    ((ack_pk,),) = pair.b.rows(
+        "SELECT id FROM ebms_message WHERE direction = 'out' AND action = 'Acknowledgment' "
+        "AND ref_to_message_id = ?",
+        queued.message_id,
+    )
+    ack_attempts = (
+        "SELECT a.attempt, a.outcome FROM delivery_attempt a JOIN delivery_task t "
+        "ON t.id = a.task_id WHERE t.message_pk = ? ORDER BY a.attempt"
+    )
+    await wait_until(lambda: pair.b.rows(ack_attempts, ack_pk) == [(1, "done")])
+    with pair.a.db.transaction() as cur:
+        message = find_message(cur, queued.message_id, Direction.OUT)
+        assert message is not None
+        content_type, body = wire_body(message, cur)
+    assert pair.a.gateway is not None
+    result = await pair.a.gateway.client.post(
+        queued.url, {"Content-Type": content_type, "SOAPAction": '"ebXML"'}, body, None
+    )
+    assert result.status == 204
+    await wait_until(lambda: pair.b.rows(ack_attempts, ack_pk) == [(1, "done"), (2, "done")])
+    assert pair.b.rows(
+        "SELECT state, attempts FROM delivery_task WHERE message_pk = ?", ack_pk
+    ) == [("done", 2)]
+    noisy = [r for r in caplog.records if r.name.startswith("dkgw.delivery")]
+    assert noisy == [], [r.getMessage() for r in noisy]
