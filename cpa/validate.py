@@ -585,6 +585,18 @@ class _Checker:
                     rm.line,
                 )
                 return
+            if rm is not None and rm.retries is not None and rm.retry_interval is not None:
+                try:
+                    # The sender's TimeToLive: Timestamp + RetryInterval x (Retries + 1).
+                    self.now + rm.retry_interval * (rm.retries + 1)
+                except OverflowError:
+                    self.error(
+                        f"{dx}/ebXMLSenderBinding/ReliableMessaging/RetryInterval",
+                        f"RetryInterval x (Retries + 1) ends after the year 9999 "
+                        f"(RetryInterval {rm.retry_interval.days} days, Retries {rm.retries})",
+                        rm.line,
+                    )
+                    return
             if rm is None or rm.retries is None or rm.retry_interval is None:
                 self.error(
                     f"{dx}/ebXMLSenderBinding/ReliableMessaging",

@@ -212,6 +212,23 @@ def test_cpa_validation_reports_an_extreme_start_with_its_line(cpa_xml) -> None:
     assert "tns:Start" in finding.message and "out of range" in finding.message
 
 
+@pytest.mark.parametrize("interval", ["P2000000Y", "P999999999D"])
+def test_cpa_validation_reports_a_retry_schedule_beyond_any_date(cpa_xml, interval: str) -> None:
+    # RetryInterval x Retries overflowed a timedelta inside the validator.
+    xml = cpa_xml(profile="osb-rm")
+    xml, count = re.subn(
+        rb"<tns:RetryInterval>[^<]*</tns:RetryInterval>",
+        f"<tns:RetryInterval>{interval}</tns:RetryInterval>".encode(),
+        xml,
+    )
+    assert count >= 1
+    report = validate_cpa(xml)
+    assert not report.ok
+    assert report.errors and all(
+        "RetryInterval" in f.location and "year 9999" in f.message and f.line for f in report.errors
+    ), report.errors
+
+
 def test_dkgw_cpa_validate_prints_the_problem_not_a_traceback(cpa_xml, tmp_path: Path) -> None:
     path = tmp_path / "cpa.xml"
     path.write_bytes(_cpa_with_start(cpa_xml, "9999-12-31T23:59:59-14:00"))

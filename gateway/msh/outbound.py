@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -203,7 +203,12 @@ def queue_message(
     )
     ttl = None
     if route.retry_interval is not None and route.ack_requested:
-        ttl = now + route.retry_interval * (route.retries + 1)
+        try:
+            ttl = now + route.retry_interval * (route.retries + 1)
+        except OverflowError:
+            # A CPA imported before cpa.validate refused such a schedule: the
+            # retries outlast any date, so the message never expires.
+            ttl = datetime.max.replace(tzinfo=UTC)
     header = MessageHeader(
         from_ids=(from_party,),
         from_role=from_role,
