@@ -19,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.api.service import BackOffice, BadRequest
 from adapters.stuf.bare import read_bare, wrap_bare
@@ -149,6 +151,55 @@ def test_parse_datetime_raises_only_value_error(text: str) -> None:
 )
 def test_parse_datetime_edges_that_are_in_range(text: str, expected: datetime) -> None:
     assert parse_datetime(text) == expected
+
+
+@settings(max_examples=300, deadline=None)
+def _edges(low: int, high: int, *edges: int) -> st.SearchStrategy[int]:
+    """Integers from ``low`` to ``high``, the edges drawn as often as all the rest."""
+    return st.one_of(st.sampled_from((low, high, *edges)), st.integers(low, high))
+
+
+@given(
+    year=_edges(0, 10000, 1, 9999),
+    month=_edges(0, 13, 1, 12),
+    day=_edges(0, 32, 1, 31),
+    hour=_edges(0, 25, 23, 24),
+    minute=_edges(0, 60, 59),
+    second=_edges(0, 61, 59, 60),
+    zone=st.one_of(
+        st.none(),
+        st.just("Z"),
+        st.tuples(st.sampled_from("+-"), _edges(0, 15, 14), _edges(0, 60, 59)),
+    ),
+)
+def test_parse_datetime_on_every_field_edge(year, month, day, hour, minute, second, zone) -> None:
+    if zone is None or isinstance(zone, str):
+        tz = zone or ""
+    else:
+        sign, hours, minutes = zone
+        tz = f"{sign}{hours:02d}:{minutes:02d}"
+    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}{tz}"
+    try:
+        value = parse_datetime(text)
+    except ValueError:
+        return
+    assert value.tzinfo is UTC and 1 <= value.year <= 9999
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    end=st.sampled_from(["0001-01-01", "9999-12-31"]),
+    clock=st.times(),
+    zone=st.tuples(st.sampled_from("+-"), st.integers(0, 14), st.sampled_from([0, 30, 45])),
+)
+def test_parse_datetime_at_the_ends_of_the_range(end, clock, zone) -> None:
+    sign, hours, minutes = zone
+    text = f"{end}T{clock:%H:%M:%S}{sign}{hours:02d}:{minutes if hours < 14 else 0:02d}"
+    try:
+        value = parse_datetime(text)
+    except ValueError:
+        return
+    assert value.tzinfo is UTC
 
 
 def _with_timestamp(xml: bytes, value: str, element: str = "Timestamp") -> bytes:

@@ -64,6 +64,9 @@ def test_validation_never_crashes_on_mutated_cpas(cpa_xml, data) -> None:
                     "PT-5M",
                     "9999999999999999999999",
                     "http://x",
+                    "0001-01-01T00:00:00+14:00",
+                    "9999-12-31T23:59:59-14:00",
+                    "P2000000Y",
                 ]
             ),
         )
