@@ -880,3 +880,37 @@ def test_soap_part_over_the_envelope_limit_in_mime_is_refused() -> None:
 def test_only_text_xml_is_a_single_part_message(media: str) -> None:
     with pytest.raises(MimeError, match="unsupported Content-Type"):
         split_package(media, io.BytesIO(ping()), MimeLimits())
+
+
+def _huge(xml: bytes, element: str, value: bytes) -> bytes:
+    changed, count = re.subn(
+        rb"<eb:" + element.encode() + rb">[^<]*</eb:" + element.encode() + rb">",
+        b"<eb:" + element.encode() + b">" + value + b"</eb:" + element.encode() + b">",
+        xml,
+        count=1,
+    )
+    assert count == 1
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("element", "status", "answer"),
+    [("MessageId", 500, b"Fault"), ("Action", 200, b"OtherXml")],
+)
+def test_a_600_kb_identifier_gives_bounded_log_lines_and_answer(
+    target: Target, element: str, status: int, answer: bytes
+) -> None:
+    """Regression: a 600 KB MessageId made a 600 KB log line and a 1.2 MB acknowledgment."""
+    xml = _huge(envelope(), element, b"x" * 600_000 + (b"@h" if element == "MessageId" else b""))
+    mark = target.log_mark()
+    reply = target.exchange(post(xml))
+    assert reply.status == status, reply
+    assert answer in reply.body and len(reply.body) < 4096, reply.body[:300]
+    assert not LEAK.search(reply.body.replace(b"MessageError", b""))
+    target.wait_log(mark, rf"event=inbound status={status} ")
+    logged = target.log_since(mark)
+    assert "Traceback" not in logged
+    assert max(len(line) for line in logged.splitlines()) < 4096
+    # Nothing with the oversized value is kept.
+    assert target.rows("SELECT count(*) FROM ebms_message WHERE length(message_id) > 256") == [(0,)]
+    assert target.rows("SELECT count(*) FROM ebms_message WHERE length(action) > 256") == [(0,)]
