@@ -222,6 +222,30 @@ def test_envelope_with_an_extreme_timestamp_is_an_envelope_error(value: str, ele
     assert message_timestamp(xml) is None or element == "TimeToLive"
 
 
+def _status_response(status: str) -> bytes:
+    xml = render("EbMSMessageStatus").replace(
+        b"<eb:Action>StatusRequest<", b"<eb:Action>StatusResponse<"
+    )
+    xml = xml.replace(
+        b'<eb:StatusRequest eb:version="2.0">',
+        f'<eb:StatusResponse eb:version="2.0" eb:messageStatus="{status}">'.encode(),
+    ).replace(b"</eb:StatusRequest>", b"</eb:StatusResponse>")
+    assert b"StatusResponse eb:" in xml
+    return xml
+
+
+def test_whitespace_around_an_nmtoken_or_boolean_is_what_the_schema_says() -> None:
+    # NMTOKEN and xsd:boolean collapse white space: the schema passes " Received ",
+    # and MessageStatus(" Received ") raised a bare ValueError out of the parser.
+    env, _ = parse_envelope(_status_response(" Received "))
+    assert env.status_response is not None
+    assert env.status_response.message_status.value == "Received"
+    signed = render("EbMSMessage").replace(b'eb:signed="false"', b'eb:signed=" true "')
+    assert signed != render("EbMSMessage")
+    env, _ = parse_envelope(signed)
+    assert env.ack_requested is not None and env.ack_requested.signed
+
+
 def test_inbound_answers_an_extreme_timestamp_without_raising(node, gemeente_tls) -> None:
     processor = node(profile="osb-rm", sync_reply=True)
     xml = _with_timestamp(render("EbMSMessage"), "0001-01-01T00:00:00+14:00")

@@ -145,7 +145,7 @@ def parse_envelope(xml: bytes) -> tuple[Envelope, etree._ElementTree]:
             el.tag
             for el in header_el
             if isinstance(el.tag, str)
-            and el.get(_q(SOAP_NS, "mustUnderstand")) in ("1", "true")
+            and _token(el.get(_q(SOAP_NS, "mustUnderstand"))) in ("1", "true")
             and etree.QName(el).namespace not in (EB_NS, DS_NS)
         ),
     )
@@ -184,6 +184,22 @@ def _required_text(parent: etree._Element, name: str) -> str:
 def _eb_attr(el: etree._Element, name: str) -> str | None:
     value = el.get(_q(EB_NS, name))
     return None if value is None else str(value)
+
+
+def _token(value: str | None) -> str:
+    """An xsd:boolean or NMTOKEN value as the schema compares it: white space collapsed.
+
+    The schema accepts ``eb:signed=" true "`` and ``eb:messageStatus=" Received "``;
+    read verbatim they would mean false and raise.
+    """
+    return (value or "").strip()
+
+
+def _enum(kind: Callable[[str], T], value: str, name: str) -> T:
+    try:
+        return kind(value)
+    except ValueError:
+        raise EnvelopeError(f"{name} {value[:40]!r} is not a known value") from None
 
 
 def _datetime(text: str, name: str) -> datetime:
@@ -232,7 +248,7 @@ def _message_header(mh: etree._Element) -> MessageHeader:
 
 def _ack_requested(el: etree._Element) -> AckRequested:
     return AckRequested(
-        signed=_eb_attr(el, "signed") in ("true", "1"),
+        signed=_token(_eb_attr(el, "signed")) in ("true", "1"),
         actor=el.get(_q(SOAP_NS, "actor")),
         version=_eb_attr(el, "version") or "",
     )
@@ -279,7 +295,7 @@ def _error_list(el: etree._Element) -> ErrorList:
                 code=error_code,
                 location=_eb_attr(e, "location"),
                 description=_text(e.find(_q(EB_NS, "Description"))),
-                severity=Severity(_eb_attr(e, "severity") or "Error"),
+                severity=_enum(Severity, _token(_eb_attr(e, "severity")) or "Error", "severity"),
                 code_context=_eb_attr(e, "codeContext") or "",
             )
         )
@@ -303,7 +319,9 @@ def _status_response(el: etree._Element) -> StatusResponse:
     ts = _text(el.find(_q(EB_NS, "Timestamp")))
     return StatusResponse(
         ref_to_message_id=_required_text(el, "RefToMessageId"),
-        message_status=MessageStatus(_eb_attr(el, "messageStatus") or ""),
+        message_status=_enum(
+            MessageStatus, _token(_eb_attr(el, "messageStatus")), "eb:messageStatus"
+        ),
         timestamp=_datetime(ts, "Timestamp") if ts else None,
         version=_eb_attr(el, "version") or "",
     )
