@@ -249,6 +249,19 @@ def test_retry_past_time_to_live_expires(db: Database) -> None:
     assert finish(db, task, TaskOutcome.RETRY, now=later) is TaskOutcome.EXPIRED
 
 
+def test_a_retry_interval_past_the_year_9999_waits_instead_of_overflowing(db: Database) -> None:
+    # A CPA stored before validation refused such a RetryInterval: the attempt is
+    # recorded and the task waits as long as a date can say, not an OverflowError.
+    pk = queue(db, max_attempts=3, retry_interval=timedelta(days=3_000_000))
+    (task,) = claim(db)
+    assert finish(db, task, TaskOutcome.RETRY, http_status=503) is TaskOutcome.RETRY
+    with db.transaction() as cur:
+        assert task_for_message(cur, pk)[0] == "pending"
+        (due,) = cur.execute("SELECT next_attempt_at FROM delivery_task").fetchone()
+    assert due.startswith("9999-12-31T")
+    assert claim(db, now=T0 + timedelta(days=36_500)) == []
+
+
 def test_expired_lease_is_taken_over_and_the_old_node_changes_nothing(db: Database) -> None:
     pk = queue(db, max_attempts=5, retry_interval=timedelta(minutes=1))
     (stale,) = claim(db, "dead-node")

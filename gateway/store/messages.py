@@ -21,7 +21,7 @@ import io
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import IO, Protocol
 
@@ -706,7 +706,13 @@ def finish_attempt(
     effective = outcome
     if outcome is TaskOutcome.RETRY:
         interval = task.retry_interval or timedelta(0)
-        next_attempt_at = next_attempt_at or now + interval
+        if next_attempt_at is None:
+            try:
+                next_attempt_at = now + interval
+            except OverflowError:
+                # A CPA stored before validation refused such a RetryInterval
+                # (past the year 9999): the task waits as long as a date can say.
+                next_attempt_at = datetime.max.replace(tzinfo=UTC)
         if task.expires_at is not None and now >= task.expires_at:
             effective = TaskOutcome.EXPIRED
     state = "pending" if effective is TaskOutcome.RETRY else effective.value
