@@ -21,6 +21,7 @@ Memory: the files are returned in memory, so the total uncompressed size cap
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import zipfile
@@ -240,6 +241,9 @@ def _check_entries(
     total = 0
     for entry in entries:
         name = entry.filename
+        if not name:
+            # Before anything else: ZipInfo.is_dir() fails on an empty name.
+            raise UploadRefused("bad-name", "an entry has an empty name")
         parts = name.replace("\\", "/").split("/")
         if ".." in parts:
             raise UploadRefused("unsafe-path", f"{name!r} points outside the zip ('..')")
@@ -298,6 +302,14 @@ def _read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> UploadItem:
         raise UploadRefused("damaged", f"the zip is damaged at {entry.filename!r}: {exc}") from None
     except NotImplementedError as exc:
         raise UploadRefused("unsupported", f"{entry.filename!r}: {exc}") from None
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise UploadRefused("unreadable", f"cannot read the zip: {exc.strerror}") from None
+        # A local header offset in the central directory that points before the
+        # start of the file: the seek to it fails, the zip is damaged.
+        raise UploadRefused(
+            "damaged", f"the zip is damaged at {entry.filename!r}: a header offset is invalid"
+        ) from None
     if size != entry.file_size:
         raise UploadRefused(
             "damaged",
