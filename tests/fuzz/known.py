@@ -85,6 +85,13 @@ KNOWN: tuple[Known, ...] = (
         "a KeyInfo certificate whose public key algorithm is unknown",
     ),
     Known(
+        "xmldsig",
+        "ValueError",
+        "gateway.ebms.xmldsig:<genexpr>",
+        r"Could not deserialize key data",
+        "a KeyInfo certificate whose public key does not decode",
+    ),
+    Known(
         "stuf_bare",
         "ValueError",
         "adapters.stuf.bare:read_bare",
@@ -129,5 +136,53 @@ def accepted(target: str, exc: BaseException) -> Known | None:
             and entry.where == location
             and re.search(entry.message, str(exc))
         ):
+            return entry
+    return None
+
+
+@dataclass(frozen=True)
+class KnownLog:
+    """One accepted problem record in a gateway's log, for the wire fuzzer."""
+
+    pattern: str
+    """A regular expression searched in the log record (a JSON line)."""
+    what: str
+    """One line: the finding."""
+
+
+#: The same findings as :data:`KNOWN`, as the HTTP edge logs them ("inbound request
+#: failed" with the traceback) when they escape InboundProcessor.handle.
+KNOWN_WIRE: tuple[KnownLog, ...] = (
+    KnownLog(
+        r"inbound request failed: .*parse_datetime.*OverflowError: date value out of range",
+        "envelope timestamp at the edge of the xsd:dateTime range (OverflowError)",
+    ),
+    KnownLog(
+        r"inbound request failed: .*xmldsig\.py.*C14NError: C14N failed",
+        "relative namespace URI in signed XML (C14NError)",
+    ),
+    KnownLog(
+        r"inbound request failed: .*keyinfo_certificates.*InvalidVersion: ",
+        "KeyInfo certificate with an invalid version (InvalidVersion)",
+    ),
+    KnownLog(
+        r"inbound request failed: .*_check_key_info.*UnsupportedAlgorithm: Unknown key type",
+        "KeyInfo certificate with an unknown key type (UnsupportedAlgorithm)",
+    ),
+    KnownLog(
+        r"inbound request failed: .*_check_key_info.*ValueError: Could not deserialize key data",
+        "KeyInfo certificate whose public key does not decode (ValueError)",
+    ),
+    KnownLog(
+        r"inbound request failed: .*_status_of.*AssertionError",
+        "StatusRequest message without eb:StatusRequest (AssertionError)",
+    ),
+)
+
+
+def accepted_log(record: str) -> KnownLog | None:
+    """The entry that accepts this problem log record, or None."""
+    for entry in KNOWN_WIRE:
+        if re.search(entry.pattern, record, re.S):
             return entry
     return None
