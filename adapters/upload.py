@@ -200,6 +200,12 @@ def read_upload(
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise _not_a_zip(path, exc) from None
+    except NotImplementedError as exc:
+        # zipfile refuses an entry that needs a newer version of the format.
+        raise UploadRefused("unsupported", f"the zip uses a format not supported ({exc})") from None
+    except UnicodeDecodeError:
+        # An entry flagged as UTF-8 (APPNOTE.TXT 4.4.4, bit 11) whose name is not.
+        raise UploadRefused("bad-name", "an entry name is marked UTF-8 but is not") from None
     except OSError as exc:
         raise UploadRefused("unreadable", f"cannot read {path}: {exc.strerror}") from None
     with archive:
@@ -298,7 +304,7 @@ def _read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> UploadItem:
             while chunk := member.read(_READ_CHUNK):
                 size += len(chunk)
                 chunks.append(chunk)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError) as exc:
         raise UploadRefused("damaged", f"the zip is damaged at {entry.filename!r}: {exc}") from None
     except NotImplementedError as exc:
         raise UploadRefused("unsupported", f"{entry.filename!r}: {exc}") from None
