@@ -36,6 +36,7 @@ def test_mutated_messages_over_the_wire(
         work=tmp_path,
         deadline=time.monotonic() + SECONDS,
     )
+    print(report.summary())  # shown with -s or -rA: the footprint series and the counts
     assert not report.findings, report.summary()
     # Enough got through to mean something, even on a loaded machine.
     assert report.mutations >= min(MUTATIONS, 100), report.summary()

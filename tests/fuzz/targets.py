@@ -175,9 +175,29 @@ def _xmldsig_seeds() -> Iterable[bytes]:
 # -- decryption (gateway/ebms/xmlenc.py) --------------------------------------------------
 
 
-def run_xmlenc(data: bytes) -> None:
-    from gateway.ebms.xmlenc import decrypt_part
+@functools.cache
+def _node_encryption_certificate() -> Any:
+    from gateway.commands.demo import NODE
 
+    return material.load_cert(material.pki() / NODE[0] / "encryption.pem")
+
+
+def run_xmlenc(data: bytes) -> None:
+    """Decrypt the input; every eighth input is also encrypted and decrypted back."""
+    from gateway.ebms.xmlenc import AES256_GCM, decrypt_part, encrypt_part
+
+    if len(data) % 8 == 0:
+        # The sending direction: any payload a back office hands over must come back intact.
+        document = encrypt_part(
+            data,
+            content_id=material.PAYLOAD_CID,
+            mime_type="application/octet-stream",
+            recipient_cert=_node_encryption_certificate(),
+            data_algorithm=AES256_GCM,
+        )
+        back = decrypt_part(document, private_key=material.node_encryption_key())
+        if back.content != data:
+            raise ContractViolation("encrypt_part then decrypt_part changed the payload")
     decrypt_part(
         data,
         private_key=material.node_encryption_key(),
@@ -188,10 +208,9 @@ def run_xmlenc(data: bytes) -> None:
 
 
 def _xmlenc_seeds() -> Iterable[bytes]:
-    from gateway.commands.demo import NODE
     from gateway.ebms import xmlenc
 
-    certificate = material.load_cert(material.pki() / NODE[0] / "encryption.pem")
+    certificate = _node_encryption_certificate()
     for data_algorithm, transport in (
         (xmlenc.AES128_GCM, xmlenc.RSA_OAEP_MGF1P),
         (xmlenc.AES256_GCM, xmlenc.RSA_OAEP),
@@ -528,8 +547,8 @@ def _targets() -> dict[str, Target]:
             "xmlenc",
             run_xmlenc,
             (DecryptionError,),
-            "decrypt_part of an EncryptedData document with the receiver's key: "
-            "only DecryptionError.",
+            "decrypt_part of an EncryptedData document with the receiver's key: only "
+            "DecryptionError; and encrypt_part then decrypt_part gives the payload back.",
             _xmlenc_seeds,
         ),
         Target(
