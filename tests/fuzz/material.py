@@ -73,7 +73,7 @@ def pki() -> Path:
     given = os.environ.get("DKGW_FUZZ_PKI")
     if given:
         return Path(given)
-    base = Path(tempfile.mkdtemp(prefix="dkgw-fuzz-pki-"))
+    base = Path(tempfile.mkdtemp(prefix="dkgw-fuzz-pki-", dir=os.environ.get("DKGW_FUZZ_SCRATCH")))
     atexit.register(shutil.rmtree, base, ignore_errors=True)
     out = base / "out"
     subprocess.run([sys.executable, str(MAKE_PKI), "--out", str(out), "--quiet"], check=True)

@@ -70,6 +70,12 @@ def _fuzz_one(args: argparse.Namespace, extra: list[str]) -> None:
     """Set up and run one target in this process (does not return)."""
     import atheris
 
+    if args.artifacts:
+        # libFuzzer ends the process with exit(): no atexit handler removes the
+        # targets' temporary files, so they go where the caller cleans up.
+        scratch = Path(args.artifacts) / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        os.environ["DKGW_FUZZ_SCRATCH"] = str(scratch)
     with atheris.instrument_imports(include=INSTRUMENT):
         for module in MODULES[args.target]:
             importlib.import_module(module)
@@ -87,7 +93,7 @@ def _fuzz_one(args: argparse.Namespace, extra: list[str]) -> None:
     if args.minimize:
         # libFuzzer's crash minimiser starts this process again for every step,
         # by argv[0]: an executable wrapper that comes back here with --raw.
-        wrapper = Path(tempfile.mkdtemp(prefix="fuzz-min-")) / "target"
+        wrapper = Path(args.minimize + ".minimize.sh")
         strict = " --strict" if args.strict else ""
         wrapper.write_text(
             f"#!/bin/sh\ncd {shlex.quote(str(REPO))} && exec {shlex.quote(sys.executable)} "

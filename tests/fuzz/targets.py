@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import functools
 import io
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -67,8 +68,12 @@ def check(target: Target, data: bytes, *, strict: bool = False) -> None:
 
 @functools.cache
 def scratch() -> Path:
-    """A temporary directory for this process (spool files, the SQLite store)."""
-    path = Path(tempfile.mkdtemp(prefix="dkgw-fuzz-"))
+    """A temporary directory for this process (spool files, the SQLite store).
+
+    Inside ``$DKGW_FUZZ_SCRATCH`` when set (tests/fuzz/run.py sets it).
+    """
+    base = os.environ.get("DKGW_FUZZ_SCRATCH")
+    path = Path(tempfile.mkdtemp(prefix="dkgw-fuzz-", dir=base))
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
