@@ -21,6 +21,7 @@ Memory: the files are returned in memory, so the total uncompressed size cap
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import zipfile
@@ -199,6 +200,12 @@ def read_upload(
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise _not_a_zip(path, exc) from None
+    except NotImplementedError as exc:
+        # zipfile refuses an entry that needs a newer version of the format.
+        raise UploadRefused("unsupported", f"the zip uses a format not supported ({exc})") from None
+    except UnicodeDecodeError:
+        # An entry flagged as UTF-8 (APPNOTE.TXT 4.4.4, bit 11) whose name is not.
+        raise UploadRefused("bad-name", "an entry name is marked UTF-8 but is not") from None
     except OSError as exc:
         raise UploadRefused("unreadable", f"cannot read {path}: {exc.strerror}") from None
     with archive:
@@ -240,6 +247,9 @@ def _check_entries(
     total = 0
     for entry in entries:
         name = entry.filename
+        if not name:
+            # Before anything else: ZipInfo.is_dir() fails on an empty name.
+            raise UploadRefused("bad-name", "an entry has an empty name")
         parts = name.replace("\\", "/").split("/")
         if ".." in parts:
             raise UploadRefused("unsafe-path", f"{name!r} points outside the zip ('..')")
@@ -294,10 +304,18 @@ def _read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> UploadItem:
             while chunk := member.read(_READ_CHUNK):
                 size += len(chunk)
                 chunks.append(chunk)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError) as exc:
         raise UploadRefused("damaged", f"the zip is damaged at {entry.filename!r}: {exc}") from None
     except NotImplementedError as exc:
         raise UploadRefused("unsupported", f"{entry.filename!r}: {exc}") from None
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise UploadRefused("unreadable", f"cannot read the zip: {exc.strerror}") from None
+        # A local header offset in the central directory that points before the
+        # start of the file: the seek to it fails, the zip is damaged.
+        raise UploadRefused(
+            "damaged", f"the zip is damaged at {entry.filename!r}: a header offset is invalid"
+        ) from None
     if size != entry.file_size:
         raise UploadRefused(
             "damaged",

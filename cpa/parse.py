@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -76,6 +77,9 @@ def _fmt(p: XmlProblem) -> str:
     return f"line {p.line}: {p.message}" if p.line else p.message
 
 
+_SCHEMA_LOCK = threading.Lock()
+
+
 @functools.cache
 def cpa_schema() -> etree.XMLSchema:
     """The CPPA 2.0 schema, loaded once from the local copy (never the network)."""
@@ -103,11 +107,13 @@ def read_document(xml: bytes) -> etree._ElementTree:
             ]
         )
     schema = cpa_schema()
-    if not schema.validate(tree):
-        raise CpaReadError(
-            [XmlProblem(e.line or None, f"schema: {e.message}") for e in schema.error_log]
-        )
-    return tree
+    # One XMLSchema keeps one error log, reset by every validation: two CPAs
+    # validated at once (two API requests) would read each other's findings.
+    with _SCHEMA_LOCK:
+        if schema.validate(tree):
+            return tree
+        problems = [XmlProblem(e.line or None, f"schema: {e.message}") for e in schema.error_log]
+    raise CpaReadError(problems)
 
 
 def parse_cpa(xml: bytes) -> Cpa:

@@ -16,7 +16,7 @@ header block flagged ``SOAP:mustUnderstand="1"`` as the schema requires.
 
 from __future__ import annotations
 
-import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,8 +83,23 @@ def _q(ns: str, name: str) -> str:
     return f"{{{ns}}}{name}"
 
 
-@functools.cache
+_local = threading.local()
+
+
 def _schema() -> etree.XMLSchema:
+    """SOAP 1.1 + ebMS 2.0 header schema, compiled once per thread.
+
+    An XMLSchema keeps one error log, reset by every validation: shared by the
+    store's thread pool, one request's refusal would read another's log (or an
+    empty one, and fail with IndexError instead of EnvelopeError).
+    """
+    schema: etree.XMLSchema | None = getattr(_local, "schema", None)
+    if schema is None:
+        schema = _local.schema = _compile_schema()
+    return schema
+
+
+def _compile_schema() -> etree.XMLSchema:
     """SOAP 1.1 + ebMS 2.0 header schema, from the local copies only."""
     wrapper = f"""<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema"
         targetNamespace="urn:dkgw:envelope-wrapper">
