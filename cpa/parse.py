@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ from cpa.model import (
 )
 from cpa.xsdtypes import parse_datetime, parse_duration
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from gateway.xmlschemas import Schema
 from wsdl import XSD_DIR
 
 TNS = "http://www.oasis-open.org/committees/ebxml-cppa/schema/cpp-cpa-2_0.xsd"
@@ -73,11 +73,14 @@ def _fmt(p: XmlProblem) -> str:
     return f"line {p.line}: {p.message}" if p.line else p.message
 
 
-@functools.cache
-def cpa_schema() -> etree.XMLSchema:
-    """The CPPA 2.0 schema, loaded once from the local copy (never the network)."""
+def _load_cpa_schema() -> etree._ElementTree:
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    return etree.XMLSchema(etree.parse(str(SCHEMA_PATH), parser))
+    return etree.parse(str(SCHEMA_PATH), parser)
+
+
+#: The CPPA 2.0 schema, from the local copy (never the network), compiled once
+#: and shared (gateway/xmlschemas.py).
+CPA_SCHEMA = Schema(SCHEMA_PATH.name, _load_cpa_schema)
 
 
 def read_document(xml: bytes) -> etree._ElementTree:
@@ -99,11 +102,9 @@ def read_document(xml: bytes) -> etree._ElementTree:
                 )
             ]
         )
-    schema = cpa_schema()
-    if not schema.validate(tree):
-        raise CpaReadError(
-            [XmlProblem(e.line or None, f"schema: {e.message}") for e in schema.error_log]
-        )
+    errors = CPA_SCHEMA.validate(tree)
+    if errors is not None:
+        raise CpaReadError([XmlProblem(e.line or None, f"schema: {e.message}") for e in errors])
     return tree
 
 

@@ -133,8 +133,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
     from twisted.logger import STDLibLogObserver, globalLogBeginner
 
-    from gateway.serve import Gateway
+    from gateway.serve import Gateway, compile_schemas
 
+    # Here, in the main thread before the reactor and its threads run; a
+    # schema that does not compile stops the start with one line.
+    compile_schemas()
     globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
     gateway = Gateway(config, reactor)
     failed: list[Exception] = []
