@@ -9,6 +9,7 @@ process-wide state by design.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -162,3 +163,20 @@ def test_a_later_failure_is_reported_and_the_engine_still_works(tmp_path: Path) 
     assert lines[0].startswith("error: cannot compile the XML Schema late.xsd: ")
     assert lines[1].startswith("problem: xml schema: cannot compile late.xsd: ")
     assert lines[2:] == ["broken: None"]  # the probe still compiles: only late.xsd is bad
+
+
+def test_health_fails_when_schema_compilation_is_broken() -> None:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from gateway.http.admin import _Health
+
+    reason: list[str] = []
+    health = _Health(lambda: reason[0] if reason else None)
+    request = DummyRequest([b""])
+    assert json.loads(health.render_GET(request)) == {"status": "alive"}
+    assert request.responseCode in (None, 200)
+    reason.append("XML Schema compilation no longer works in this process; restart it")
+    request = DummyRequest([b""])
+    answer = json.loads(health.render_GET(request))
+    assert request.responseCode == 503
+    assert answer == {"status": "broken", "reasons": reason}
