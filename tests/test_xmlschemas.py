@@ -180,3 +180,18 @@ def test_health_fails_when_schema_compilation_is_broken() -> None:
     answer = json.loads(health.render_GET(request))
     assert request.responseCode == 503
     assert answer == {"status": "broken", "reasons": reason}
+
+
+def test_no_module_compiles_a_schema_of_its_own() -> None:
+    # Every compilation must take the process-wide lock: only gateway/xmlschemas.py
+    # may call lxml's XMLSchema (or its relatives that compile schemas).
+    compilers = ("XMLSchema(", "RelaxNG(", "Schematron(")
+    offenders = [
+        f"{path.relative_to(REPO)}: {word}"
+        for package in ("gateway", "cpa", "adapters", "wsdl")
+        for path in (REPO / package).rglob("*.py")
+        if path != REPO / "gateway" / "xmlschemas.py"
+        for word in compilers
+        if word in path.read_text()
+    ]
+    assert offenders == []
