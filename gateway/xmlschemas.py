@@ -88,17 +88,19 @@ class Schema:
         """Whether this schema has been compiled in this process."""
         return self._compiled is not None
 
-    def compile(self) -> etree.XMLSchema:
+    def compile(self, *, log_failure: bool = True) -> etree.XMLSchema:
         """The compiled schema, compiling it now if needed.
 
-        Raises :class:`SchemaCompileError` (one line) when libxml2 refuses it.
+        Raises :class:`SchemaCompileError` (one line) when libxml2 refuses it;
+        the failure is logged too unless ``log_failure`` is false (a caller
+        that ends the process with the error's line instead).
         """
         schema = self._compiled
         if schema is not None:
             return schema
         with _compile_lock:
             if self._compiled is None:
-                self._compiled = _compile_locked(self.name, self._load)
+                self._compiled = _compile_locked(self.name, self._load, log_failure)
             return self._compiled
 
     def validate(self, doc: etree._ElementTree | etree._Element) -> Any | None:
@@ -113,20 +115,24 @@ class Schema:
             return schema.error_log  # lxml returns a copy: safe after the lock
 
 
-def _compile_locked(name: str, load: Loader) -> etree.XMLSchema:
+def _compile_locked(name: str, load: Loader, log_failure: bool) -> etree.XMLSchema:
     try:
         document = load()
         return etree.XMLSchema(document)
-    except (etree.XMLSchemaParseError, etree.XMLSyntaxError, OSError) as exc:
+    except (etree.Error, OSError, ValueError) as exc:
+        # etree.Error: libxml2 refused the schema or its document; OSError: a
+        # file is missing; ValueError: gateway.xmlsafe refused the document.
         reason = _one_line(str(exc)) or type(exc).__name__
         _failures.setdefault(name, reason)
-        log.error("event=xml-schema-failed schema=%s reason=%s", name, reason)
+        if log_failure:
+            log.error("event=xml-schema-failed schema=%s reason=%s", name, reason)
         if not _broken and not _probe_locked():
             _broken.append(
                 f"XML Schema compilation no longer works in this process "
                 f"(after {name}: {reason}); restart it"
             )
-            log.critical("event=xml-schemas-broken schema=%s reason=%s", name, reason)
+            if log_failure:
+                log.critical("event=xml-schemas-broken schema=%s reason=%s", name, reason)
         raise SchemaCompileError(f"cannot compile the XML Schema {name}: {reason}") from None
 
 
@@ -160,7 +166,8 @@ def compile_all() -> list[str]:
     with _registry_lock:
         schemas = list(_registered)
     for schema in schemas:
-        schema.compile()
+        # The caller ends the start with the error's one line: no log line too.
+        schema.compile(log_failure=False)
     return [schema.name for schema in schemas]
 
 

@@ -129,9 +129,11 @@ def test_a_schema_that_does_not_compile_stops_serve_with_one_line(
         tmp_path,
     )
     assert done.returncode == 1, done.stderr
-    last = done.stderr.splitlines()[-1]
-    assert last.startswith("dkgw: cannot compile the XML Schema broken.xsd: ")
-    assert "nosuchtype" in last
+    line = done.stderr.splitlines()[-1]
+    # The error's one line, not a log line of the same failure before it.
+    assert "event=xml-schema" not in done.stderr
+    assert line.startswith("dkgw: cannot compile the XML Schema broken.xsd: ")
+    assert "nosuchtype" in line
     assert "Traceback" not in done.stderr
     assert "event=started" not in done.stderr
     assert not (tmp_path / "var").exists()  # nothing was opened: the store comes later
