@@ -3,8 +3,8 @@
 Startup order matters.  Every XML Schema is compiled first, in the main
 thread, before any other thread exists (gateway/xmlschemas.py: libxml2's
 lazily built schema types are not thread-safe).  Then, for "persist before
-acting", the store (and its migrations), then the worker, so tasks left by a previous run are
-picked up, then the listener.  Shutdown is the reverse: stop accepting, let
+acting", the store (and its migrations), then the worker, so tasks left by
+a previous run are picked up, then the listener.  Shutdown is the reverse: stop accepting, let
 the requests and attempts in flight finish, close the store.
 """
 

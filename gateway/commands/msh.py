@@ -137,7 +137,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Here, in the main thread before the reactor and its threads run; a
     # schema that does not compile stops the start with one line.
-    compile_schemas()
+    started = time.monotonic()
+    compiled = compile_schemas()
+    log.info(
+        "event=xml-schemas-compiled count=%d ms=%.0f",
+        len(compiled),
+        (time.monotonic() - started) * 1000,
+    )
     globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
     gateway = Gateway(config, reactor)
     failed: list[Exception] = []
