@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install demo test lint typecheck pytest pki clean fuzz fuzz-wire
+.PHONY: all install demo test lint typecheck pytest pki clean fuzz fuzz-wire faults soak
 
 all: test
 
@@ -46,6 +46,18 @@ fuzz: $(STAMP)
 
 fuzz-wire: $(STAMP)
 	nice $(BIN)/python -m tests.fuzz.wire --mutations $(WIRE_MUTATIONS)
+
+# Fault tests at full strength (tests/faults/): e.g. 300 SIGKILLed restarts of
+# `dkgw serve` with deliveries due at every start.  Takes several minutes.
+DKGW_RESTARTS ?= 300
+faults: $(STAMP)
+	DKGW_RESTARTS=$(DKGW_RESTARTS) $(BIN)/python -m pytest tests/faults -q -rP
+
+# Two `dkgw serve` processes under pings, business and hostile traffic, with a
+# report per minute (bench/README.md, "Soak").  SOAK_MINUTES=10 by default.
+SOAK_MINUTES ?= 10
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) var certs-example/out .pytest_cache .mypy_cache .ruff_cache

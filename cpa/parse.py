@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -41,6 +39,7 @@ from cpa.model import (
 )
 from cpa.xsdtypes import parse_datetime, parse_duration
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from gateway.xmlschemas import Schema
 from wsdl import XSD_DIR
 
 _T = TypeVar("_T")
@@ -77,14 +76,14 @@ def _fmt(p: XmlProblem) -> str:
     return f"line {p.line}: {p.message}" if p.line else p.message
 
 
-_SCHEMA_LOCK = threading.Lock()
-
-
-@functools.cache
-def cpa_schema() -> etree.XMLSchema:
-    """The CPPA 2.0 schema, loaded once from the local copy (never the network)."""
+def _load_cpa_schema() -> etree._ElementTree:
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    return etree.XMLSchema(etree.parse(str(SCHEMA_PATH), parser))
+    return etree.parse(str(SCHEMA_PATH), parser)
+
+
+#: The CPPA 2.0 schema, from the local copy (never the network), compiled once
+#: and shared (gateway/xmlschemas.py).
+CPA_SCHEMA = Schema(SCHEMA_PATH.name, _load_cpa_schema)
 
 
 def read_document(xml: bytes) -> etree._ElementTree:
@@ -106,14 +105,10 @@ def read_document(xml: bytes) -> etree._ElementTree:
                 )
             ]
         )
-    schema = cpa_schema()
-    # One XMLSchema keeps one error log, reset by every validation: two CPAs
-    # validated at once (two API requests) would read each other's findings.
-    with _SCHEMA_LOCK:
-        if schema.validate(tree):
-            return tree
-        problems = [XmlProblem(e.line or None, f"schema: {e.message}") for e in schema.error_log]
-    raise CpaReadError(problems)
+    errors = CPA_SCHEMA.validate(tree)
+    if errors is not None:
+        raise CpaReadError([XmlProblem(e.line or None, f"schema: {e.message}") for e in errors])
+    return tree
 
 
 def parse_cpa(xml: bytes) -> Cpa:

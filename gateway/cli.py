@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from gateway import xmlschemas
 from gateway.commands import api as api_commands
 from gateway.commands import check as check_commands
 from gateway.commands import cpa as cpa_commands
@@ -148,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        # libxml2's XSD types are built here, in the main thread, before any
+        # command starts threads that compile schemas (gateway/xmlschemas.py).
+        xmlschemas.initialise()
         result: int = args.handler(args)
     except KeyboardInterrupt:
         return 130

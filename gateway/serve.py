@@ -1,14 +1,17 @@
 """One gateway process: the HTTPS endpoint, the delivery worker and the store.
 
-Startup order matters for "persist before acting": the store (and its
-migrations) first, then the worker, so tasks left by a previous run are
-picked up, then the listener.  Shutdown is the reverse: stop accepting, let
+Startup order matters.  Every XML Schema is compiled first, in the main
+thread, before any other thread exists (gateway/xmlschemas.py: libxml2's
+lazily built schema types are not thread-safe).  Then, for "persist before
+acting", the store (and its migrations), then the worker, so tasks left by
+a previous run are picked up, then the listener.  Shutdown is the reverse: stop accepting, let
 the requests and attempts in flight finish, close the store.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import shutil
 import threading
@@ -33,6 +36,7 @@ from adapters.stuf.relay import Relay
 from adapters.stuf.service import RelayService
 from adapters.webhooks import WebhookDispatcher
 from cpa.registry import CpaRegistry
+from gateway import xmlschemas
 from gateway.config import AdminConfig, ApiConfig, GatewayConfig
 from gateway.crl import CrlRefresher
 from gateway.delivery import DeliveryWorker
@@ -94,6 +98,27 @@ def _pass_interval(poll_interval: float) -> float:
     return max(poll_interval, MIN_PASS_INTERVAL)
 
 
+#: The modules that register the gateway's XML Schemas when imported.
+SCHEMA_MODULES = (
+    "cpa.parse",
+    "gateway.ebms.envelope",
+    "adapters.api.soap",
+    "adapters.stuf.schemas",
+)
+
+
+def compile_schemas() -> list[str]:
+    """Compile every schema the gateway uses, now, in the calling (main) thread.
+
+    Importing the modules that own them registers them: the CPA, the ebMS
+    envelope, the SOAP services' WSDLs and the StUF relay's XSDs.  Raises
+    :class:`~gateway.xmlschemas.SchemaCompileError` (a :class:`StartupError`).
+    """
+    for module in SCHEMA_MODULES:
+        importlib.import_module(module)
+    return xmlschemas.compile_all()
+
+
 class Gateway:
     """A running gateway; :meth:`start` and :meth:`stop` it."""
 
@@ -142,6 +167,8 @@ class Gateway:
         caller then calls :meth:`stop`, which closes whatever was opened.
         """
         config = self.config
+        # Before the store, the pool and the listeners start any thread.
+        compile_schemas()
         try:
             config.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -264,6 +291,7 @@ class Gateway:
                 status=lambda: status_document(self.snapshot(), node=config.node_id),
                 users_file=admin.users_file,
                 ready=self.readiness,
+                broken=xmlschemas.engine_broken,
             )
             self.admin_port = self._listen_http(admin, admin.port, site)
             log.info(
@@ -390,11 +418,12 @@ class Gateway:
         """Why this gateway cannot do its work now; an empty list when it can (``/ready``).
 
         The store must answer within ``[admin] ready_store_timeout``, every loop
-        must have ticked within three of its intervals and ``data_dir`` must have
-        ``[admin] ready_min_free_mb`` free.
+        must have ticked within three of its intervals, ``data_dir`` must have
+        ``[admin] ready_min_free_mb`` free and no XML Schema may have failed to
+        compile.
         """
         admin = self.config.admin
-        reasons = self.heartbeats.stale()
+        reasons = xmlschemas.problems() + self.heartbeats.stale()
         data_dir = self.config.data_dir
         try:
             free = shutil.disk_usage(data_dir).free

@@ -144,8 +144,8 @@ def response_wrapper(response: requests.Response, schema_of: str) -> etree._Elem
     """The response wrapper, checked against the schema in ``wsdl/<schema_of>``."""
     assert response.status_code == 200, response.text
     wrapper = etree.fromstring(response.content).find(f"{{{SOAP_NS}}}Body")[0]
-    schema = WsdlDescription(WSDL_DIR / schema_of).schema
-    assert schema.validate(wrapper), schema.error_log
+    errors = WsdlDescription(WSDL_DIR / schema_of).schema.validate(wrapper)
+    assert errors is None, errors
     return wrapper
 
 

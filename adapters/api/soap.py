@@ -32,10 +32,16 @@ from adapters.api.soap_cpa import (
     url_mapping_operations,
 )
 from adapters.api.soap_ebms import ebms_operations
-from adapters.api.soap_http import WSDL_DIR, Handler, SoapResource, WsdlDescription
+from adapters.api.soap_http import WSDL_DIR, Handler, SoapResource, WsdlDescription, wsdl_schema
 from adapters.api.soap_stuf import StufSoapResource, stuf_operations
 
-__all__ = ["soap_resources"]
+__all__ = ["WSDLS", "soap_resources"]
+
+#: The WSDL of every service below; their schemas are registered now, so
+#: ``dkgw serve`` compiles them at its start (gateway/xmlschemas.py).
+WSDLS = ("cpa.wsdl", "urlMapping.wsdl", "certificateMapping.wsdl", "ebms.wsdl", "stuf.wsdl")
+for _name in WSDLS:
+    wsdl_schema(WSDL_DIR / _name)
 
 
 def soap_resources(

@@ -38,6 +38,7 @@ from adapters.api.text import plain
 from gateway.config import ApiConfig
 from gateway.logfmt import log_event
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from gateway.xmlschemas import Schema
 from wsdl import WSDL_DIR
 
 log = logging.getLogger("dkgw.api")
@@ -54,6 +55,7 @@ __all__ = [
     "in_thread",
     "integer_of",
     "text_of",
+    "wsdl_schema",
     "xs_datetime",
 ]
 
@@ -108,22 +110,10 @@ class WsdlDescription:
             str(op.get("name"))
             for op in root.iterfind(f"{{{WSDL_NS}}}portType/{{{WSDL_NS}}}operation")
         )
-        schema = root.find(f"{{{WSDL_NS}}}types/{{{XS_NS}}}schema")
-        if schema is None:
-            raise ValueError(f"{path.name} has no embedded xs:schema")
-        # Compiled once per thread: lxml's validators keep an error log and are
-        # not meant to be shared by threads running at the same time.
-        self._schema_xml = etree.tostring(schema)
-        self._local = threading.local()
-
-    @property
-    def schema(self) -> etree.XMLSchema:
-        """The request and response schema (compiled for the calling thread)."""
-        compiled: etree.XMLSchema | None = getattr(self._local, "schema", None)
-        if compiled is None:
-            compiled = etree.XMLSchema(etree.fromstring(self._schema_xml))
-            self._local.schema = compiled
-        return compiled
+        _embedded_schema(self.tree, path)
+        #: The request and response schema, compiled once per process and
+        #: shared by the threads (gateway/xmlschemas.py).
+        self.schema = wsdl_schema(path)
 
     def with_address(self, location: str) -> bytes:
         """The WSDL with every ``soap:address`` set to ``location``."""
@@ -131,6 +121,32 @@ class WsdlDescription:
         for address in tree.iter(f"{{{WSDL_SOAP_NS}}}address"):
             address.set("location", location)
         return bytes(etree.tostring(tree, xml_declaration=True, encoding="UTF-8"))
+
+
+def _embedded_schema(tree: etree._ElementTree, path: Path) -> etree._Element:
+    schema = tree.getroot().find(f"{{{WSDL_NS}}}types/{{{XS_NS}}}schema")
+    if schema is None:
+        raise ValueError(f"{path.name} has no embedded xs:schema")
+    return schema
+
+
+_wsdl_schemas: dict[Path, Schema] = {}
+_wsdl_schemas_lock = threading.Lock()
+
+
+def wsdl_schema(path: Path) -> Schema:
+    """The schema embedded in the WSDL file at ``path``, one per process."""
+    with _wsdl_schemas_lock:
+        schema = _wsdl_schemas.get(path)
+        if schema is None:
+
+            def load() -> etree._Element:
+                # A copy of the xs:schema element as a document of its own.
+                embedded = _embedded_schema(parse_xml(path.read_bytes()), path)
+                return etree.fromstring(etree.tostring(embedded))
+
+            schema = _wsdl_schemas[path] = Schema(f"{path.name} (its xs:schema)", load)
+        return schema
 
 
 class SoapResource(resource.Resource):
@@ -314,9 +330,9 @@ class SoapResource(resource.Resource):
                 f"in {self.wsdl.namespace}",
             )
         _check_action(action, name.localname, self.operations)
-        schema = self.wsdl.schema
-        if not schema.validate(wrapper):
-            error = schema.error_log.filter_from_errors()[0]
+        errors = self.wsdl.schema.validate(wrapper)
+        if errors is not None:
+            error = errors.filter_from_errors()[0]
             readable = _CLARK.sub(r"'\1'", error.message)
             raise SoapFault(
                 "Client", f"invalid {name.localname} request: {readable}", operation=name.localname

@@ -54,7 +54,7 @@ class StufSoapResource(SoapResource):
 
     def __init__(self, wsdl: WsdlDescription, operations: dict[str, Handler], run_in_thread: Any):
         super().__init__(wsdl, operations, FAULT_ELEMENT, run_in_thread)
-        wsdl.schema  # noqa: B018 - compiled now, so a broken schema stops the start-up
+        wsdl.schema.compile()  # compiled now, so a broken schema stops the start-up
 
     def fault_envelope(self, fault: SoapFault) -> bytes:
         payload = super().fault_envelope(fault)

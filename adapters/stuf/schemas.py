@@ -1,10 +1,12 @@
 """XSD registry: the ggk0210 envelope, StUF Fo01 and the iStandaarden payloads.
 
 Schemas are copies in ``wsdl/xsd/stuf`` and ``wsdl/xsd/istandaarden`` (from
-``shared/standards``, see SOURCES.md there), compiled on first use and cached
-behind a lock.  Imports and includes resolve from those folders only: a
-``schemaLocation`` pointing anywhere else (network or elsewhere on disk) fails
-the compilation instead of being fetched.
+``shared/standards``, see SOURCES.md there).  Each is a
+:class:`gateway.xmlschemas.Schema`: compiled once under the process-wide lock
+(``dkgw serve`` compiles them all at its start) and shared.  Imports and
+includes resolve from those folders only: a ``schemaLocation`` pointing
+anywhere else (network or elsewhere on disk) fails the compilation instead
+of being fetched.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from lxml import etree
 
 from adapters.stuf.catalogue import payload_id
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from gateway.xmlschemas import Schema
 from wsdl import XSD_DIR
 
 XSD_ROOT = XSD_DIR
@@ -72,34 +75,28 @@ class _LocalOnly(etree.Resolver):  # type: ignore[misc]
         return self.resolve_string("", context)
 
 
-class _Compiled:
-    """A compiled schema with its own lock: an XMLSchema keeps one error log,
-    so concurrent validations with one object would mix their errors."""
-
-    def __init__(self, schema: etree.XMLSchema) -> None:
-        self.schema = schema
-        self.lock = threading.Lock()
-
-    def validate(self, tree: etree._ElementTree) -> list[Finding]:
-        with self.lock:
-            if self.schema.validate(tree):
-                return []
-            return [_finding(e) for e in self.schema.error_log]
+def _load(path: Path) -> etree._ElementTree:
+    parser = etree.XMLParser(no_network=True, resolve_entities=False, load_dtd=False)
+    parser.resolvers.add(_LocalOnly())
+    return etree.parse(str(path), parser)
 
 
-_cache: dict[Path, _Compiled] = {}
+_cache: dict[Path, Schema] = {}
 _cache_lock = threading.Lock()
 
 
-def _compiled(path: Path) -> _Compiled:
+def _schema(path: Path) -> Schema:
     with _cache_lock:
         entry = _cache.get(path)
         if entry is None:
-            parser = etree.XMLParser(no_network=True, resolve_entities=False, load_dtd=False)
-            parser.resolvers.add(_LocalOnly())
-            doc = etree.parse(str(path), parser)
-            entry = _cache[path] = _Compiled(etree.XMLSchema(doc))
+            name = str(path.relative_to(XSD_ROOT))
+            entry = _cache[path] = Schema(name, lambda: _load(path))
         return entry
+
+
+def _validate(path: Path, tree: etree._ElementTree) -> list[Finding]:
+    errors = _schema(path).validate(tree)
+    return [] if errors is None else [_finding(e) for e in errors]
 
 
 _CLARK = re.compile(r"\{[^}]*\}")
@@ -120,12 +117,12 @@ def _finding(entry: Any) -> Finding:
 
 def validate_envelope(tree: etree._ElementTree) -> list[Finding]:
     """Validate a parsed envelope against ggk0210_msg_ggkberichten.xsd [XSD-GGk]."""
-    return _compiled(ENVELOPE_XSD).validate(tree)
+    return _validate(ENVELOPE_XSD, tree)
 
 
 def validate_fo01(tree: etree._ElementTree) -> list[Finding]:
     """Validate a parsed Fo01 against stuf0301.xsd [StUF]."""
-    return _compiled(STUF_XSD).validate(tree)
+    return _validate(STUF_XSD, tree)
 
 
 def message_xsd(standard: str, release: str, functie: str) -> Path:
@@ -167,7 +164,7 @@ def validate_payload_tree(tree: etree._ElementTree, release: str) -> list[Findin
                 f"payload is release {pid.release}, expected {release}",
             )
         ]
-    return _compiled(message_xsd(pid.standard.value, release, pid.functie)).validate(tree)
+    return _validate(message_xsd(pid.standard.value, release, pid.functie), tree)
 
 
 def validate_payload(data: bytes, release: str) -> list[Finding]:
@@ -189,3 +186,9 @@ def available() -> list[tuple[str, str, str]]:
         for p in ISTANDAARDEN.glob("*/*/*.xsd")
         if p.stem != "basisschema"
     )
+
+
+# Registered now, so ``dkgw serve`` compiles every schema of the relay at its
+# start, in its main thread (gateway/xmlschemas.py); about 0.2 s for all.
+for _path in (ENVELOPE_XSD, STUF_XSD, *(message_xsd(*key) for key in available())):
+    _schema(_path)

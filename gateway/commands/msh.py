@@ -133,8 +133,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
     from twisted.logger import STDLibLogObserver, globalLogBeginner
 
-    from gateway.serve import Gateway
+    from gateway.serve import Gateway, compile_schemas
 
+    # Here, in the main thread before the reactor and its threads run; a
+    # schema that does not compile stops the start with one line.
+    started = time.monotonic()
+    compiled = compile_schemas()
+    log.info(
+        "event=xml-schemas-compiled count=%d ms=%.0f",
+        len(compiled),
+        (time.monotonic() - started) * 1000,
+    )
     globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
     gateway = Gateway(config, reactor)
     failed: list[Exception] = []

@@ -16,7 +16,6 @@ header block flagged ``SOAP:mustUnderstand="1"`` as the schema requires.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +46,7 @@ from gateway.ebms.model import (
     SyncReply,
 )
 from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from gateway.xmlschemas import Schema
 from wsdl import XSD_DIR
 
 #: The SOAP part of an ebMS message is headers only: payloads travel as MIME
@@ -83,23 +83,7 @@ def _q(ns: str, name: str) -> str:
     return f"{{{ns}}}{name}"
 
 
-_local = threading.local()
-
-
-def _schema() -> etree.XMLSchema:
-    """SOAP 1.1 + ebMS 2.0 header schema, compiled once per thread.
-
-    An XMLSchema keeps one error log, reset by every validation: shared by the
-    store's thread pool, one request's refusal would read another's log (or an
-    empty one, and fail with IndexError instead of EnvelopeError).
-    """
-    schema: etree.XMLSchema | None = getattr(_local, "schema", None)
-    if schema is None:
-        schema = _local.schema = _compile_schema()
-    return schema
-
-
-def _compile_schema() -> etree.XMLSchema:
+def _load_schema() -> etree._Element:
     """SOAP 1.1 + ebMS 2.0 header schema, from the local copies only."""
     wrapper = f"""<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema"
         targetNamespace="urn:dkgw:envelope-wrapper">
@@ -107,7 +91,11 @@ def _compile_schema() -> etree.XMLSchema:
       <xs:import namespace="{EB_NS}" schemaLocation="{(XSD_DIR / "msg-header-2_0.xsd").as_uri()}"/>
     </xs:schema>"""
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    return etree.XMLSchema(etree.fromstring(wrapper.encode(), parser))
+    return etree.fromstring(wrapper.encode(), parser)
+
+
+#: Compiled once and shared by the threads that parse envelopes (gateway/xmlschemas.py).
+ENVELOPE_SCHEMA = Schema("envelope.xsd + msg-header-2_0.xsd", _load_schema)
 
 
 # -- parsing -------------------------------------------------------------------
@@ -126,9 +114,9 @@ def parse_envelope(xml: bytes) -> tuple[Envelope, etree._ElementTree]:
     root = tree.getroot()
     if root.tag != _q(SOAP_NS, "Envelope"):
         raise EnvelopeError(f"root element is {_one_line(root.tag)}, not a SOAP 1.1 Envelope")
-    schema = _schema()
-    if not schema.validate(tree):
-        first = schema.error_log[0]
+    errors = ENVELOPE_SCHEMA.validate(tree)
+    if errors is not None:
+        first = errors[0]
         raise EnvelopeError(f"schema: line {first.line}: {_one_line(first.message)}")
     header_el = root.find(_q(SOAP_NS, "Header"))
     body_el = root.find(_q(SOAP_NS, "Body"))

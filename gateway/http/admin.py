@@ -66,11 +66,25 @@ def _json(request: server.Request, code: int, document: dict[str, Any]) -> bytes
 
 
 class _Health(resource.Resource):
-    """Liveness: answered on the reactor thread, so an answer means the reactor runs."""
+    """Liveness: answered on the reactor thread, so an answer means the reactor runs.
+
+    ``broken`` names damage the process cannot recover from (a 503 then, so a
+    supervisor restarts it), such as XML Schema compilation that stopped
+    working (gateway/xmlschemas.py).
+    """
 
     isLeaf = True
 
+    def __init__(self, broken: Callable[[], str | None] | None = None) -> None:
+        super().__init__()
+        self.broken = broken
+
     def render_GET(self, request: server.Request) -> bytes:
+        reason = self.broken() if self.broken is not None else None
+        if reason is not None:
+            return _json(
+                request, http.SERVICE_UNAVAILABLE, {"status": "broken", "reasons": [reason]}
+            )
         return _json(request, http.OK, {"status": "alive"})
 
 
@@ -114,12 +128,15 @@ def admin_site(
     status: Callable[[], dict[str, Any]],
     users_file: Path | None = None,
     ready: Callable[[], Deferred[list[str]]] | None = None,
+    broken: Callable[[], str | None] | None = None,
 ) -> server.Site:
     """A Site with ``/metrics`` (Prometheus text), ``/status`` (JSON), ``/health`` and ``/ready``.
 
     ``/health`` is liveness (the process and its reactor answer), ``/ready``
     readiness: ``ready`` gives the reasons the gateway cannot do its work (none:
     200, else 503 with them; docs/operations.md, "Health and readiness").
+    ``broken`` gives the reason the process must be restarted, if any (then
+    ``/health`` answers 503 too).
 
     With ``users_file`` every path needs HTTP Basic (the back-office API's users
     file format, :mod:`adapters.api.auth`); ``/health`` too, since a load balancer
@@ -137,7 +154,7 @@ def admin_site(
             ),
         ),
     )
-    root.putChild(b"health", _Health())
+    root.putChild(b"health", _Health(broken))
     if ready is not None:
         root.putChild(b"ready", _Ready(ready))
     top: resource.Resource = root
