@@ -7,8 +7,12 @@ broke a listing) before its fix.
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import re
 import socket
+import sqlite3
 import ssl
 import time
 from collections.abc import Iterator
@@ -21,8 +25,8 @@ from cpa.generate import make_cpa
 from cpa.registry import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
-from tests.conftest import SpecFactory
-from tests.gateways import free_port, start_serve, stop_serve, tls_toml
+from tests.conftest import GEMEENTE_OIN, SpecFactory
+from tests.gateways import SERVICE, free_port, start_serve, stop_serve, tls_toml
 
 CPA_ID = "edge-cpa"
 #: What must never be in the gateway's log after a refusal.
@@ -37,6 +41,36 @@ class Edge:
     ports: dict[str, int]
     log: Path
     context: ssl.SSLContext
+    store: Path
+    pki: Path
+
+    def api(
+        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+    ) -> tuple[int, str]:
+        """One request to the API listener: (status, body text)."""
+        conn = http.client.HTTPSConnection(
+            "localhost", self.ports["api"], context=self.context, timeout=30
+        )
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": content_type})
+            answer = conn.getresponse()
+            return answer.status, answer.read().decode("utf-8", "replace")
+        finally:
+            conn.close()
+
+    def rest(self, method: str, path: str, document: object = None) -> tuple[int, str]:
+        body = b"" if document is None else json.dumps(document).encode()
+        return self.api(method, "/service/rest/v19" + path, body)
+
+    def soap(
+        self, service: str, namespace: str, operation: str, inner: str = ""
+    ) -> tuple[int, str]:
+        envelope = (
+            '<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
+            f'<soap:Body><ns:{operation} xmlns:ns="{namespace}">{inner}</ns:{operation}>'
+            "</soap:Body></soap:Envelope>"
+        )
+        return self.api("POST", f"/service/{service}", envelope.encode(), "text/xml; charset=utf-8")
 
     def send(self, listener: str, data: bytes, timeout: float = 10.0) -> bytes:
         """``data`` in one TLS write (so one TLS record); everything the server answers."""
@@ -117,7 +151,7 @@ listen = "127.0.0.1:{ports["admin"]}"
     )
     context.load_cert_chain(chain, client / "tls-client.key")
     try:
-        yield Edge(process, ports, log, context)
+        yield Edge(process, ports, log, context, store, pki)
     finally:
         stop_serve(process)
 
@@ -158,3 +192,124 @@ def test_malformed_framing_is_answered_cleanly(
     assert not CRASH.search(edge.log_since(mark)), edge.log_since(mark)
     assert _status(answer) == expected, answer
     assert b"Content-Length: 0" in answer and b"Connection: close" in answer, answer
+
+
+# -- the REST API: what reaches the door ----------------------------------------------------
+
+CERTMAP_NS = "http://www.ordina.nl/cpa/certificateMapping/2.18"
+
+
+def _der(path: Path) -> str:
+    pem = path.read_text()
+    body = "".join(line for line in pem.splitlines() if "-----" not in line)
+    return base64.b64encode(base64.b64decode(body)).decode()
+
+
+@pytest.mark.parametrize("path", ["/urlMappings", "/certificateMappings", "/ebms/messages"])
+def test_deeply_nested_json_is_a_bad_request(edge: Edge, path: str) -> None:
+    # json.loads recursed into a RecursionError: "internal error", a 500.
+    status, text = edge.api("POST", "/service/rest/v19" + path, b"[" * 100_000)
+    assert status == 400, text
+    assert "nested deeper than" in text
+    # Just within the bound is parsed (and refused for what it is, not for its depth).
+    status, text = edge.api("POST", "/service/rest/v19" + path, b"[" * 32 + b"]" * 32)
+    assert status == 400 and "nested" not in text, text
+
+
+def test_a_bad_certificate_is_refused_in_our_words(edge: Edge) -> None:
+    destination = _der(edge.pki / "ggk-rinis-test" / "signing.pem")
+    junk = base64.b64encode(b"\x30\x03\x02\x01\x01").decode()
+    status, text = edge.rest(
+        "POST", "/certificateMappings", {"source": junk, "destination": destination}
+    )
+    # Before: "source is not a DER X.509 certificate: error parsing asn1 value: ParseError {...}"
+    assert (status, text) == (400, "source is not a DER X.509 certificate\n")
+
+
+@pytest.mark.parametrize(
+    ("cpa_id", "reason"),
+    [
+        ("edge-cpa\x01", "control character"),
+        ("no-such-cpa", "names no stored CPA"),
+        ("x" * 257, "longer than 256"),
+    ],
+    ids=["control", "unknown", "long"],
+)
+def test_a_certificate_mapping_must_name_a_stored_cpa(edge: Edge, cpa_id: str, reason: str) -> None:
+    source = _der(edge.pki / "gemeente-voorbeeld" / "signing.pem")
+    destination = _der(edge.pki / "ggk-rinis-test" / "signing.pem")
+    mapping = {"source": source, "destination": destination, "cpaId": cpa_id}
+    status, text = edge.rest("POST", "/certificateMappings", mapping)
+    assert status == 400 and reason in text, (status, text)
+    status, text = edge.soap("certificateMapping", CERTMAP_NS, "getCertificateMappings")
+    assert status == 200, text
+
+
+def test_the_soap_listing_survives_a_bad_row_stored_earlier(edge: Edge) -> None:
+    source = _der(edge.pki / "gemeente-voorbeeld" / "signing.pem")
+    destination = _der(edge.pki / "ggk-rinis-test" / "signing.pem")
+    good = {"source": source, "destination": destination, "cpaId": CPA_ID}
+    assert edge.rest("POST", "/certificateMappings", good)[0] == 204
+    # A row as an earlier version stored it: a cpaId with a control character.
+    conn = sqlite3.connect(edge.store)
+    try:
+        conn.execute(
+            "INSERT INTO certificate_mapping "
+            "(source_sha256, source, destination, cpa_id, created_at, updated_at) "
+            "SELECT source_sha256, source, destination, 'bad\x01', created_at, updated_at "
+            "FROM certificate_mapping WHERE cpa_id = ?",
+            (CPA_ID,),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    try:
+        status, text = edge.soap("certificateMapping", CERTMAP_NS, "getCertificateMappings")
+        assert status == 200, text
+        assert f"<cpaId>{CPA_ID}</cpaId>" in text and "bad" not in text
+        status, text = edge.rest("GET", "/certificateMappings")
+        assert status == 200 and "bad\\u0001" in text, text
+    finally:
+        conn = sqlite3.connect(edge.store)
+        conn.execute("DELETE FROM certificate_mapping")
+        conn.commit()
+        conn.close()
+
+
+def _message(**properties: str) -> dict[str, object]:
+    return {
+        "properties": {
+            "cpaId": CPA_ID,
+            "fromPartyId": f"urn:osb:oin:{GEMEENTE_OIN}",
+            "service": SERVICE.key(),
+            "action": "WMO301",
+            **properties,
+        },
+        "dataSources": [{"contentType": "application/xml", "content": "PHgvPg=="}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("properties", "reason"),
+    [
+        ({"conversationId": "c\x01"}, "properties.conversationId contains a control"),
+        ({"messageId": "m\x7f@edge"}, "properties.messageId contains a control"),
+        ({"refToMessageId": "r\u0085"}, "properties.refToMessageId contains a control"),
+        ({"conversationId": "c" * 257}, "properties.conversationId is longer than 256"),
+        ({"fromRole": "Gemeente\x00"}, "properties.fromRole contains a control"),
+    ],
+    ids=["conversation", "message", "ref-to", "long-conversation", "role"],
+)
+def test_send_message_refuses_identifiers_no_listing_could_show(
+    edge: Edge, properties: dict[str, str], reason: str
+) -> None:
+    status, text = edge.rest("POST", "/ebms/messages", _message(**properties))
+    assert status == 400 and text.startswith(reason), (status, text)
+
+
+def test_a_url_mapping_is_bounded(edge: Edge) -> None:
+    long = "https://partner.example/" + "a" * 2100
+    status, text = edge.rest(
+        "POST", "/urlMappings", {"source": long, "destination": "https://b.example/"}
+    )
+    assert status == 400 and "longer than 2048" in text, text

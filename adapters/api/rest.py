@@ -110,16 +110,42 @@ class Call:
         )
 
     def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        return bounded_json(self.body)
 
     def text(self) -> str:
         try:
             return self.body.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("the body is not UTF-8 text") from None
+
+
+#: The deepest nesting of arrays and objects a request body may have.  ebms-core's
+#: deepest document (a message request) has four levels; json.loads recurses
+#: once per level and hit Python's recursion limit (a 500) at about a thousand.
+MAX_JSON_DEPTH = 32
+#: A JSON string (escapes taken whole) or a bracket: what :func:`bounded_json` counts.
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]+|\\.)*"|[\[\]{}]')
+
+
+def bounded_json(body: bytes) -> Any:
+    """``body`` parsed as JSON, or :class:`BadRequest`: not JSON, or nested too deep.
+
+    The body's size is bounded by the listener (``[api] max_request_bytes``);
+    its depth is counted here before parsing, brackets inside strings aside.
+    """
+    depth = 0
+    for token in _JSON_TOKENS.finditer(body):
+        mark = token.group()
+        if mark in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
+        elif mark in (b"]", b"}"):
+            depth -= 1
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
 
 Handler = Callable[[BackOffice, Call], Reply]

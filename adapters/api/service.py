@@ -49,6 +49,7 @@ from gateway.store.backoffice import (
     unprocessed_message_ids,
 )
 from gateway.store.database import Cursor, Database
+from gateway.store.identifiers import check_identifier, xml_safe
 from gateway.store.messages import (
     Direction,
     EventType,
@@ -389,6 +390,16 @@ class BackOffice:
                 raise BadRequest(f"properties.{_camel(name)} is required")
         if props.message_id is not None and not props.message_id.strip():
             raise BadRequest("properties.messageId must not be empty")
+        # Every one of these goes into the ebXML header and every later listing.
+        for name in _IDENTIFIERS:
+            value = getattr(props, name)
+            if value is not None:
+                try:
+                    check_identifier(value, f"properties.{_camel(name)}")
+                except ValueError as exc:
+                    raise BadRequest(str(exc)) from None
+        if correlation_id is not None and not xml_safe(correlation_id):
+            raise BadRequest("X-Correlation-ID contains a control character")
         payloads = []
         for n, ds in enumerate(request.data_sources):
             if not ds.content_type:
@@ -710,6 +721,21 @@ class BackOffice:
         state = task_for_message(cur, sent.pk) if sent else None
         if state is not None and state[0] in ("failed", "expired"):
             raise PartnerUnavailable(f"{what} {message_id} not delivered: {state[2] or state[0]}")
+
+
+#: The message request properties stored and sent as they are.
+_IDENTIFIERS = (
+    "cpa_id",
+    "from_party_id",
+    "from_role",
+    "to_party_id",
+    "to_role",
+    "service",
+    "action",
+    "conversation_id",
+    "message_id",
+    "ref_to_message_id",
+)
 
 
 def _log(event: str, **fields: str | None) -> None:
