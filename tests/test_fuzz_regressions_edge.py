@@ -313,3 +313,41 @@ def test_a_url_mapping_is_bounded(edge: Edge) -> None:
         "POST", "/urlMappings", {"source": long, "destination": "https://b.example/"}
     )
     assert status == 400 and "longer than 2048" in text, text
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        # A lone surrogate (a JSON escape) cannot be stored: the store's encoder raised (500).
+        (_message(cpaId="\ud800"), "properties.cpaId contains a control character"),
+        (_message(conversationId="\udfff"), "properties.conversationId contains a control"),
+        (
+            {**_message(), "dataSources": [{"contentType": "\ud800", "content": "PHgvPg=="}]},
+            "dataSources[0].contentType contains a control character",
+        ),
+        (
+            {
+                **_message(),
+                "dataSources": [
+                    {"contentType": "text/xml", "content": "PHgvPg==", "name": "a\ud800"}
+                ],
+            },
+            "dataSources[0].name contains a control character",
+        ),
+        (
+            {
+                **_message(),
+                "dataSources": [
+                    {"contentType": "text/xml", "content": "PHgvPg==", "contentId": "\x00"}
+                ],
+            },
+            "dataSources[0].contentId contains a control character",
+        ),
+    ],
+    ids=["cpa-surrogate", "conversation-surrogate", "content-type", "name", "content-id"],
+)
+def test_send_message_refuses_what_the_store_cannot_hold(
+    edge: Edge, document: dict[str, object], reason: str
+) -> None:
+    status, text = edge.rest("POST", "/ebms/messages", document)
+    assert status == 400 and text.startswith(reason), (status, text)

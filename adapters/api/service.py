@@ -497,6 +497,17 @@ class BackOffice:
         for n, ds in enumerate(request.data_sources):
             if not ds.content_type:
                 raise BadRequest(f"dataSources[{n}].contentType is required")
+            # MIME headers of the package, and the stored payload's columns.
+            for name, value in (
+                ("contentType", ds.content_type),
+                ("name", ds.name),
+                ("contentId", ds.content_id),
+            ):
+                if value:
+                    try:
+                        check_identifier(value, f"dataSources[{n}].{name}")
+                    except ValueError as exc:
+                        raise BadRequest(str(exc)) from None
             payloads.append(Payload(ds.content, ds.content_type, ds.name, ds.content_id))
         cpa = self._cpa(cur, props.cpa_id, bad=True)
         service = service_of(cpa, props.service)
