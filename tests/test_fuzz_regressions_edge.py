@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
+import random
 import re
 import socket
 import sqlite3
 import ssl
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,11 +25,12 @@ from pathlib import Path
 import pytest
 
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
+from cpa.registry import PARSED_CPAS, CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.conftest import GEMEENTE_OIN, SpecFactory
 from tests.gateways import SERVICE, free_port, start_serve, stop_serve, tls_toml
+from tests.messages import render
 
 CPA_ID = "edge-cpa"
 #: What must never be in the gateway's log after a refusal.
@@ -72,11 +76,13 @@ class Edge:
         )
         return self.api("POST", f"/service/{service}", envelope.encode(), "text/xml; charset=utf-8")
 
-    def send(self, listener: str, data: bytes, timeout: float = 10.0) -> bytes:
-        """``data`` in one TLS write (so one TLS record); everything the server answers."""
+    def send(self, listener: str, data: bytes, timeout: float = 10.0, read: bool = True) -> bytes:
+        """``data`` in one write; everything the server answers (nothing: hang up at once)."""
         raw = socket.create_connection(("127.0.0.1", self.ports[listener]), timeout=timeout)
         with self.context.wrap_socket(raw, server_hostname="localhost") as sock:
             sock.sendall(data)
+            if not read:
+                return b""
             answer = b""
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -351,3 +357,71 @@ def test_send_message_refuses_what_the_store_cannot_hold(
 ) -> None:
     status, text = edge.rest("POST", "/ebms/messages", document)
     assert status == 400 and text.startswith(reason), (status, text)
+
+
+# -- resources under a hostile loop -----------------------------------------------------------
+
+
+def _open_files(pid: int) -> list[str]:
+    """What the process's descriptors point at, store files aside (one set per store thread)."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed while listing
+        if ".sqlite3" not in target:
+            found.append(re.sub(r"\[\d+\]", "", target))
+    return sorted(found)
+
+
+def test_hostile_requests_leave_no_socket_or_spool_file_open(edge: Edge) -> None:
+    rng = random.Random(7)  # noqa: S311 - a reproducible mix, not a secret
+    template = render("EbMSMessage", cpa_id=CPA_ID)
+    pid = edge.process.pid  # type: ignore[attr-defined]
+
+    def hostile(n: int) -> None:
+        for _ in range(n):
+            body = bytearray(template)
+            for _ in range(rng.randint(1, 6)):
+                i = rng.randrange(len(body))
+                if rng.random() < 0.5:
+                    body[i] = rng.randrange(256)
+                else:
+                    del body[i : i + rng.randint(1, 100)]
+            if rng.random() < 0.3:
+                body += os.urandom(rng.randint(1, 300_000))  # spooled to disk
+            head = (
+                f"POST /ebms HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+                f'SOAPAction: "ebXML"\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n'
+            ).encode()
+            cut = rng.random() < 0.15  # hang up halfway
+            if cut:
+                edge.send("ebms", head + bytes(body[: len(body) // 2]), read=False)
+            else:
+                edge.send("ebms", head + bytes(body), timeout=10)
+
+    hostile(50)  # the store threads and their connections exist from here on
+    before = _open_files(pid)
+    hostile(300)
+    # Nothing more than before (a connection of the warm-up may still have been closing).
+    deadline = time.monotonic() + 20
+    while (extra := Counter(_open_files(pid)) - Counter(before)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not extra, (extra, before)
+
+
+def test_the_parsed_cpa_cache_is_bounded(tmp_path: Path, make_spec: SpecFactory) -> None:
+    db = Database.from_url(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    try:
+        apply_migrations(db)
+        registry = CpaRegistry(db, max_parsed=3)
+        for n in range(5):
+            registry.insert(make_cpa(make_spec(cpa_id=f"cpa-{n}")))
+            registry.get_cpa(f"cpa-{n}")
+        assert list(registry._parsed) == [registry.get(f"cpa-{n}").sha256 for n in (2, 3, 4)]
+        registry.get_cpa("cpa-3")  # used: now the most recent
+        assert list(registry._parsed)[-1] == registry.get("cpa-3").sha256
+        assert CpaRegistry(db)._max_parsed == PARSED_CPAS
+    finally:
+        db.close()
