@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -170,13 +172,28 @@ def delete_row(cur: Cursor, cpa_id: str) -> None:
         raise CpaNotFound(f"no CPA {cpa_id!r}")
 
 
+#: Parsed CPAs kept in memory (least recently used go first); a deployment has a
+#: few dozen partners, each with one CPA in force.
+PARSED_CPAS = 256
+
+
 class CpaRegistry:
     """Validate, store, fetch, list and delete CPAs."""
 
-    def __init__(self, db: Database, options: ValidationOptions | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        options: ValidationOptions | None = None,
+        *,
+        max_parsed: int = PARSED_CPAS,
+    ) -> None:
         self.db = db
         self.options = options or ValidationOptions()
-        self._parsed: dict[str, Cpa] = {}  # sha256 -> model; a CPA is immutable once stored
+        # sha256 -> model; a CPA is immutable once stored.  Bounded: every import of
+        # a new version (through the API too) adds one, and old ones are never asked for.
+        self._parsed: OrderedDict[str, Cpa] = OrderedDict()
+        self._parsed_lock = threading.Lock()  # the store's threads share the registry
+        self._max_parsed = max_parsed
 
     def validate(self, xml: bytes) -> ValidationReport:
         """Validate without storing."""
@@ -223,11 +240,17 @@ class CpaRegistry:
         row = cur.execute("SELECT sha256 FROM cpa WHERE cpa_id = ?", (cpa_id,)).fetchone()
         if row is None:
             raise CpaNotFound(f"no CPA {cpa_id!r}")
-        cached = self._parsed.get(row[0])
-        if cached is None:
-            cached = parse_cpa(select_xml(cur, cpa_id))
-            self._parsed[row[0]] = cached
-        return cached
+        with self._parsed_lock:
+            cached = self._parsed.get(row[0])
+            if cached is not None:
+                self._parsed.move_to_end(row[0])
+                return cached
+        parsed = parse_cpa(select_xml(cur, cpa_id))
+        with self._parsed_lock:
+            self._parsed[row[0]] = parsed
+            while len(self._parsed) > self._max_parsed:
+                self._parsed.popitem(last=False)
+        return parsed
 
     def list(self) -> list[StoredCpa]:
         """All stored CPAs."""

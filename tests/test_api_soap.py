@@ -30,6 +30,7 @@ from zeep.exceptions import Fault
 from adapters.api.service import PartnerUnavailable
 from adapters.api.soap_http import SOAP_NS, WSDL_DIR, WsdlDescription
 from cpa.generate import make_cpa
+from cpa.registry import CpaRegistry
 from gateway.config import ApiConfig
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, load_cert
 from tests.gateways import Pair, Side, gateway_config, store_url
@@ -341,10 +342,19 @@ async def test_url_mapping_operations(side: Side) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_certificate_mapping_operations(side: Side, pki: Path) -> None:
+async def test_certificate_mapping_operations(side: Side, pki: Path, make_spec: Any) -> None:
+    CpaRegistry(side.db).insert(make_cpa(make_spec(cpa_id="some-cpa")))
     mappings = await client(side, "certificateMapping")
     source = der(pki / "gemeente-voorbeeld" / "signing.pem")
     destination = der(pki / "ggk-rinis-test" / "signing.pem")
+    # A cpaId must name a stored CPA (none: the mapping is for every CPA).
+    unknown = await fault_of(
+        mappings,
+        "setCertificateMapping",
+        {"source": source, "destination": destination, "cpaId": "no-such-cpa"},
+    )
+    assert unknown.code == "soap:Client"
+    assert "names no stored CPA" in unknown.message
 
     mapping = {"source": source, "destination": destination, "cpaId": "some-cpa"}
     assert await call(mappings, "setCertificateMapping", mapping) is None

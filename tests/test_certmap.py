@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from cpa.generate import make_cpa
+from cpa.registry import CpaRegistry
 from gateway.store.certmap import (
     delete_mapping,
     list_mappings,
@@ -17,14 +19,18 @@ from gateway.store.certmap import (
 )
 from gateway.store.database import Database, IntegrityConflict
 from gateway.store.migrate import apply_migrations, load_migrations
-from tests.conftest import load_cert
+from tests.conftest import SpecFactory, load_cert
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def db(store: Database) -> Database:
+def db(store: Database, make_spec: SpecFactory) -> Database:
+    """A store holding the CPAs the mappings below are scoped to (cpa-1, cpa-2)."""
     apply_migrations(store)
+    registry = CpaRegistry(store)
+    for cpa_id in ("cpa-1", "cpa-2"):
+        registry.insert(make_cpa(make_spec(cpa_id=cpa_id)))
     return store
 
 

@@ -291,3 +291,38 @@ async def test_the_gemeente_answers_an_invalid_payload_with_stuf055(
     assert fo01.code == "StUF055"
     assert fo01.stuurgegevens.cross_refnummer == unwrap(envelope).referentienummer
     assert not files(tmp_path / "a-in")
+
+
+def post_keyed(side: Side, body: bytes, key: str) -> tuple[int, Any]:
+    assert side.gateway is not None
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{side.gateway.api_listening_port}/service/rest/v19/stuf/messages",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/xml", "Idempotency-Key": key},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return answer.status, json.loads(answer.read())
+    except HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retried_bare_message_with_a_key_reaches_the_provider_once(
+    relay_pair: Pair, tmp_path: Path
+) -> None:
+    # Without a key every call wraps the bare message in a new envelope (a new
+    # referentienummer): a retry after a lost answer reached the node twice.
+    a = relay_pair.a
+    jw301 = sample("ijw/3.2/JW301.xml")
+    first = await deferToThread(post_keyed, a, jw301, "stuf-key-1")
+    assert first[0] == 200, first
+    assert await deferToThread(post_keyed, a, jw301, "stuf-key-1") == first
+    other = await deferToThread(post_keyed, a, sample("iwmo/3.2/WMO301.xml"), "stuf-key-1")
+    assert other[0] == 422, other
+    provider = tmp_path / "providers-out" / AGB
+    await wait_until(lambda: len(files(provider)) == 1, timeout=20)
+    await wait_until(lambda: a.status(first[1]["messageId"], "out") == "DELIVERED", timeout=20)
+    assert len(files(provider)) == 1
+    assert a.rows("SELECT COUNT(*) FROM ebms_message WHERE direction = 'out'")[0][0] == 1

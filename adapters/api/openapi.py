@@ -239,6 +239,7 @@ def _answers(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
         405: "method not allowed on this path",
         409: "messages are pending on the CPA; the text says how many",
         413: "request body too large",
+        422: "the Idempotency-Key was used before with another request",
         502: "the partner answered with an error, or the message could not be delivered",
         504: "the partner did not answer in time",
     }
@@ -249,6 +250,16 @@ def _answers(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
 
 
 _OK_TEXT = {"200": {"description": "the id", "content": _TEXT}}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 257},
+    "description": "a new unique value (a UUID) per message: a retry with the same key "
+    "and the same request gets the first answer (the same message id) instead of "
+    "storing a second message; the same key with another request is 422.  Kept as "
+    "long as the message (docs/api.md, 'Retrying safely')",
+}
 _NO_CONTENT = {"204": {"description": "done"}}
 
 
@@ -349,10 +360,11 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                 "schema": {"type": "string", "maxLength": 200},
                 "description": "the back office's id for this request: logged with the "
                 "message, its delivery attempts and its acknowledgment",
-            }
+            },
+            _IDEMPOTENCY_KEY,
         ],
         "requestBody": _json_body(_ref("MessageRequest")),
-        "responses": _answers(_OK_TEXT, 400),
+        "responses": _answers(_OK_TEXT, 400, 422),
     },
     "listMessages": {
         "summary": "Business messages, newest first, one page (the operator's list)",
@@ -430,6 +442,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     "sendStufMessage": {
         "summary": "iWmo/iJw relay: wrap a bare message in its StUF-GGk envelope, check "
         "and send it (404 when [stuf] has no role)",
+        "parameters": [_IDEMPOTENCY_KEY],
         "requestBody": {
             "required": True,
             "content": {"application/xml": {"schema": {"type": "string"}}},
@@ -450,6 +463,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             ),
             400,
             404,
+            422,
         ),
     },
     "getOpenApi": {

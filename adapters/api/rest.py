@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import re
@@ -47,6 +48,7 @@ from gateway.logfmt import log_event
 from gateway.store.backoffice import MessageFilter
 from gateway.store.messages import Direction
 from gateway.store.queries import MAX_LIMIT, MAX_OFFSET, MessageQuery, summary_json
+from gateway.tls import peer_certificate
 
 log = logging.getLogger("dkgw.api")
 
@@ -70,6 +72,8 @@ class Call:
     query: dict[str, list[str]]
     body: bytes
     correlation_id: str | None = None  # X-Correlation-ID: the back office's request id
+    idempotency_key: str | None = None  # Idempotency-Key: see docs/api.md "Retrying safely"
+    user: str = ""  # who is asking: the Basic user or the TLS client's subject
 
     def flag(self, name: str) -> bool:
         value = self.one(name)
@@ -110,16 +114,42 @@ class Call:
         )
 
     def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        return bounded_json(self.body)
 
     def text(self) -> str:
         try:
             return self.body.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("the body is not UTF-8 text") from None
+
+
+#: The deepest nesting of arrays and objects a request body may have.  ebms-core's
+#: deepest document (a message request) has four levels; json.loads recurses
+#: once per level and hit Python's recursion limit (a 500) at about a thousand.
+MAX_JSON_DEPTH = 32
+#: A JSON string (escapes taken whole) or a bracket: what :func:`bounded_json` counts.
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]+|\\.)*"|[\[\]{}]')
+
+
+def bounded_json(body: bytes) -> Any:
+    """``body`` parsed as JSON, or :class:`BadRequest`: not JSON, or nested too deep.
+
+    The body's size is bounded by the listener (``[api] max_request_bytes``);
+    its depth is counted here before parsing, brackets inside strings aside.
+    """
+    depth = 0
+    for token in _JSON_TOKENS.finditer(body):
+        mark = token.group()
+        if mark in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
+        elif mark in (b"]", b"}"):
+            depth -= 1
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
 
 Handler = Callable[[BackOffice, Call], Reply]
@@ -346,7 +376,31 @@ def _delete_certificate_mapping(bo: BackOffice, call: Call) -> Reply:
 
 def _send_message(bo: BackOffice, call: Call) -> Reply:
     request = message_request(call.json())
-    return _text(bo.send_message(request, correlation_id=call.correlation_id))
+    return _text(
+        bo.send_message(
+            request,
+            correlation_id=call.correlation_id,
+            idempotency_key=call.idempotency_key,
+            user=call.user,
+        )
+    )
+
+
+#: An Idempotency-Key value: an sf-string (RFC 8941 §3.3.3, quoted) as the draft
+#: has it, or the same characters bare, as many clients send it.
+_IDEMPOTENCY_KEY = re.compile(r'"([\x20-\x21\x23-\x5b\x5d-\x7e]{1,255})"|([\x21-\x7e]{1,255})')
+
+
+def idempotency_key(value: bytes | None) -> str | None:
+    """The Idempotency-Key header's key, None without one; BadRequest if malformed."""
+    if value is None:
+        return None
+    match = _IDEMPOTENCY_KEY.fullmatch(value.decode("latin-1").strip())
+    if match is None:
+        raise BadRequest(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters (quoted or not)"
+        )
+    return match.group(1) or match.group(2)
 
 
 def _resend_message(bo: BackOffice, call: Call) -> Reply:
@@ -459,18 +513,29 @@ def _stuf_send(bo: BackOffice, call: Call) -> Reply:
         raise NotFound("the iWmo/iJw relay is not configured ([stuf] role)")
     if not call.body:
         raise BadRequest("the body must be an iWmo/iJw message (XML)")
-    try:
-        sent = bo.relay.send(call.body, file_name=None)
-    except Refused as refused:
-        raise BadRequest(f"{refused.code}: {refused.reason}") from None
-    return _json(
-        {
+    relay = bo.relay
+
+    def work(cur: Any) -> tuple[str, str]:
+        sent = relay.queue(cur, call.body, file_name=None)
+        answer = {
             "referentienummer": sent.referentienummer,
             "functie": sent.functie,
             "berichtcode": sent.berichtcode,
             "messageId": sent.message_id,
         }
-    )
+        return sent.message_id, json.dumps(answer)
+
+    try:
+        if call.idempotency_key is None:
+            with bo.db.transaction() as cur:
+                answer = work(cur)[1]
+        else:
+            digest = hashlib.sha256(call.body).hexdigest()
+            answer = bo.once(call.user, call.idempotency_key, "sendStufMessage", digest, work)
+    except Refused as refused:
+        relay.record_refusal(refused, call.body, file_name=None)
+        raise BadRequest(f"{refused.code}: {refused.reason}") from None
+    return Reply(200, answer.encode("utf-8"), "application/json")
 
 
 def _openapi(bo: BackOffice, call: Call) -> Reply:
@@ -556,6 +621,15 @@ def match(method: str, path: str) -> tuple[Route | None, dict[str, str], list[st
     return None, {}, sorted(set(allowed))
 
 
+def api_user(request: server.Request) -> str:
+    """Who is asking, for scoping idempotency keys: Basic user, else TLS client subject."""
+    user = request.getUser()
+    if user:
+        return "basic:" + user.decode("utf-8", "replace")
+    cert = peer_certificate(request)
+    return f"tls:{cert.subject.rfc4514_string()}" if cert is not None else ""
+
+
 class RestApi(resource.Resource):
     """The ``/service/rest/v19`` resource."""
 
@@ -597,6 +671,8 @@ class RestApi(resource.Resource):
                 _query(request),
                 body,
                 correlation_id=correlation.decode("latin-1")[:200] if correlation else None,
+                idempotency_key=idempotency_key(request.getHeader(b"idempotency-key")),
+                user=api_user(request),
             )
             if route.async_handler is not None:
                 return await route.async_handler(

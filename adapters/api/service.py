@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +40,7 @@ from gateway.msh.outbound import (
     queue_status_request,
 )
 from gateway.msh.security import MessageSecurity
-from gateway.store import certmap, urlmap
+from gateway.store import certmap, idempotency, urlmap
 from gateway.store.backoffice import (
     MessageFilter,
     business_message,
@@ -48,7 +50,8 @@ from gateway.store.backoffice import (
     unprocessed_events,
     unprocessed_message_ids,
 )
-from gateway.store.database import Cursor, Database
+from gateway.store.database import Cursor, Database, IntegrityConflict
+from gateway.store.identifiers import check_identifier, xml_safe
 from gateway.store.messages import (
     Direction,
     EventType,
@@ -83,6 +86,8 @@ __all__ = [
     "MessageStatusInfo",
     "NotFound",
     "PartnerUnavailable",
+    "Unprocessable",
+    "request_digest",
 ]
 
 #: The largest message ``getMessage`` returns inline (base64 in JSON or XML):
@@ -112,6 +117,16 @@ class Conflict(ApiError):
     """The request clashes with the store's state (HTTP 409): a CPA still in use."""
 
     status = 409
+
+
+class Unprocessable(ApiError):
+    """An Idempotency-Key reused with another request (HTTP 422).
+
+    422 as draft-ietf-httpapi-idempotency-key-header §2.7 advises: the request
+    is well-formed, but the key already stands for a different one.
+    """
+
+    status = 422
 
 
 class PartnerUnavailable(ApiError):
@@ -361,12 +376,91 @@ class BackOffice:
 
     # -- messages -------------------------------------------------------------------------
 
-    def send_message(self, request: MessageRequest, *, correlation_id: str | None = None) -> str:
-        """Store a message with its delivery task; returns its message id."""
-        with self.db.transaction() as cur:
+    def send_message(
+        self,
+        request: MessageRequest,
+        *,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        user: str = "",
+    ) -> str:
+        """Store a message with its delivery task; returns its message id.
+
+        With ``idempotency_key``, or a client-chosen MessageId, the request is
+        done once per ``user``: a retry of the same request gets the first
+        answer (the same message id), another request under the same key is
+        :class:`Unprocessable` (docs/api.md, "Retrying safely").
+        """
+        key = idempotency_key
+        if key is None and request.properties.message_id:
+            key = f"messageId:{request.properties.message_id}"
+        if key is None:
+            with self.db.transaction() as cur:
+                queued = self._queue(cur, request, correlation_id)
+            self._sent(request, queued)
+            return queued.message_id
+        done: list[Queued] = []
+
+        def work(cur: Cursor) -> tuple[str, str]:
             queued = self._queue(cur, request, correlation_id)
-        self._sent(request, queued)
-        return queued.message_id
+            done.append(queued)
+            return queued.message_id, queued.message_id
+
+        try:
+            answer = self.once(user, key, "sendMessage", request_digest(request), work)
+        except Unprocessable:
+            if key == idempotency_key:
+                raise
+            # The client's own MessageId with another request: the duplicate it is.
+            raise BadRequest(f"message {request.properties.message_id} already exists") from None
+        if done:
+            self._sent(request, done[0])
+        return answer
+
+    def once(
+        self,
+        user: str,
+        key: str,
+        operation: str,
+        digest: str,
+        work: Callable[[Cursor], tuple[str, str]],
+    ) -> str:
+        """``work``'s answer, done at most once per (``user``, ``key``).
+
+        ``work`` stores an outbound message in the cursor's transaction and
+        returns (its MessageId, the answer to give); the key is recorded in the
+        same transaction.  A later call with the same key and ``digest`` (of the
+        request) gets the first answer without calling ``work``; with another
+        digest or operation it is :class:`Unprocessable`.
+        """
+        for attempt in (1, 2):
+            try:
+                with self.db.transaction() as cur:
+                    first = idempotency.find(cur, user, key)
+                    if first is not None:
+                        if (
+                            first.operation != operation
+                            or first.request_sha256 != digest
+                            or first.answer is None
+                        ):
+                            raise Unprocessable(
+                                "Idempotency-Key was used before with another request; "
+                                "use a new key for a new message"
+                            )
+                        _log("api-replayed", operation=operation, message_id=first.message_id)
+                        return first.answer
+                    idempotency.claim(cur, user, key, operation, digest, self.clock())
+                    message_id, answer = work(cur)
+                    stored = find_message(cur, message_id, Direction.OUT)
+                    assert stored is not None  # stored by work in this transaction
+                    idempotency.complete(cur, user, key, stored.pk, message_id, answer)
+                    return answer
+            except IntegrityConflict:
+                # A concurrent request claimed the key first and has committed
+                # (PostgreSQL waited for it): answer as it was answered.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _sent(self, request: MessageRequest, queued: Queued) -> None:
         props = request.properties
@@ -389,10 +483,31 @@ class BackOffice:
                 raise BadRequest(f"properties.{_camel(name)} is required")
         if props.message_id is not None and not props.message_id.strip():
             raise BadRequest("properties.messageId must not be empty")
+        # Every one of these goes into the ebXML header and every later listing.
+        for name in _IDENTIFIERS:
+            value = getattr(props, name)
+            if value is not None:
+                try:
+                    check_identifier(value, f"properties.{_camel(name)}")
+                except ValueError as exc:
+                    raise BadRequest(str(exc)) from None
+        if correlation_id is not None and not xml_safe(correlation_id):
+            raise BadRequest("X-Correlation-ID contains a control character")
         payloads = []
         for n, ds in enumerate(request.data_sources):
             if not ds.content_type:
                 raise BadRequest(f"dataSources[{n}].contentType is required")
+            # MIME headers of the package, and the stored payload's columns.
+            for name, value in (
+                ("contentType", ds.content_type),
+                ("name", ds.name),
+                ("contentId", ds.content_id),
+            ):
+                if value:
+                    try:
+                        check_identifier(value, f"dataSources[{n}].{name}")
+                    except ValueError as exc:
+                        raise BadRequest(str(exc)) from None
             payloads.append(Payload(ds.content, ds.content_type, ds.name, ds.content_id))
         cpa = self._cpa(cur, props.cpa_id, bad=True)
         service = service_of(cpa, props.service)
@@ -710,6 +825,44 @@ class BackOffice:
         state = task_for_message(cur, sent.pk) if sent else None
         if state is not None and state[0] in ("failed", "expired"):
             raise PartnerUnavailable(f"{what} {message_id} not delivered: {state[2] or state[0]}")
+
+
+#: The message request properties stored and sent as they are.
+_IDENTIFIERS = (
+    "cpa_id",
+    "from_party_id",
+    "from_role",
+    "to_party_id",
+    "to_role",
+    "service",
+    "action",
+    "conversation_id",
+    "message_id",
+    "ref_to_message_id",
+)
+
+
+def request_digest(request: MessageRequest) -> str:
+    """Hex SHA-256 of a message request's canonical form: equal for equal requests.
+
+    Properties and payloads (their bytes by digest), whatever JSON or XML
+    formatting carried them.
+    """
+    props = request.properties
+    canonical = {
+        "properties": {name: getattr(props, name) for name in _IDENTIFIERS},
+        "dataSources": [
+            {
+                "contentType": ds.content_type,
+                "name": ds.name,
+                "contentId": ds.content_id,
+                "sha256": hashlib.sha256(ds.content).hexdigest(),
+            }
+            for ds in request.data_sources
+        ],
+    }
+    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def _log(event: str, **fields: str | None) -> None:

@@ -452,10 +452,15 @@ def integer_of(parent: etree._Element, name: str) -> int | None:
 
 
 def add(parent: etree._Element, name: str, value: str | None = None) -> etree._Element:
-    """Append the unqualified child ``name`` with ``value`` as its text."""
+    """Append the unqualified child ``name`` with ``value`` as its text.
+
+    A character XML cannot hold (XML 1.0 §2.2) becomes U+FFFD: the stores
+    refuse such values now (:mod:`gateway.store.identifiers`), but one stored
+    before must not make a whole answer fail (lxml raises on it).
+    """
     child = etree.SubElement(parent, name)
     if value is not None:
-        child.text = value
+        child.text = _NOT_XML.sub("\ufffd", value)
     return child
 
 

@@ -17,6 +17,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.web import http, resource, server
 
+from gateway.http.channel import EbmsChannel
+
 log = logging.getLogger("dkgw.admin")
 
 RunInThread = Callable[..., Deferred[Any]]
@@ -164,6 +166,8 @@ def admin_site(
 
         top = AuthGuard(root, UsersFile(users_file), run_in_thread)
     site = server.Site(top)
+    # The ebMS endpoint's channel: malformed framing refused cleanly, HTTP/1.x only.
+    site.protocol = EbmsChannel
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]
     return site

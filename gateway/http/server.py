@@ -24,6 +24,8 @@ from twisted.web import http, resource, server
 
 from gateway.ebms.envelope import MAX_ENVELOPE_BYTES
 from gateway.ebms.mime import MimeError, MimeLimits, SwaParser, parse_single
+from gateway.http.channel import EbmsChannel
+from gateway.http.channel import show as _show
 from gateway.http.connections import TrackingSite
 from gateway.logfmt import log_event
 from gateway.msh.inbound import HttpReply, InboundProcessor, InboundRequest
@@ -42,42 +44,11 @@ _FILENAME = re.compile(r'filename="?([^";]+)"?', re.IGNORECASE)
 RunInThread = Callable[..., Deferred[Any]]
 
 
-def _show(value: bytes, limit: int = 100) -> str:
-    """Client-supplied bytes made safe for one log line (escaped, cut short)."""
-    return repr(value[:limit])[2:-1] + ("..." if len(value) > limit else "")
-
-
 class SoapPartTooLarge(Exception):
     """The SOAP part is over MAX_ENVELOPE_BYTES; refused without reading it."""
 
     def __init__(self, size: int) -> None:
         super().__init__(f"SOAP part is {size} bytes, over the limit of {MAX_ENVELOPE_BYTES}")
-
-
-class EbmsChannel(http.HTTPChannel):
-    """twisted.web's HTTP channel, with a log line for every connection it refuses.
-
-    It also answers a request or header line over twisted.web's 16 KiB line
-    limit: ``LineReceiver`` hangs up through the TLS transport behind the
-    channel's back, which leaves the TLS shutdown waiting for a producer that
-    never lets go, so the connection hung, unanswered, until the idle timeout.
-    """
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # twisted.web's one exit for a malformed request line, header, length
-        # or chunk, and for over 500 headers or over 16 KiB of them in all.
-        log.warning("refused: malformed HTTP request (request line, headers or framing)")
-        super()._respondToBadRequestAndDisconnect()
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._respondToBadRequestAndDisconnect()
-
-    def timeoutConnection(self) -> None:
-        if self.requests:
-            log.warning("refused: idle for %g s in the middle of a request", self.timeOut)
-        else:
-            log.debug("closing a connection idle for %g s", self.timeOut)
-        super().timeoutConnection()
 
 
 class LimitedRequest(server.Request):

@@ -26,6 +26,7 @@ from datetime import datetime
 from cryptography import x509
 
 from gateway.store.database import Cursor, Row
+from gateway.store.identifiers import check_identifier
 from gateway.store.timeutil import from_db, to_db, utcnow
 
 __all__ = [
@@ -68,8 +69,9 @@ def _check_der(der: bytes, what: str) -> bytes:
     data = bytes(der)
     try:
         x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise ValueError(f"{what} is not a DER X.509 certificate: {exc}") from None
+    except ValueError:
+        # Our own sentence: the parser's text names ASN.1 internals, not the problem.
+        raise ValueError(f"{what} is not a DER X.509 certificate") from None
     return data
 
 
@@ -77,6 +79,22 @@ def _check_cpa_id(cpa_id: str | None) -> None:
     # "" would be a third kind of scope next to None and a real CPA id: refuse it.
     if cpa_id is not None and not cpa_id:
         raise ValueError("cpa_id must be a CPA id or None (for every CPA), not empty")
+
+
+def _check_new_cpa_id(cur: Cursor, cpa_id: str | None) -> None:
+    """The scope of a new mapping: None, or a clean identifier naming a stored CPA.
+
+    Deleting does not check this much: a row stored before the check must stay removable.
+    """
+    _check_cpa_id(cpa_id)
+    if cpa_id is None:
+        return
+    check_identifier(cpa_id, "cpaId")
+    # A mapping for a CPA that is not stored would never apply (ebms-core's
+    # cpaId is null for every CPA, or a CPA's id); a typo is refused here
+    # rather than found when the partner's certificate is not accepted.
+    if cur.execute("SELECT 1 FROM cpa WHERE cpa_id = ?", (cpa_id,)).fetchone() is None:
+        raise ValueError(f"cpaId {cpa_id} names no stored CPA")
 
 
 _COLUMNS = "id, source, destination, cpa_id, created_at, updated_at"
@@ -105,11 +123,12 @@ def set_mapping(
 
     Replaces the destination of an existing mapping for the same source and scope
     (ebms-core's ``setCertificateMapping``).  Raises ValueError when either value is
-    not a DER certificate or ``cpa_id`` is empty.
+    not a DER certificate, or ``cpa_id`` is empty, has a control character, is
+    over :data:`~gateway.store.identifiers.MAX_IDENTIFIER` or names no stored CPA.
     """
     source = _check_der(source_der, "source")
     destination = _check_der(destination_der, "destination")
-    _check_cpa_id(cpa_id)
+    _check_new_cpa_id(cur, cpa_id)
     stamp = to_db(now if now is not None else utcnow())
     # The conflict target names the partial index that applies to this scope (see
     # migration 0005); both dialects infer the index from column list plus WHERE.

@@ -23,6 +23,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from gateway.store.database import Cursor, Row
+from gateway.store.identifiers import MAX_URL, xml_safe
 from gateway.store.timeutil import from_db, to_db, utcnow
 
 __all__ = [
@@ -55,7 +56,9 @@ def check_url(url: str, what: str) -> str:
     """
     if not isinstance(url, str):
         raise TypeError(f"{what} URL must be a string, not {type(url).__name__}")
-    if not url or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+    if len(url) > MAX_URL:
+        raise ValueError(f"{what} URL is longer than {MAX_URL} characters")
+    if not url or any(c.isspace() for c in url) or not xml_safe(url):
         raise ValueError(f"{what} URL {url!r} is empty or contains white space or controls")
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https"):
