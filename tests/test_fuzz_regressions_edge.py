@@ -16,6 +16,8 @@ import re
 import socket
 import sqlite3
 import ssl
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -425,3 +427,32 @@ def test_the_parsed_cpa_cache_is_bounded(tmp_path: Path, make_spec: SpecFactory)
         assert CpaRegistry(db)._max_parsed == PARSED_CPAS
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"source": "htt' + b"ab" * 60,  # an unterminated string
+        b'"' + b'a\\"' * 20_000,  # escaped quotes all the way, never closed
+        b"[" * 33 + b"]" * 33,
+    ],
+    ids=["unterminated", "escaped-quotes", "33-levels"],
+)
+def test_the_json_depth_check_answers_at_once(body: bytes) -> None:
+    # The depth was counted with a regular expression over the raw bytes that
+    # backtracked exponentially on an unterminated string: a 130-byte body held
+    # an API thread for good.  Run in a child so a regression is a failure, not
+    # a hung suite.
+    code = (
+        "import sys\n"
+        "from adapters.api.rest import bounded_json\n"
+        "from adapters.api.service import BadRequest\n"
+        "try:\n"
+        "    bounded_json(sys.stdin.buffer.read())\n"
+        "except BadRequest as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=body, capture_output=True, timeout=30, check=True
+    )
+    assert done.stdout.strip(), done.stderr

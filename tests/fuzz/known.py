@@ -34,15 +34,7 @@ class Known:
     """One line: the finding."""
 
 
-KNOWN: tuple[Known, ...] = (
-    Known(
-        "rest",
-        "RecursionError",
-        "adapters.api.rest:json",
-        r"maximum recursion depth",
-        "a deeply nested JSON body",
-    ),
-)
+KNOWN: tuple[Known, ...] = ()
 
 
 def where(exc: BaseException) -> str:
