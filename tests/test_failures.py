@@ -18,6 +18,7 @@ import pytest_twisted
 from OpenSSL import SSL
 from twisted.internet import defer, error, reactor
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.resource import Resource
@@ -208,6 +209,19 @@ async def test_server_certificate_not_the_one_in_the_cpa(pki: Path, listen: List
 @pytest_twisted.ensureDeferred
 async def test_server_that_never_answers(pki: Path, listen: Listen) -> None:
     sentence = await sentence_of(node_client(pki, read_timeout=0.5), listen(None))
+    assert sentence == "no response within 0.5 s"
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_that_accepts_tcp_and_never_starts_tls(pki: Path) -> None:
+    # The read timeout runs out during the TLS handshake, while the request is
+    # still being written: Twisted wraps that cancellation in RequestGenerationFailed.
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        url = f"https://127.0.0.1:{port.getHost().port}/ebms"
+        sentence = await sentence_of(node_client(pki, read_timeout=0.5), url)
+    finally:
+        await defer.maybeDeferred(port.stopListening)
     assert sentence == "no response within 0.5 s"
 
 

@@ -21,6 +21,8 @@ from twisted.web.client import (
     Agent,
     FileBodyProducer,
     HTTPConnectionPool,
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
 )
@@ -141,13 +143,21 @@ class EbmsClient:
         self, url: str, headers: dict[str, str], body: Body, pin: Pin
     ) -> HttpResult:
         # treq's timeout cancels the request; the cancellation surfaces as a bare
-        # CancelledError, or wrapped in ResponseNeverReceived.  Only that timeout
-        # cancels it, so either means the partner did not answer in time.
+        # CancelledError, or wrapped in ResponseNeverReceived, or, when it falls
+        # while the request is still being written (a partner that accepts TCP
+        # but never completes the TLS handshake), in RequestGenerationFailed or
+        # RequestTransmissionFailed.  Only that timeout cancels it, so each means
+        # the partner did not answer in time.
         try:
             return await self._post(url, headers, body, pin)
         except CancelledError:
             raise NoResponse(self.read_timeout) from None
-        except (ResponseNeverReceived, ResponseFailed) as exc:
+        except (
+            ResponseNeverReceived,
+            ResponseFailed,
+            RequestGenerationFailed,
+            RequestTransmissionFailed,
+        ) as exc:
             if any(r.check(CancelledError) for r in exc.reasons):
                 raise NoResponse(self.read_timeout) from None
             raise
