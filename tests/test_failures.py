@@ -118,6 +118,9 @@ def test_http_status_sentences() -> None:
 # -- on real sockets --------------------------------------------------------------------
 
 
+HALF_BODY = -1
+
+
 class Answering(Resource):
     """Answers POSTs with ``code``, or never when ``code`` is None."""
 
@@ -130,6 +133,11 @@ class Answering(Resource):
 
     def render_POST(self, request: Request) -> bytes | int:
         if self.code is None:
+            self.held.append(request)
+            return NOT_DONE_YET
+        if self.code == HALF_BODY:  # headers and half the body, then nothing
+            request.setHeader(b"content-length", b"100")
+            request.write(b"x" * 50)
             self.held.append(request)
             return NOT_DONE_YET
         request.setResponseCode(self.code)
@@ -222,6 +230,15 @@ async def test_server_that_accepts_tcp_and_never_starts_tls(pki: Path) -> None:
         sentence = await sentence_of(node_client(pki, read_timeout=0.5), url)
     finally:
         await defer.maybeDeferred(port.stopListening)
+    assert sentence == "no response within 0.5 s"
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_that_stalls_in_the_middle_of_the_body(pki: Path, listen: Listen) -> None:
+    # The headers came in time; the body never completes.  The attempt must end
+    # (and drop the connection) instead of waiting for it for good.
+    client = node_client(pki, read_timeout=0.5)
+    sentence = await sentence_of(client, listen(HALF_BODY))
     assert sentence == "no response within 0.5 s"
 
 
