@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install demo test lint typecheck pytest pki clean
+.PHONY: all install demo test lint typecheck pytest faults pki clean
 
 all: test
 
@@ -34,6 +34,12 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# Fault tests with larger counts: kills, PostgreSQL restarts, misbehaving partners
+# (tests/faults; `make test` runs them at scale 1).  DKGW_FAULTS_SEED replays a run.
+DKGW_FAULTS_SCALE ?= 5
+faults: $(STAMP)
+	DKGW_FAULTS_SCALE=$(DKGW_FAULTS_SCALE) $(BIN)/python -m pytest tests/faults -s -q
 
 clean:
 	rm -rf $(VENV) var certs-example/out .pytest_cache .mypy_cache .ruff_cache
