@@ -60,7 +60,7 @@ def test_random_sigkills_lose_and_duplicate_nothing(
     pki: Path, make_spec: SpecFactory, tmp_path: Path, gateways: list[Gateway], sync: bool
 ) -> None:
     rng = seeded(f"kills {'sync' if sync else 'async'}")
-    messages, rounds = scaled(40), scaled(4)
+    messages, rounds = scaled(30), scaled(4)
     port_a, port_b = free_port(), free_port()
     stores = [f"sqlite:///{tmp_path / f'{side}.sqlite3'}" for side in ("a", "b")]
     cpa_id = f"faults-kill-{'sync' if sync else 'async'}"
