@@ -20,7 +20,8 @@ from twisted.internet import defer, error, reactor
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseNeverReceived
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.http import _DataLoss
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -87,6 +88,10 @@ def wrapped(exc: BaseException) -> ResponseNeverReceived:
         (
             wrapped(error.ConnectionDone()),
             "partner.example:8443 closed the connection without answering",
+        ),
+        (
+            ResponseFailed([Failure(error.ConnectionLost()), Failure(_DataLoss())]),
+            "partner.example:8443 closed the connection in the middle of its answer",
         ),
         (ReplyTooLarge("reply over 1048576 bytes"), "partner's reply is too large"),
         (ValueError("odd"), "delivery to partner.example:8443 failed: ValueError (odd)"),

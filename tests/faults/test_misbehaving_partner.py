@@ -43,7 +43,7 @@ def expected_sentences(port: int) -> dict[str, str]:
         "silent": f"no response within {READ_TIMEOUT:g} s",
         "half-headers": f"no response within {READ_TIMEOUT:g} s",
         "half-body": f"no response within {READ_TIMEOUT:g} s",
-        "reset": f"{where} closed the connection",
+        "reset": f"{where} closed the connection in the middle of its answer",
         "500": f"HTTP 500 from partner: {FAULT_TEXT}",
         "503": "HTTP 503 from partner",
         "foreign-ca": "partner's server certificate is not trusted",
