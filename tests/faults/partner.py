@@ -202,6 +202,9 @@ class MisbehavingPartner:
             if mode == "half-body":
                 self._stall()
                 return
+            # Let the gateway read what was sent: data still unread when the
+            # RST arrives is discarded by the kernel, and no answer would have begun.
+            self._stop.wait(0.5)
             # SO_LINGER with a zero timeout: close() sends a RST, not a FIN.
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
