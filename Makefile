@@ -47,11 +47,15 @@ fuzz: $(STAMP)
 fuzz-wire: $(STAMP)
 	nice $(BIN)/python -m tests.fuzz.wire --mutations $(WIRE_MUTATIONS)
 
-# Fault tests at full strength (tests/faults/): e.g. 300 SIGKILLed restarts of
-# `dkgw serve` with deliveries due at every start.  Takes several minutes.
-DKGW_RESTARTS ?= 300
+# Fault tests at full strength (tests/faults/; `make test` runs them at scale 1):
+# SIGKILLs, PostgreSQL restarts and misbehaving partners at DKGW_FAULTS_SCALE times
+# their counts (DKGW_FAULTS_SEED replays a run), and DKGW_RESTARTS SIGKILLed
+# restarts of `dkgw serve` with deliveries due at every start.  Takes a while.
+DKGW_FAULTS_SCALE ?= 5
+DKGW_RESTARTS     ?= 300
 faults: $(STAMP)
-	DKGW_RESTARTS=$(DKGW_RESTARTS) $(BIN)/python -m pytest tests/faults -q -rP
+	DKGW_FAULTS_SCALE=$(DKGW_FAULTS_SCALE) DKGW_RESTARTS=$(DKGW_RESTARTS) \
+		$(BIN)/python -m pytest tests/faults -s -q
 
 # Two `dkgw serve` processes under pings, business and hostile traffic, with a
 # report per minute (bench/README.md, "Soak").  SOAK_MINUTES=10 by default.

@@ -502,17 +502,27 @@ class DeliveryWorker:
         self._report(fields)
 
     async def _record(self, outgoing: Outgoing, *args: Any) -> dict[str, str]:
-        """Run :meth:`_finish`, again after a short pause when the store refuses it.
+        """Run :meth:`_finish`, again after a pause for as long as the store refuses it.
 
         The attempt happened; losing its record (a synchronous acknowledgment,
-        say) to a store hiccup would leave the task leased until the lease
-        runs out.  The transaction is atomic, so a retry repeats nothing.
+        say) to a store outage would leave the task leased, in ``sending``, until
+        the lease runs out (five minutes by default) although the store may be
+        back in seconds (a PostgreSQL restart).  So it is tried again until the
+        lease is about to run out: after that, another node (or this one) may
+        claim the task and the lease-guarded update would change nothing.  A
+        stopping worker does not wait for the store; the next start releases
+        its leases.  The transaction is atomic, so a retry repeats nothing.
         """
-        for pause in STORE_RETRY_PAUSES:
+        pauses = iter(STORE_RETRY_PAUSES)
+        while True:
             try:
                 fields: dict[str, str] = await self.run(self._finish, outgoing, *args)
                 return fields
             except Exception as exc:
+                pause = next(pauses, STORE_RETRY_PAUSES[-1])
+                left = (outgoing.task.lease_until - self.clock()).total_seconds()
+                if not self._running or left <= pause:
+                    raise
                 log.warning(
                     "recording the attempt of %s failed (%s); again in %.1f s",
                     outgoing.message.message_id,
@@ -520,8 +530,6 @@ class DeliveryWorker:
                     pause,
                 )
                 await task.deferLater(self.reactor, pause, lambda: None)
-        result: dict[str, str] = await self.run(self._finish, outgoing, *args)
-        return result
 
     def _report(self, fields: dict[str, str]) -> None:
         """Log the attempt and tell the listener (on the reactor thread)."""

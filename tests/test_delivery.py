@@ -30,7 +30,7 @@ from gateway.ebms.model import EbmsError, ErrorCode, Severity
 from gateway.ebms.signals import acknowledgment, message_error
 from gateway.msh.inbound import correlate_acknowledgment
 from gateway.msh.outbound import Payload, Queued, parse_party, send_message, send_ping
-from gateway.store.database import Database
+from gateway.store.database import Database, StoreUnavailable
 from gateway.store.messages import (
     CHUNK_BYTES,
     Direction,
@@ -902,3 +902,29 @@ def test_sync_reply_seen_before_is_recorded(harness) -> None:
     assert len(h.post.posted) == 2
     assert [a for a, *_ in h.attempts(queued.message_id)] == [1, 2]
     assert h.task(queued.message_id) == ("pending", 2, T0 + 2 * INTERVAL)
+
+
+def test_an_attempt_is_recorded_once_the_store_is_back_within_the_lease(harness) -> None:
+    # A PostgreSQL restart takes longer than the first few pauses; the attempt
+    # (here: sent, awaiting its acknowledgment) must still be recorded, not leave
+    # the task in "sending" until its five-minute lease runs out.
+    h = harness(retry_interval=timedelta(minutes=2))  # TimeToLive well after the outage
+    down = True
+
+    def runner(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if down and getattr(f, "__name__", "") == "_finish":
+            return defer.fail(StoreUnavailable("the store is down"))
+        return defer.maybeDeferred(f, *args)
+
+    h.worker(run_in_thread=runner)
+    queued = h.send()
+    h.at(0)
+    for second in range(1, 31):  # a 30 s outage
+        h.now.set(second)
+        h.reactor.advance(1)
+    assert h.task(queued.message_id)[:2] == ("sending", 1)
+    down = False
+    h.now.set(33)
+    h.reactor.advance(3)
+    assert h.task(queued.message_id)[:2] == ("pending", 1)
+    assert [a[1:3] for a in h.attempts(queued.message_id)] == [(204, "retry")]

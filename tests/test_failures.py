@@ -18,8 +18,10 @@ import pytest_twisted
 from OpenSSL import SSL
 from twisted.internet import defer, error, reactor
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseNeverReceived
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.http import _DataLoss
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -87,6 +89,10 @@ def wrapped(exc: BaseException) -> ResponseNeverReceived:
             wrapped(error.ConnectionDone()),
             "partner.example:8443 closed the connection without answering",
         ),
+        (
+            ResponseFailed([Failure(error.ConnectionLost()), Failure(_DataLoss())]),
+            "partner.example:8443 closed the connection in the middle of its answer",
+        ),
         (ReplyTooLarge("reply over 1048576 bytes"), "partner's reply is too large"),
         (ValueError("odd"), "delivery to partner.example:8443 failed: ValueError (odd)"),
     ],
@@ -117,6 +123,9 @@ def test_http_status_sentences() -> None:
 # -- on real sockets --------------------------------------------------------------------
 
 
+HALF_BODY = -1
+
+
 class Answering(Resource):
     """Answers POSTs with ``code``, or never when ``code`` is None."""
 
@@ -129,6 +138,11 @@ class Answering(Resource):
 
     def render_POST(self, request: Request) -> bytes | int:
         if self.code is None:
+            self.held.append(request)
+            return NOT_DONE_YET
+        if self.code == HALF_BODY:  # headers and half the body, then nothing
+            request.setHeader(b"content-length", b"100")
+            request.write(b"x" * 50)
             self.held.append(request)
             return NOT_DONE_YET
         request.setResponseCode(self.code)
@@ -208,6 +222,28 @@ async def test_server_certificate_not_the_one_in_the_cpa(pki: Path, listen: List
 @pytest_twisted.ensureDeferred
 async def test_server_that_never_answers(pki: Path, listen: Listen) -> None:
     sentence = await sentence_of(node_client(pki, read_timeout=0.5), listen(None))
+    assert sentence == "no response within 0.5 s"
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_that_accepts_tcp_and_never_starts_tls(pki: Path) -> None:
+    # The read timeout runs out during the TLS handshake, while the request is
+    # still being written: Twisted wraps that cancellation in RequestGenerationFailed.
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        url = f"https://127.0.0.1:{port.getHost().port}/ebms"
+        sentence = await sentence_of(node_client(pki, read_timeout=0.5), url)
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+    assert sentence == "no response within 0.5 s"
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_that_stalls_in_the_middle_of_the_body(pki: Path, listen: Listen) -> None:
+    # The headers came in time; the body never completes.  The attempt must end
+    # (and drop the connection) instead of waiting for it for good.
+    client = node_client(pki, read_timeout=0.5)
+    sentence = await sentence_of(client, listen(HALF_BODY))
     assert sentence == "no response within 0.5 s"
 
 

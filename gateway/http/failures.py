@@ -182,8 +182,18 @@ def describe_failure(exc: BaseException | Failure, url: str) -> str:
             return f"no connection to {netloc} (timed out)"
         if type(cause).__name__ == "ReplyTooLarge":
             return f"partner's reply is too large ({cause})"
+    # twisted.web says ResponseFailed once some of the answer had arrived (a
+    # status line, headers, part of the body), its subclass ResponseNeverReceived
+    # when none had.
+    partial = any(
+        isinstance(c, _newclient.ResponseFailed)
+        and not isinstance(c, _newclient.ResponseNeverReceived)
+        for c in causes
+    )
     for cause in causes:
         if isinstance(cause, error.ConnectionDone | error.ConnectionLost):
+            if partial:
+                return f"{netloc} closed the connection in the middle of its answer"
             return f"{netloc} closed the connection without answering"
         if isinstance(cause, _newclient.ResponseNeverReceived | _newclient.ResponseFailed):
             continue
