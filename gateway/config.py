@@ -18,6 +18,8 @@ Example::
     path = "/ebms"
     max_request_bytes = 104857600
     idle_timeout = 30.0              # close connections silent this long (slow clients)
+    header_timeout = 20.0            # TLS handshake + request line + headers within this
+    min_body_rate = 4096             # body bytes/s at least, averaged over body_rate_window
 
     [tls]
     certificate = "certs/tls-server.pem"
