@@ -194,7 +194,7 @@ def dribble(sock: socket.socket, data: bytes, *, step: int, interval: float) -> 
 
 def head(path: str = "/ebms", length: int = 10_000) -> bytes:
     return (
-        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nSOAPAction: \"ebXML\"\r\n"
+        f'POST {path} HTTP/1.1\r\nHost: localhost\r\nSOAPAction: "ebXML"\r\n'
         f"Content-Type: text/xml; charset=UTF-8\r\nContent-Length: {length}\r\n"
         "X-Padding: " + "p" * 200 + "\r\n\r\n"
     ).encode()
