@@ -35,6 +35,10 @@ from tests.messages import render
 
 CPA_ID = "slow-clients-cpa"
 HEADER_TIMEOUT = 2.0
+#: The admin listener's: longer, so the connection-cap test can hold connections.
+ADMIN_HEADER_TIMEOUT = 6.0
+#: The ebMS listener's cap; the tests before the cap test use one connection at a time.
+EBMS_MAX_CONNECTIONS = 6
 MIN_BODY_RATE = 2000
 #: Larger than any gap a slow client here leaves between its bytes: the idle
 #: timeout restarts with every byte and must not be what cuts them.
@@ -112,6 +116,7 @@ idle_timeout = {IDLE_TIMEOUT}
 header_timeout = {HEADER_TIMEOUT}
 min_body_rate = {MIN_BODY_RATE}
 body_rate_window = 1.0
+max_connections = {EBMS_MAX_CONNECTIONS}
 
 [api]
 listen = "127.0.0.1:{api_port}"
@@ -120,7 +125,7 @@ min_body_rate = {MIN_BODY_RATE}
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
-header_timeout = {HEADER_TIMEOUT}
+header_timeout = {ADMIN_HEADER_TIMEOUT}
 max_connections = 3
 
 [monitoring]
@@ -200,7 +205,7 @@ def head(path: str = "/ebms", length: int = 10_000) -> bytes:
     ).encode()
 
 
-def message(size: int) -> tuple[bytes, bytes]:
+def message(size: int, *, keep_alive: bool = False) -> tuple[bytes, bytes]:
     """(head, body) of an ebMS message with one payload of ``size`` bytes."""
     cid = f"payload-{time.monotonic_ns()}@slow"
     content_type, chunks, _ = build_swa(
@@ -209,7 +214,8 @@ def message(size: int) -> tuple[bytes, bytes]:
     )
     body = b"".join(chunks)
     request = (
-        f"POST /ebms HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        f"POST /ebms HTTP/1.1\r\nHost: localhost\r\n"
+        f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n"
         f'SOAPAction: "ebXML"\r\nContent-Type: {content_type}\r\n'
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
@@ -304,10 +310,46 @@ def test_a_normal_message_is_answered(gateway: Gateway) -> None:
     assert b"Acknowledgment" in cut.answer
 
 
+def _answer(sock: socket.socket, timeout: float = 20.0) -> bytes:
+    """One whole response with a Content-Length, read from a kept-alive connection."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        match = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
+        if sep and match and len(body) >= int(match.group(1)):
+            return data
+        closed, got = _poll(sock, 0.5)
+        data += got
+        if closed:
+            break
+    raise AssertionError(f"no whole answer: {data[:200]!r}")
+
+
+def test_a_kept_alive_connection_is_not_cut_between_requests(gateway: Gateway) -> None:
+    # The header deadline runs from the next request's first byte, not from the
+    # connection's start; a quiet kept-alive connection is the idle timeout's.
+    sock = gateway.tls()
+    try:
+        for _ in range(2):
+            request, body = message(4096, keep_alive=True)
+            sock.sendall(request + body)
+            assert _answer(sock).startswith(b"HTTP/1.1 200 ")
+            time.sleep(HEADER_TIMEOUT + 1.0)  # below IDLE_TIMEOUT
+        # The next request, dribbled, is cut at its own header deadline.
+        line = b"POST /ebms HTTP/1.1\r\n"
+        sock.sendall(line)
+        cut = dribble(sock, head()[len(line) :], step=1, interval=0.5)
+    finally:
+        sock.close()
+    _cut_in_time(cut, HEADER_TIMEOUT)
+    assert cut.answer.startswith(b"HTTP/1.1 408 "), cut.answer
+
+
 def test_the_api_and_admin_listeners_have_the_header_deadline(gateway: Gateway) -> None:
-    for name, port, path in (
-        ("api", gateway.api_port, "/service/rest/v19/cpas"),
-        ("admin", gateway.admin_port, "/metrics"),
+    for name, port, path, timeout in (
+        ("api", gateway.api_port, "/service/rest/v19/cpas", HEADER_TIMEOUT),
+        ("admin", gateway.admin_port, "/metrics", ADMIN_HEADER_TIMEOUT),
     ):
         sock = gateway.plain(port)
         try:
@@ -316,7 +358,7 @@ def test_the_api_and_admin_listeners_have_the_header_deadline(gateway: Gateway) 
             cut = dribble(sock, head(path)[len(line) :], step=1, interval=0.5)
         finally:
             sock.close()
-        _cut_in_time(cut, HEADER_TIMEOUT)
+        _cut_in_time(cut, timeout)
         assert cut.answer.startswith(b"HTTP/1.1 408 "), (name, cut.answer)
         gateway.wait_log(rf"event=slow-client listener={name} .*missing=headers")
 
@@ -348,6 +390,27 @@ def test_a_listener_over_its_connection_cap_closes_new_connections(gateway: Gate
     finally:
         for sock in held:
             sock.close()
+
+
+def test_the_ebms_listener_over_its_cap_closes_new_connections(gateway: Gateway) -> None:
+    # TCP connections that never start their TLS handshake fill the cap; the
+    # header deadline ends them after 2 s, so the log line is the evidence.
+    held = [gateway.tls(handshake=False) for _ in range(EBMS_MAX_CONNECTIONS + 2)]
+    try:
+        gateway.wait_log(rf"event=connections-full listener=ebms .*limit={EBMS_MAX_CONNECTIONS}")
+    finally:
+        for sock in held:
+            sock.close()
+    # Once they are gone, a new client is served again.
+    time.sleep(HEADER_TIMEOUT + 1.0)
+    request, body = message(4096)
+    sock = gateway.tls()
+    try:
+        sock.sendall(request + body)
+        cut = dribble(sock, b"", step=1, interval=0.5)
+    finally:
+        sock.close()
+    assert cut.answer.startswith(b"HTTP/1.1 200 "), cut.answer[:200]
 
 
 def test_the_cuts_are_counted(gateway: Gateway) -> None:

@@ -41,6 +41,10 @@ CLOSE_GRACE = 2.0
 #: A refused connection over the cap is logged at most once per this many
 #: seconds (with the count since), so a flood cannot flood the log too.
 CAP_LOG_INTERVAL = 10.0
+#: A timer that fires this many seconds late means the reactor was busy: input
+#: may be waiting unread in the socket, so the verdict waits for one more look.
+LATE = 1.0
+RECHECK = 0.2
 
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -76,7 +80,10 @@ class DeadlineChannel(http.HTTPChannel):
     _rate_call: Any = None
     _body_bytes = 0
     _window_mark = 0
+    _window_start = 0.0
     _phase_start = 0.0
+    _due = 0.0
+    _rechecked = False
 
     # -- connection start and end -----------------------------------------------------
 
@@ -135,9 +142,9 @@ class DeadlineChannel(http.HTTPChannel):
         self._cancel()
         self._phase = "body"
         self._body_bytes = self._window_mark = 0
-        self._phase_start = time.monotonic()
+        self._phase_start = self._window_start = time.monotonic()
         if self.deadlines.min_body_rate > 0:
-            self._rate_call = self.callLater(self.deadlines.body_rate_window, self._check_rate)
+            self._rate_call = self._later(self.deadlines.body_rate_window, self._check_rate)
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
@@ -157,7 +164,25 @@ class DeadlineChannel(http.HTTPChannel):
         self._cancel()
         self._phase = "headers"
         self._phase_start = time.monotonic()
-        self._deadline_call = self.callLater(self.deadlines.header_timeout, self._header_late)
+        self._deadline_call = self._later(self.deadlines.header_timeout, self._header_late)
+
+    def _later(self, delay: float, check: Callable[[], None]) -> Any:
+        self._due = time.monotonic() + delay
+        self._rechecked = False
+        return self.callLater(delay, check)
+
+    def _busy_reactor(self, call_name: str, check: Callable[[], None]) -> bool:
+        """True (and ``check`` again shortly) when the timer fired late, the first time.
+
+        The reactor runs due timers before it reads sockets: after it was busy,
+        a client's bytes may be waiting unread, and the verdict must not blame
+        the client for the gateway's delay.
+        """
+        if self._rechecked or time.monotonic() - self._due < LATE:
+            return False
+        self._rechecked = True
+        setattr(self, call_name, self.callLater(RECHECK, check))
+        return True
 
     def _cancel(self) -> None:
         for name in ("_deadline_call", "_rate_call"):
@@ -173,7 +198,7 @@ class DeadlineChannel(http.HTTPChannel):
 
     def _header_late(self) -> None:
         self._deadline_call = None
-        if self._phase != "headers":
+        if self._phase != "headers" or self._busy_reactor("_deadline_call", self._header_late):
             return
         if not getattr(self.transport, "_handshakeDone", True):
             missing = "tls-handshake"
@@ -185,11 +210,13 @@ class DeadlineChannel(http.HTTPChannel):
 
     def _check_rate(self) -> None:
         self._rate_call = None
-        if self._phase != "body":
+        if self._phase != "body" or self._busy_reactor("_rate_call", self._check_rate):
             return
         window = self.deadlines.body_rate_window
         received = self._body_bytes - self._window_mark
-        rate = received / window
+        now = time.monotonic()
+        # Over the time that really passed: a late check has waited longer.
+        rate = received / max(window, now - self._window_start)
         if rate < self.deadlines.min_body_rate:
             self._cut(
                 "body",
@@ -201,7 +228,8 @@ class DeadlineChannel(http.HTTPChannel):
             )
             return
         self._window_mark = self._body_bytes
-        self._rate_call = self.callLater(window, self._check_rate)
+        self._window_start = now
+        self._rate_call = self._later(window, self._check_rate)
 
     def _cut(self, missing: str, details: dict[str, str]) -> None:
         answered = bool(self.requests)
