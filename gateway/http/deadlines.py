@@ -121,8 +121,22 @@ class DeadlineChannel(http.HTTPChannel):
             state[0], state[1] = now, 0.0
         self._emit({"event": "connections-full", "listener": self.listener})
         self.setTimeout(None)
-        if self.transport is not None:
-            self.transport.abortConnection()
+        self._drop()
+
+    def _drop(self) -> None:
+        """Abort the connection, without the TLS layer's last words.
+
+        twisted's TLS protocol feeds OpenSSL an end of input when its connection
+        goes, and OpenSSL answers a half-done handshake with a decode_error
+        alert, which the handshake watch logs as ``event=tls-refused``: one more
+        line per dropped connection, a log flood when a flood hits the cap.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        if hasattr(transport, "_lostTLSConnection"):
+            transport._lostTLSConnection = True
+        transport.abortConnection()
 
     # -- the phases of a request ------------------------------------------------------
 
@@ -258,6 +272,9 @@ class DeadlineChannel(http.HTTPChannel):
                 request._refused = True
         transport = self.transport
         if transport is None:
+            return
+        if missing == "tls-handshake":
+            self._drop()  # nothing to say: no TLS to say it in
             return
         if answered:
             transport.write(_REQUEST_TIMEOUT)
