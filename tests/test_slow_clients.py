@@ -255,6 +255,20 @@ def test_a_client_dribbling_the_request_line_is_closed_without_an_answer(
     gateway.wait_log(r"event=slow-client listener=ebms .*missing=request-line")
 
 
+def test_a_refused_request_is_not_reported_as_a_slow_client(gateway: Gateway) -> None:
+    # twisted.web answers a malformed request line with 400 and closes; a client
+    # that never reads the answer nor closes is not a slow client.
+    sock = gateway.tls()
+    try:
+        sock.sendall(b"NOT A REQUEST LINE\r\n")
+        refused = gateway.wait_log(r"refused: malformed HTTP request")
+        time.sleep(HEADER_TIMEOUT + 2.0)
+    finally:
+        sock.close()
+    after = gateway.log_text().split(refused, 1)[1]
+    assert "event=slow-client" not in after, after
+
+
 def test_a_client_that_never_finishes_the_tls_handshake_is_cut(gateway: Gateway) -> None:
     sock = gateway.tls(handshake=False)
     try:

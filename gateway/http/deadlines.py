@@ -246,6 +246,13 @@ class DeadlineChannel(http.HTTPChannel):
         self._rate_call = self._later(window, self._check_rate)
 
     def _cut(self, missing: str, details: dict[str, str]) -> None:
+        if self._disconnecting():
+            # Already answered and closing (a 400 or 413), and the client has not
+            # let go since: no slow client to report, just the end of the wait.
+            self._phase = "cut"
+            self._cancel()
+            self._drop()
+            return
         answered = bool(self.requests)
         self._phase = "cut"
         self._cancel()
