@@ -26,6 +26,7 @@ import pytest
 
 from cpa.generate import make_cpa
 from cpa.registry import CpaRegistry
+from gateway.config import ConfigError, load_config
 from gateway.ebms.mime import OutgoingPart, build_swa
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
@@ -459,3 +460,52 @@ def test_the_cuts_are_counted(gateway: Gateway) -> None:
         assert time.monotonic() < deadline, text
         time.sleep(0.2)
     assert "dkgw_connections_refused_total" in text
+
+
+@pytest.mark.parametrize(
+    ("section", "setting", "message"),
+    [
+        ("http", "header_timeout = 0", "[http] header_timeout must be positive"),
+        ("http", "min_body_rate = -1", "[http] min_body_rate must be 0 (off) or positive"),
+        ("http", "body_rate_window = 0", "[http] body_rate_window must be positive"),
+        ("http", "max_connections = 0", "[http] max_connections must be at least 1"),
+        ("api", "header_timeout = -2", "[api] header_timeout must be positive"),
+        ("api", "min_body_rate = -5", "[api] min_body_rate must be 0 (off) or positive"),
+        ("admin", "max_connections = 0", "[admin] max_connections must be at least 1"),
+    ],
+)
+def test_nonsense_deadlines_are_refused_in_the_config(
+    pki: Path, tmp_path: Path, section: str, setting: str, message: str
+) -> None:
+    listen = {"http": "127.0.0.1:8443", "api": "127.0.0.1:8444", "admin": "127.0.0.1:8445"}
+    sections = "\n".join(
+        f'[{name}]\nlisten = "{address}"\n{setting if name == section else ""}\n'
+        for name, address in listen.items()
+    )
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path}"\n\n{sections}\n{tls_toml(pki, "ggk-rinis-test")}',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert message in str(caught.value)
+
+
+def test_the_deadlines_reach_the_config(pki: Path, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path}"\n\n[http]\nlisten = "127.0.0.1:8443"\n'
+        "header_timeout = 7.5\nmin_body_rate = 0\nbody_rate_window = 3.0\nmax_connections = 9\n"
+        '[api]\nlisten = "127.0.0.1:8444"\nheader_timeout = 4.0\nmax_connections = 5\n'
+        '[admin]\nlisten = "127.0.0.1:8445"\nmax_connections = 2\n\n'
+        + tls_toml(pki, "ggk-rinis-test"),
+        encoding="utf-8",
+    )
+    loaded = load_config(config)
+    http = loaded.http
+    assert (http.header_timeout, http.min_body_rate, http.body_rate_window) == (7.5, 0, 3.0)
+    assert http.max_connections == 9
+    assert (loaded.api.header_timeout, loaded.api.min_body_rate) == (4.0, 4096)
+    assert loaded.api.max_connections == 5
+    assert (loaded.admin.header_timeout, loaded.admin.max_connections) == (20.0, 2)
