@@ -17,7 +17,7 @@ nginx (``client_header_timeout``, ``client_body_timeout``) and Apache
 A client cut by a deadline gets a ``408 Request Timeout`` when its request line
 had arrived (RFC 9110 §15.5.9; nothing was answered yet), else the connection is
 just closed; either way one ``event=slow-client`` log line names the listener,
-the peer and what was missing.  docs/operations.md, "Slow clients", explains
+the peer and what was missing.  docs/operations.md, "Slow clients and connection limits", explains
 the defaults.
 """
 
