@@ -18,6 +18,8 @@ Example::
     path = "/ebms"
     max_request_bytes = 104857600
     idle_timeout = 30.0              # close connections silent this long (slow clients)
+    header_timeout = 20.0            # TLS handshake + request line + headers within this
+    min_body_rate = 4096             # body bytes/s at least, averaged over body_rate_window
 
     [tls]
     certificate = "certs/tls-server.pem"
@@ -85,6 +87,15 @@ class HttpConfig:
     path: str = "/ebms"
     max_request_bytes: int = 100 * 1024 * 1024
     idle_timeout: float = 30.0
+    #: TLS handshake, request line and headers must be in within this many
+    #: seconds of the connection's start (gateway/http/deadlines.py).
+    header_timeout: float = 20.0
+    #: After the headers, at least this many body bytes a second, averaged over
+    #: ``body_rate_window`` seconds (docs/operations.md, "Slow clients"); 0: off.
+    min_body_rate: int = 4096
+    body_rate_window: float = 20.0
+    #: Open connections at most; a new one over this is closed at once.
+    max_connections: int = 512
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,9 @@ class AdminConfig:
     ready_min_free_mb: int = 100
     #: ``/ready`` says "not ready" when the store takes longer than this to answer.
     ready_store_timeout: float = 2.0
+    #: Slow-client deadline and connection cap of this listener (as ``[http]``).
+    header_timeout: float = 20.0
+    max_connections: int = 32
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,10 @@ class ApiConfig:
     allow_unauthenticated: bool = False
     max_request_bytes: int = 150 * 1024 * 1024
     wait_timeout: float = 30.0  # ping and getMessageStatus wait this long for the answer
+    #: Slow-client deadlines and connection cap of this listener (as ``[http]``).
+    header_timeout: float = 20.0
+    min_body_rate: int = 4096
+    max_connections: int = 128
 
     @property
     def tls(self) -> bool:
@@ -360,7 +378,16 @@ class GatewayConfig:
 
 _SECTIONS = {
     "gateway": {"data_dir", "store", "node_id", "party_ids"},
-    "http": {"listen", "path", "max_request_bytes", "idle_timeout"},
+    "http": {
+        "listen",
+        "path",
+        "max_request_bytes",
+        "idle_timeout",
+        "header_timeout",
+        "min_body_rate",
+        "body_rate_window",
+        "max_connections",
+    },
     "tls": {"certificate", "key", "chain", "client_certificate", "client_key", "trust_anchors"},
     "delivery": {
         "poll_interval",
@@ -378,6 +405,8 @@ _SECTIONS = {
         "users_file",
         "ready_min_free_mb",
         "ready_store_timeout",
+        "header_timeout",
+        "max_connections",
     },
     "logging": {"format", "level"},
     "security": {*KEY_OPTIONS, *TRUST_OPTIONS},
@@ -390,6 +419,9 @@ _SECTIONS = {
         "allow_unauthenticated",
         "max_request_bytes",
         "wait_timeout",
+        "header_timeout",
+        "min_body_rate",
+        "max_connections",
     },
     "webhook": {
         "name",
@@ -526,6 +558,10 @@ def load_config(path: Path) -> GatewayConfig:
             path=http_path,
             max_request_bytes=_typed(http, "max_request_bytes", int, HttpConfig.max_request_bytes),
             idle_timeout=_typed(http, "idle_timeout", float, HttpConfig.idle_timeout),
+            header_timeout=_typed(http, "header_timeout", float, HttpConfig.header_timeout),
+            min_body_rate=_typed(http, "min_body_rate", int, HttpConfig.min_body_rate),
+            body_rate_window=_typed(http, "body_rate_window", float, HttpConfig.body_rate_window),
+            max_connections=_typed(http, "max_connections", int, HttpConfig.max_connections),
         ),
         tls=TlsConfig(
             certificate=rel(tls["certificate"], "certificate"),
@@ -561,7 +597,20 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError("[delivery] concurrency and poll_interval must be positive")
     if config.http.idle_timeout <= 0:
         raise ConfigError("[http] idle_timeout must be positive")
+    _check_deadlines("[http]", config.http)
     return config
+
+
+def _check_deadlines(where: str, listener: HttpConfig | ApiConfig | AdminConfig) -> None:
+    """The slow-client settings of a listener (gateway/http/deadlines.py) make sense."""
+    if listener.header_timeout <= 0:
+        raise ConfigError(f"{where} header_timeout must be positive")
+    if getattr(listener, "min_body_rate", 0) < 0:
+        raise ConfigError(f"{where} min_body_rate must be 0 (off) or positive")
+    if getattr(listener, "body_rate_window", 1.0) <= 0:
+        raise ConfigError(f"{where} body_rate_window must be positive")
+    if listener.max_connections < 1:
+        raise ConfigError(f"{where} max_connections must be at least 1")
 
 
 def _retention(section: dict[str, Any]) -> RetentionSettings:
@@ -607,13 +656,17 @@ def _admin(section: dict[str, Any], base: Path) -> AdminConfig:
     store_timeout = _typed(section, "ready_store_timeout", float, AdminConfig.ready_store_timeout)
     if min_free < 0 or store_timeout <= 0:
         raise ConfigError("[admin] ready_min_free_mb must be >= 0, ready_store_timeout positive")
-    return AdminConfig(
+    config = AdminConfig(
         host=host,
         port=port,
         ready_min_free_mb=min_free,
         ready_store_timeout=store_timeout,
+        header_timeout=_typed(section, "header_timeout", float, AdminConfig.header_timeout),
+        max_connections=_typed(section, "max_connections", int, AdminConfig.max_connections),
         **_listener_security(section, base, "[admin]"),
     )
+    _check_deadlines("[admin]", config)
+    return config
 
 
 def _listener_security(section: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
@@ -668,7 +721,11 @@ def _api(section: dict[str, Any], base: Path) -> ApiConfig:
         allow_unauthenticated=_typed(section, "allow_unauthenticated", bool, False),
         max_request_bytes=_typed(section, "max_request_bytes", int, ApiConfig.max_request_bytes),
         wait_timeout=_typed(section, "wait_timeout", float, ApiConfig.wait_timeout),
+        header_timeout=_typed(section, "header_timeout", float, ApiConfig.header_timeout),
+        min_body_rate=_typed(section, "min_body_rate", int, ApiConfig.min_body_rate),
+        max_connections=_typed(section, "max_connections", int, ApiConfig.max_connections),
     )
+    _check_deadlines("[api]", config)
     authenticated = config.client_ca is not None or config.users_file is not None
     if not authenticated and not _is_loopback(host) and not config.allow_unauthenticated:
         raise ConfigError(

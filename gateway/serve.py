@@ -44,6 +44,7 @@ from gateway.errors import StartupError, describe
 from gateway.http.admin import admin_site
 from gateway.http.client import EbmsClient, server_pin
 from gateway.http.connections import TrackingSite
+from gateway.http.deadlines import Deadlines
 from gateway.http.server import ebms_site
 from gateway.monitor.heartbeat import Heartbeats
 from gateway.monitor.metrics import CONTENT_TYPE, GatewayMetrics
@@ -270,6 +271,12 @@ class Gateway:
             idle_timeout=config.http.idle_timeout,
             on_queued=self.worker.wake,
             on_event=self._emit,
+            deadlines=Deadlines(
+                header_timeout=config.http.header_timeout,
+                min_body_rate=config.http.min_body_rate,
+                body_rate_window=config.http.body_rate_window,
+                max_connections=config.http.max_connections,
+            ),
         )
         self._site = site
         ebms_tls = server_context_factory(server_identity, anchors, watch=self._watch("ebms"))
@@ -292,6 +299,15 @@ class Gateway:
                 users_file=admin.users_file,
                 ready=self.readiness,
                 broken=xmlschemas.engine_broken,
+                idle_timeout=config.http.idle_timeout,
+                # The admin listener takes GETs only; the body rate is [http]'s.
+                deadlines=Deadlines(
+                    header_timeout=admin.header_timeout,
+                    min_body_rate=config.http.min_body_rate,
+                    body_rate_window=config.http.body_rate_window,
+                    max_connections=admin.max_connections,
+                ),
+                on_event=self._emit,
             )
             self.admin_port = self._listen_http(admin, admin.port, site)
             log.info(
@@ -518,6 +534,13 @@ class Gateway:
             self.reactor,
             api,
             idle_timeout=self.config.http.idle_timeout,
+            deadlines=Deadlines(
+                header_timeout=api.header_timeout,
+                min_body_rate=api.min_body_rate,
+                body_rate_window=self.config.http.body_rate_window,
+                max_connections=api.max_connections,
+            ),
+            on_event=self._emit,
         )
         self._api_site = site
         self.api_port = self._listen_http(api, api.port, site)

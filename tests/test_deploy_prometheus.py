@@ -100,6 +100,8 @@ def exported() -> dict[str, frozenset[str]]:
     metrics.on_event({"event": "inbound", "status": "200", "outcome": "accepted"})
     metrics.on_event({"event": "delivery", "outcome": "done"})
     metrics.on_tls_failure("ebms", "untrusted-certificate")
+    metrics.on_event({"event": "slow-client", "listener": "ebms", "missing": "headers"})
+    metrics.on_event({"event": "connections-full", "listener": "ebms"})
     names: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics.exposition().decode()):
         for sample in family.samples:

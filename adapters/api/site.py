@@ -21,6 +21,7 @@ from adapters.api.soap import soap_resources
 from adapters.api.text import plain
 from gateway.config import ApiConfig
 from gateway.http.connections import TrackingSite
+from gateway.http.deadlines import Deadlines, OnEvent, guard_site
 from gateway.http.server import EbmsChannel, limited_request_factory
 from gateway.tls import peer_certificate
 
@@ -126,8 +127,10 @@ def api_site(
     config: ApiConfig,
     *,
     idle_timeout: float = 30.0,
+    deadlines: Deadlines | None = None,
+    on_event: OnEvent | None = None,
 ) -> server.Site:
-    """The Site for the ``[api]`` listener."""
+    """The Site for the ``[api]`` listener, with slow-client ``deadlines``."""
     users = UsersFile(config.users_file) if config.users_file is not None else None
     guard = AuthGuard(api_tree(backoffice, run_in_thread, reactor), users, run_in_thread)
     site = TrackingSite(guard, parsePOSTFormSubmission=False)
@@ -136,7 +139,7 @@ def api_site(
     site.requestFactory = limited_request_factory(config.max_request_bytes)
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]
-    return site
+    return guard_site(site, deadlines or Deadlines(), "api", on_event)
 
 
 def client_subject(request: server.Request) -> str | None:

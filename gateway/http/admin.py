@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.web import http, resource, server
 
 from gateway.http.channel import EbmsChannel
+from gateway.http.deadlines import Deadlines, OnEvent, guard_site
 
 log = logging.getLogger("dkgw.admin")
 
@@ -131,6 +132,9 @@ def admin_site(
     users_file: Path | None = None,
     ready: Callable[[], Deferred[list[str]]] | None = None,
     broken: Callable[[], str | None] | None = None,
+    idle_timeout: float = 30.0,
+    deadlines: Deadlines | None = None,
+    on_event: OnEvent | None = None,
 ) -> server.Site:
     """A Site with ``/metrics`` (Prometheus text), ``/status`` (JSON), ``/health`` and ``/ready``.
 
@@ -143,6 +147,9 @@ def admin_site(
     With ``users_file`` every path needs HTTP Basic (the back-office API's users
     file format, :mod:`adapters.api.auth`); ``/health`` too, since a load balancer
     that checks it can send credentials like any other client.
+
+    ``idle_timeout`` and ``deadlines`` bound slow clients and open connections
+    (gateway/http/deadlines.py), as on the other listeners.
     """
     root = resource.Resource()
     root.putChild(b"metrics", _Computed(run_in_thread, lambda: (metrics_content_type, metrics())))
@@ -168,6 +175,7 @@ def admin_site(
     site = server.Site(top)
     # The ebMS endpoint's channel: malformed framing refused cleanly, HTTP/1.x only.
     site.protocol = EbmsChannel
+    site.timeOut = idle_timeout
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]
-    return site
+    return guard_site(site, deadlines or Deadlines(max_connections=32), "admin", on_event)

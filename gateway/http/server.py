@@ -27,6 +27,7 @@ from gateway.ebms.mime import MimeError, MimeLimits, SwaParser, parse_single
 from gateway.http.channel import EbmsChannel
 from gateway.http.channel import show as _show
 from gateway.http.connections import TrackingSite
+from gateway.http.deadlines import Deadlines, guard_site
 from gateway.logfmt import log_event
 from gateway.msh.inbound import HttpReply, InboundProcessor, InboundRequest
 from gateway.store.messages import CHUNK_BYTES, AttachmentRecord
@@ -326,11 +327,13 @@ def ebms_site(
     idle_timeout: float | None = None,
     on_queued: Callable[[], None] | None = None,
     on_event: Callable[[dict[str, str]], None] | None = None,
+    deadlines: Deadlines | None = None,
 ) -> server.Site:
     """A Site serving the ebMS endpoint at ``path`` and nothing else.
 
     ``idle_timeout`` (seconds, default :data:`IDLE_TIMEOUT`) closes connections
-    that stop sending, in the middle of a request or between requests.
+    that stop sending, in the middle of a request or between requests;
+    ``deadlines`` bound slow clients and open connections (gateway/http/deadlines.py).
     """
     root = _Branch()
     node: resource.Resource = root
@@ -360,4 +363,4 @@ def ebms_site(
     # The access log would record client addresses per request; our own
     # per-message line carries what operators need.
     site.log = lambda request: None  # type: ignore[method-assign]
-    return site
+    return guard_site(site, deadlines or Deadlines(), "ebms", on_event)

@@ -180,6 +180,19 @@ class GatewayMetrics:
             ["listener", "reason"],
             registry=self.registry,
         )
+        self.slow_clients = Counter(
+            "dkgw_slow_clients",
+            "Connections a listener (ebms, api, admin) cut for being too slow, "
+            "by what was missing (tls-handshake, request-line, headers, body)",
+            ["listener", "missing"],
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "dkgw_connections_refused",
+            "Connections a listener closed at once because it had max_connections open",
+            ["listener"],
+            registry=self.registry,
+        )
         self.registry.register(_StoreCollector(read_snapshot))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -191,6 +204,10 @@ class GatewayMetrics:
             self.inbound.labels(fields.get("status", ""), fields.get("outcome", "")).inc()
         elif event == "delivery":
             self.attempts.labels(fields.get("outcome", "")).inc()
+        elif event == "slow-client":
+            self.slow_clients.labels(fields.get("listener", ""), fields.get("missing", "")).inc()
+        elif event == "connections-full":
+            self.connections_refused.labels(fields.get("listener", "")).inc()
 
     def on_tls_failure(self, listener: str, reason: str) -> None:
         """Count one refused TLS handshake (``reason`` is a short fixed label)."""
