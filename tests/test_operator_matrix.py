@@ -22,7 +22,6 @@ import pytest
 from cpa.registry import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
-from tests.conftest import PG_DSN
 from tests.gateways import free_port, store_url, tls_toml
 
 
@@ -89,8 +88,6 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path, cpa_file: Path) ->
     if request.param == "sqlite":
         path = tmp_path / "var" / "gateway.sqlite3"
         return seeded(f"sqlite:{path}", path, cpa_file)
-    if not PG_DSN:
-        pytest.skip("DKGW_TEST_PG_DSN is not set: no PostgreSQL server to test on")
     return seeded(store_url("postgresql", tmp_path, "matrix"), None, cpa_file)
 
 
