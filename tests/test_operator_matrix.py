@@ -273,7 +273,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill up: {done.stderr.strip()}")
+        pytest.skip(f"mounting a small tmpfs to fill up needs root: {done.stderr.strip()}")
     try:
         yield mount
     finally:
