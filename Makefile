@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 # Without DKGW_TEST_PG_DSN the suite starts a throwaway PostgreSQL itself (tests/pgserver.py).
 # `make` fails on any pytest exit code other than 0, so "no tests collected" (5) fails too.
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=20 $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
