@@ -128,8 +128,9 @@ LONG_POLES = (
 )
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own hook
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, put the long poles first (a stable sort keeps the rest in order)."""
+    """In a pytest-xdist worker: the long poles first, and ``xdist_group`` honoured."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
 
@@ -139,7 +140,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 return index
         return len(LONG_POLES)
 
-    items.sort(key=rank)
+    items.sort(key=rank)  # stable: the rest keep their order
+    if getattr(config.option, "loadgroup", False):
+        restore_xdist_groups(items)
+
+
+def restore_xdist_groups(items: list[pytest.Item]) -> None:
+    """Make ``--dist loadgroup`` keep each ``xdist_group`` on one worker again.
+
+    pytest-xdist 3.8 tells the scheduler a test's group by appending ``@name`` to
+    ``item._nodeid``, which pytest 9.2 no longer reads: the node id is built from
+    ``item._id`` (pytest-xdist issue #1386), so grouped tests were spread over all
+    workers.  This appends the suffix to the structured id instead, as the fix
+    proposed upstream does; a no-op where the suffix is already there.
+    """
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        suffix = "@" + "_".join(sorted(names))
+        if names and not item.nodeid.endswith(suffix):
+            item._id = NodeId.parse(item.nodeid + suffix)  # type: ignore[attr-defined]
 
 
 DIALECTS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql")]
