@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 from cpa.generate import ActionSpec, CpaSpec, make_cpa
 from gateway.commands.demo import MUNICIPALITY, NODE, example_party
 from gateway.store.database import Database
+from tests import pgserver
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -79,18 +81,92 @@ def cpa_xml(make_spec: SpecFactory) -> Callable[..., bytes]:
     return factory
 
 
-PG_DSN = os.environ.get("DKGW_TEST_PG_DSN")
+def __getattr__(name: str) -> Any:
+    """``PG_DSN``: the PostgreSQL server's libpq DSN, read when a test module imports it.
 
-DIALECTS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "postgresql",
-        id="postgresql",
-        marks=pytest.mark.skipif(
-            not PG_DSN, reason="DKGW_TEST_PG_DSN is not set: no PostgreSQL server to test on"
-        ),
-    ),
-]
+    Looked up late (PEP 562) because this file is imported before ``pytest_configure``
+    has started the throwaway server (tests/pgserver.py).
+    """
+    if name == "PG_DSN":
+        return pgserver.ensure_dsn()
+    raise AttributeError(name)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the session's PostgreSQL server unless ``DKGW_TEST_PG_DSN`` names one.
+
+    Under pytest-xdist this runs in the controller before any worker exists, so all
+    workers share one server through the inherited environment.
+    """
+    pgserver.ensure_dsn()
+    config.add_cleanup(pgserver.stop)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which PostgreSQL the tests run on."""
+    server = pgserver.started_here()
+    if server is not None:
+        return f"postgresql: started for this session ({server.kind}: {server.bindir})"
+    return "postgresql: DKGW_TEST_PG_DSN"
+
+
+#: The longest tests (``--durations``), handed out first under pytest-xdist so that no
+#: worker picks one up near the end of the run.  Scheduling only: a stale entry costs
+#: time, never correctness.
+LONG_POLES = (
+    "tests/test_api_fuzz.py::test_schemathesis_finds_no_server_error",
+    "tests/test_filedrop.py::test_1000_files_are_delivered_exactly_once",
+    "tests/test_cli.py::test_demo_runs_and_exits_0",
+    "tests/test_message_commands.py::test_list_show_and_retry_commands",
+    "tests/test_urlmap.py::test_cli_set_list_delete_through_the_console_script",
+    "tests/test_envelope_property.py::",
+    "tests/test_preflight.py::test_serve_check_refuses_a_corrupt_store",
+    "tests/test_monitoring.py::test_scheduled_pings_follow_the_partner_down_and_up",
+    "tests/test_pki.py::test_idempotent_and_force",
+    "tests/test_mime.py::test_build_then_parse_round_trip",
+    "tests/test_cli.py::test_console_script_round_trips_xml_byte_exact",
+)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own hook
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a pytest-xdist worker: the long poles first, and ``xdist_group`` honoured."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def rank(item: pytest.Item) -> int:
+        for index, prefix in enumerate(LONG_POLES):
+            if item.nodeid.startswith(prefix):
+                return index
+        return len(LONG_POLES)
+
+    items.sort(key=rank)  # stable: the rest keep their order
+    if getattr(config.option, "loadgroup", False):
+        restore_xdist_groups(items)
+
+
+def restore_xdist_groups(items: list[pytest.Item]) -> None:
+    """Make ``--dist loadgroup`` keep each ``xdist_group`` on one worker again.
+
+    pytest-xdist 3.8 tells the scheduler a test's group by appending ``@name`` to
+    ``item._nodeid``, which pytest 9.2 no longer reads: the node id is built from
+    ``item._id`` (pytest-xdist issue #1386), so grouped tests were spread over all
+    workers.  This appends the suffix to the structured id instead, as the fix
+    proposed upstream does; a no-op where the suffix is already there.
+    """
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        suffix = "@" + "_".join(sorted(names))
+        if names and not item.nodeid.endswith(suffix):
+            item._id = NodeId.parse(item.nodeid + suffix)  # type: ignore[attr-defined]
+
+
+DIALECTS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql")]
 
 StoreFactory = Callable[[], Database]
 
@@ -110,11 +186,11 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
             opened.append(Database.sqlite(path))
             return opened[-1]
     else:
-        assert PG_DSN is not None
+        dsn = pgserver.ensure_dsn()
         schema = f"dkgw_test_{uuid.uuid4().hex}"
-        with psycopg.connect(PG_DSN, autocommit=True) as admin:
+        with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(pgsql.SQL("CREATE SCHEMA {}").format(pgsql.Identifier(schema)))
-        conninfo = make_conninfo(PG_DSN, options=f"-csearch_path={schema}")
+        conninfo = make_conninfo(dsn, options=f"-csearch_path={schema}")
 
         def factory() -> Database:
             opened.append(Database.postgresql(conninfo))
@@ -126,7 +202,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
         for db in opened:
             db.close()
         if request.param == "postgresql":
-            with psycopg.connect(PG_DSN, autocommit=True) as admin:
+            with psycopg.connect(dsn, autocommit=True) as admin:
                 admin.execute(pgsql.SQL("DROP SCHEMA {} CASCADE").format(pgsql.Identifier(schema)))
 
 
@@ -149,3 +225,17 @@ def write(pki: Path, tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return config
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """One line saying what was skipped and why (only an absent independent oracle may skip)."""
+    reasons: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if not reasons:
+        terminalreporter.write_line("skipped: none")
+        return
+    parts = "; ".join(f"{count} × {reason}" for reason, count in sorted(reasons.items()))
+    terminalreporter.write_line(f"skipped {sum(reasons.values())}: {parts}")

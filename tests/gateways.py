@@ -130,8 +130,12 @@ def store_url(dialect: str, base: Path, name: str) -> str:
     return f"postgresql:///?{query}"
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
-    """A Deferred that fires with the condition's first truthy value (polled, off the reactor)."""
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, step: float = 0.05) -> Any:
+    """A Deferred that fires with the condition's first truthy value (polled, off the reactor).
+
+    The default timeout is generous: under pytest-xdist several gateways share the
+    machine's two cores, and waiting longer only delays a failure.
+    """
 
     async def poll() -> Any:
         deadline = time.monotonic() + timeout

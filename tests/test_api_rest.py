@@ -42,7 +42,7 @@ from adapters.api.auth import hash_password
 from adapters.api.openapi import openapi_document
 from adapters.api.rest import ROUTES
 from gateway.config import ApiConfig
-from tests.conftest import GEMEENTE_OIN, NODE_OIN, PG_DSN
+from tests.conftest import GEMEENTE_OIN, NODE_OIN
 from tests.gateways import SERVICE, Pair, Side, gateway_config, store_url, wait_until
 from tests.test_integration import RM_FAST
 
@@ -65,8 +65,6 @@ def client(side: Side, **config: Any) -> EbmsAdapterClient:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def dialect(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgresql" and PG_DSN is None:
-        pytest.skip("DKGW_TEST_PG_DSN is not set: no PostgreSQL server to test on")
     return str(request.param)
 
 

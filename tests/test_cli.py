@@ -246,7 +246,10 @@ def test_demo_runs_and_exits_0(dkgw, tmp_path: Path) -> None:
     assert re.search(r"gemeente \(sender\): +\S+ DELIVERED", out)
     assert re.search(r"node \(receiver\): +\S+ RECEIVED", out)
     assert "payload" in out and "1048576 bytes" in out and "2048 bytes" in out
-    assert re.search(r"     OK cpa=\S+ from=\S+ to=\S+ up, round trip [\d.]+ ms \| rtt=", out)
+    # The demo's thresholds are 200 and 1000 ms: a loaded machine may make the verdict
+    # WARNING or CRITICAL, but the link is up either way.
+    verdict = r"     (OK|WARNING|CRITICAL) cpa=\S+ from=\S+ to=\S+ up, round trip [\d.]+ ms \| rtt="
+    assert re.search(verdict, out), out
     assert re.search(r"     ebms_ping_up\{.*\} 1\.0", out)
     assert "gemeente gateway stopped (exit 0)" in out and "node gateway stopped (exit 0)" in out
     assert (tmp_path / "var" / "demo" / "gemeente.sqlite3").exists()

@@ -37,7 +37,8 @@ DASHBOARD = REPO / "deploy" / "grafana" / "dkgw-dashboard.json"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
-    reason="promtool is not on PATH (Debian package 'prometheus'; .ci/run installs it)",
+    reason="promtool CLI not installed: independent alert-rule oracle absent "
+    "(Debian package 'prometheus'; .ci/run installs it)",
 )
 
 #: The alerts the on-call runbook refers to; renaming one breaks silences and routes.

@@ -716,8 +716,11 @@ async def test_a_file_whose_delivery_fails_goes_to_failed_with_the_last_error(
 
 # -- acceptance: 1,000 files, two restarts of dkgw serve, one of them a SIGKILL ----------------
 
-FILES = 1000
+# The acceptance size is 1,000 files (``make test-full`` sets it); the default suite drops
+# 300 with the same ten batches, kill and restart, to stay within its time budget.
+FILES = int(os.environ.get("DKGW_TEST_FILEDROP_FILES", "300"))
 BATCHES = 10
+assert FILES % BATCHES == 0 and FILES >= 100, "DKGW_TEST_FILEDROP_FILES: a multiple of 10, >= 100"
 DAILY = "dagelijks.xml"  # dropped again and again under the same name
 
 
@@ -951,7 +954,7 @@ def test_1000_files_are_delivered_exactly_once_across_a_kill_and_a_restart(
     b.stop()
     assert a.exits[1:] == [0, 0] and b.exits == [0]
 
-    # The receiving side: 1,000 complete messages, the dropped contents exactly.
+    # The receiving side: FILES complete messages, the dropped contents exactly.
     sidecars = sorted(inbox.glob("*.json"))
     assert len(sidecars) == FILES
     received: list[tuple[str, str]] = []
@@ -989,7 +992,7 @@ def test_1000_files_are_delivered_exactly_once_across_a_kill_and_a_restart(
         "SELECT COUNT(*), MIN(status), MAX(status) FROM ebms_message "
         "WHERE direction = 'out' AND action = 'WMO301'",
     ) == [(FILES, "DELIVERED", "DELIVERED")]
-    print(f"\n1,000 files across a SIGKILL and a SIGTERM restart ({dialect}): {elapsed:.1f} s")
+    print(f"\n{FILES} files across a SIGKILL and a SIGTERM restart ({dialect}): {elapsed:.1f} s")
 
 
 # -- failure isolation: one broken item fails (or waits) alone, the others flow -----------

@@ -44,6 +44,9 @@ from tests.conftest import SpecFactory
 from tests.gateways import free_port, start_serve, stop_serve, tls_toml
 from tests.messages import render
 
+# The matrix shares one dkgw serve process (the module's target): one worker runs it all.
+pytestmark = pytest.mark.xdist_group("hardening")
+
 CPA_ID = "hardening-cpa"
 MAX_REQUEST = 8 * 1024 * 1024
 IDLE_TIMEOUT = 1.0

@@ -209,7 +209,9 @@ async def test_encrypted_reliable_message_on_both_dialects(secure_pair, dialect:
     await wait_until(lambda: pair.b.status(back.message_id, "out") == "DELIVERED")
 
 
-@pytest.mark.skipif(XMLSEC1 is None, reason="the xmlsec1 CLI is not installed")
+@pytest.mark.skipif(
+    XMLSEC1 is None, reason="xmlsec1 CLI not installed: independent signature oracle absent"
+)
 @pytest_twisted.ensureDeferred
 async def test_xmlsec1_verifies_a_received_message_and_its_signed_ack(
     secure_pair, pki: Path, tmp_path: Path

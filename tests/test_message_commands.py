@@ -139,8 +139,12 @@ def dialect(request: pytest.FixtureRequest) -> str:
 
 @pytest_twisted.async_yield_fixture
 async def slow_pair(pki: Path, make_spec, tmp_path: Path, dialect: str) -> AsyncIterator[Pair]:
-    """Reliable messaging with 30 s between attempts: a retry is visibly 'now'."""
-    p = _pair(pki, make_spec, tmp_path, dialect, timedelta(seconds=30))
+    """Reliable messaging with 5 minutes between attempts: a retry is visibly 'now'.
+
+    Long enough that no second attempt falls among the test's ``dkgw`` commands, which
+    take seconds each on a loaded machine.
+    """
+    p = _pair(pki, make_spec, tmp_path, dialect, timedelta(seconds=300))
     yield p
     await p.stop()
 
@@ -210,7 +214,7 @@ async def test_list_show_and_retry_commands(slow_pair: Pair) -> None:
     pair.b.start()
     retried = await run("--store", store, "message", "retry", queued.message_id)
     assert retried.returncode == 0, retried.stderr
-    # Far sooner than the 30 s retry interval.
+    # Far sooner than the 5 minute retry interval.
     await wait_until(lambda: pair.a.status(queued.message_id, "out") == "DELIVERED", timeout=15)
     assert inbound(pair.b, queued.message_id) == 1
 

@@ -40,7 +40,7 @@ from gateway.store.messages import (
 from gateway.store.migrate import apply_migrations
 from gateway.store.timeutil import from_db, to_db
 from gateway.tls import TlsIdentity, api_server_context_factory
-from tests.conftest import DIALECTS, GEMEENTE_OIN, NODE_OIN, PG_DSN, StoreFactory
+from tests.conftest import DIALECTS, GEMEENTE_OIN, NODE_OIN, StoreFactory
 from tests.gateways import Pair, Side, free_port, gateway_config, store_url, wait_until
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -294,11 +294,11 @@ def test_delivery_of_a_purged_message_still_has_its_ids(db: Database) -> None:
     assert body["cpaId"] is None and body["fromParty"] is None
 
 
-@pytest.mark.skipif(not PG_DSN, reason="DKGW_TEST_PG_DSN is not set")
+# PostgreSQL only: SQLite has one writer at a time, so its ids always commit in order.
+@pytest.mark.parametrize("open_store", ["postgresql"], indirect=True)
 def test_postgresql_event_committed_late_is_not_skipped(open_store: StoreFactory) -> None:
     db = open_store()
-    if db.dialect != "postgresql":
-        pytest.skip("ids commit in order on SQLite")
+    assert db.dialect == "postgresql"
     apply_migrations(db)
     enqueue(db)
     # A transaction takes an event id and commits only after a later id did.

@@ -23,6 +23,9 @@ from cpa.generate import make_cpa
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, REPO, SpecFactory
 from tests.gateways import free_port, start_serve, stop_serve, tls_toml
 
+# One worker builds and installs the wheel once for both tests (pytest-xdist --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("wheel")
+
 
 def _run(*args: str | Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
