@@ -17,7 +17,6 @@ import textwrap
 import threading
 from pathlib import Path
 
-import pytest
 from lxml import etree
 
 from gateway.xmlschemas import Schema
