@@ -1,6 +1,6 @@
 """Generate Digikoppeling ebMS2 CPAs (ebXML CPPA 2.0 documents) from a compact spec.
 
-A CPA describes one ebMS collaboration between exactly two parties (research notes §6).
+A CPA describes one ebMS collaboration between exactly two parties (CPPA 2.0).
 Operators, the demo and the tests build CPAs with :func:`make_cpa` instead of editing XML
 by hand.  The output is valid against ``cpp-cpa-2_0.xsd`` and follows the conventions of
 the Digikoppeling CPA Register ("CPA creatievoorziening", §6.5): PartyId type

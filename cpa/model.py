@@ -1,6 +1,6 @@
 """Plain data for an ebXML CPPA 2.0 Collaboration-Protocol Agreement.
 
-Only what a Digikoppeling MSH acts on is modelled (research notes §6.1).  The
+Only what a Digikoppeling MSH acts on is modelled (CPPA 2.0).  The
 objects are immutable and carry the source ``line`` of the element they came
 from, so validation can point an operator at the exact place in the file.
 References between elements (ChannelId → DeliveryChannel, certId →
@@ -271,7 +271,7 @@ class PartyInfo:
     def tls_client_certificates(self) -> tuple[bytes, ...]:
         """DER of every TLS client certificate this party's transports name.
 
-        The certificate the party presents when it sends (research notes §5.2).
+        The certificate the party presents when it sends (docs/security.md).
         """
         ders = []
         for transport in self.transports.values():
@@ -287,7 +287,7 @@ class PartyInfo:
         """True when every id in ``ids`` (non-empty) is one of this party's ids.
 
         A message header may list several PartyIds for one party; all must
-        belong to the same PartyInfo (ebMS 2.0 §3.1.1, research notes §6.2).
+        belong to the same PartyInfo (ebMS 2.0 §3.1.1, CPPA 2.0 §8.4).
         """
         return bool(ids) and all(i in self.party_ids for i in ids)
 

@@ -1,6 +1,6 @@
 """Resolve a message's header keys against a CPA to the channels that govern it.
 
-Research notes §6.2: the sender's *send* channel (its ``CanSend`` binding for
+CPPA 2.0 §8.4: the sender's *send* channel (its ``CanSend`` binding for
 the service and action) decides acknowledgement, duplicate elimination, sync
 reply and signing; the receiver's *receive* channel (its ``CanReceive``
 binding) gives the endpoint, server certificate and encryption.  MSH signals
@@ -8,7 +8,7 @@ binding) gives the endpoint, server certificate and encryption.  MSH signals
 the party's ``defaultMshChannelId`` instead of a binding.
 
 Failures raise :class:`ResolutionError` carrying the ebMS 2.0 error code and
-location that an MSH returns for them (research notes §9).
+location that an MSH returns for them (ebms-core's endpoint test cases).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class Route:
         """Encryption settings when payloads must be encrypted, else None.
 
         Needs ``isConfidential`` persistent on the binding and a
-        ``ReceiverDigitalEnvelope`` on the receiver (research notes §2.2);
+        ``ReceiverDigitalEnvelope`` on the receiver (Koppelvlakstandaard ebMS2);
         signals are never encrypted.
         """
         binding = self.receive.binding
@@ -220,7 +220,7 @@ class Route:
 
 
 def profile_name(*, reliable: bool, signed: bool, encrypted: bool) -> str:
-    """Name the Digikoppeling profile (research notes §2.1)."""
+    """Name the Digikoppeling profile (Koppelvlakstandaard ebMS2)."""
     base = "osb-rm" if reliable else "osb-be"
     if encrypted:
         return base + "-e"
@@ -280,7 +280,7 @@ def resolve(
     service: Service,
     action: str,
 ) -> Route:
-    """Find the send and receive channels for a message (research notes §6.2).
+    """Find the send and receive channels for a message (CPPA 2.0 §8.4).
 
     For business messages both roles must be given and match the CPA; for the
     MSH service roles are ignored (signals carry none).

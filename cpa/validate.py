@@ -4,7 +4,7 @@ Runs in three layers and reports every problem it finds, not just the first:
 
 1. the document: safe XML, CPPA 2.0 schema (:mod:`cpa.parse`);
 2. the agreement: status, validity period, two parties, references between
-   elements, roles, services and actions (research notes §6.3, ebms-core's
+   elements, roles, services and actions (CPPA 2.0; docs/decisions.md, ebms-core's
    CPAValidator);
 3. Digikoppeling: HTTPS endpoints, two-way TLS, channel settings that form one
    of the six profiles (§2.2), algorithms and certificates (§5).

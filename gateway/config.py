@@ -336,7 +336,7 @@ class SecurityConfig:
 
     The keys are needed only when a CPA asks for signing (``-s``, ``-e``) or
     encryption (``-e``); a gateway without them serves the unsigned profiles.
-    ``trust`` decides on partners' signing certificates (research notes §5.3);
+    ``trust`` decides on partners' signing certificates (ebMS 2.0 §4.1; docs/security.md);
     its anchors default to ``[tls] trust_anchors`` and its intermediates to
     ``[tls] chain``.
     """
@@ -349,7 +349,7 @@ class SecurityConfig:
 
     @property
     def legacy_crypto(self) -> bool:
-        """Admit the legacy algorithms (SHA-1, AES-CBC, RSA v1.5; research notes §10 Q3)."""
+        """Admit the legacy algorithms (SHA-1, AES-CBC, RSA v1.5; docs/security.md)."""
         return self.trust.legacy_crypto
 
 

@@ -3,7 +3,7 @@
 Digikoppeling requires a CRL check for every partner certificate, PKIoverheid-conform
 [DK PKI002-PKI004]: CRLs refreshed at least every 4 hours, an expired CRL invalidating
 every certificate of that CA, and the CRLs of the whole chain taken into account
-(research notes §5.1).  This module holds the CRLs:
+(Digikoppeling Beveiligingsstandaarden).  This module holds the CRLs:
 
 * :class:`CrlStore` parses PEM or DER CRLs, accepts only those whose signature
   verifies with the key of a CA it knows (the configured trust anchors and

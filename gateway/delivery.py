@@ -1,6 +1,6 @@
 """The delivery worker: claims due tasks and POSTs the stored messages.
 
-Research notes §4.2: a reliable message is resent, byte for byte, every
+ebMS 2.0 §6.5: a reliable message is resent, byte for byte, every
 RetryInterval until it is acknowledged, the attempts run out or its TimeToLive
 passes; a best-effort message gets one attempt.  HTTP 503, other 5xx (but 501,
 505 and 510), 408, 429 and connection errors are worth another attempt; any
@@ -570,11 +570,11 @@ class DeliveryWorker:
                 and reply != "delivered"
             ):
                 # Transport accepted; the acknowledgment comes in its own POST.
-                # Wait for it until the next attempt is due (research notes §4.2).
+                # Wait for it until the next attempt is due (ebMS 2.0 §6.5).
                 outcome = TaskOutcome.RETRY
                 awaiting_ack = True
             elif outcome is TaskOutcome.RETRY and outgoing.is_business and not outgoing.reliable:
-                # Best effort has no retries (research notes §4.2 step 7): a
+                # Best effort has no retries (Koppelvlakstandaard ebMS2, osb-be): a
                 # transport failure fails the message, as in ebms-core.
                 outcome = TaskOutcome.FAILED
             effective = finish_attempt(

@@ -2,7 +2,7 @@
 
 Digikoppeling requires two-way TLS on every exchange [DK TLS001/TLS002], TLS 1.2
 at least with 1.3 recommended, nothing older [TLS003/TLS004], and only cipher
-suites the NCSC rates "good" or "sufficient" [TLSCIPH001] (research notes §5.1).
+suites the NCSC rates "good" or "sufficient" [TLSCIPH001] (Digikoppeling Beveiligingsstandaarden).
 This module turns PEM files into pyOpenSSL contexts that say exactly that, for
 both directions:
 
@@ -10,7 +10,7 @@ both directions:
   a client certificate is *required* and its chain is checked against the
   configured trust anchors by OpenSSL during the handshake.  Whether that
   certificate belongs to the sending party of the CPA is the MSH's business
-  (:func:`peer_certificate`, research notes §5.2).
+  (:func:`peer_certificate`, docs/security.md).
 * :class:`ClientTlsPolicy` for ``twisted.web.client.Agent``: presents our client
   certificate, trusts the configured anchors only (never the system store), checks
   the host name or IP address with ``service_identity``, and can pin the server's
@@ -529,7 +529,7 @@ class _ClientConnectionCreator:
                     f"(SHA-256 {_fingerprint(leaf).hex()}, expected {expected})"
                 )
             if self._leaf_check is not None:
-                # Revocation and key usage: OpenSSL has no CRLs here (research notes §5.2).
+                # Revocation and key usage: OpenSSL has no CRLs here (docs/security.md).
                 self._leaf_check(leaf)
         except Exception as exc:
             # Our refusal, service_identity's VerificationError / CertificateError,
@@ -599,7 +599,7 @@ class ClientTlsPolicy:
         while the partner rolls its server certificate over (docs/operations.md).
 
         The certificate is the CPA's ServerCertificateRef of the partner's
-        endpoint ("expected peer server cert", research notes §6.2); compared by
+        endpoint ("expected peer server cert", CPPA 2.0 §8.4); compared by
         SHA-256 of the DER.  Chain and host name checks still apply.  A pin
         replaces any earlier one; this policy itself is not changed.
         """

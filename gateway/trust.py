@@ -3,7 +3,7 @@
 Digikoppeling certificates are PKIoverheid certificates, under the "Staat der
 Nederlanden Private Root" for machine-to-machine traffic [PKI005], with the
 holder's OIN in the subject serialNumber [PKI001]; dates and CRL must be checked
-for every peer certificate [PKI002-PKI004] (research notes §5.1).  A signing
+for every peer certificate [PKI002-PKI004] (Digikoppeling Beveiligingsstandaarden).  A signing
 certificate is checked at the message's Timestamp, as ebms-core does (research
 notes §5.3).  :meth:`TrustStore.check_certificate` does all of that for one
 certificate and one purpose and either returns what it found or raises

@@ -4,7 +4,7 @@ Every XML document the gateway reads comes from outside (a partner MSH, a back
 office, an operator's file).  Digikoppeling never needs a DTD, so any document
 that carries one is refused outright instead of being parsed "safely": that
 closes billion-laughs, external entities (XXE) and DTD-based attribute defaults
-in one rule (research notes §1.3 "Reject DTDs / external entities outright").
+in one rule (docs/msh.md, Hostile input).
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def render(
     return text.encode()
 
 
-#: Research notes §9: (template, values, errorCode, location) for a CPA with a
+#: ebms-core's endpoint test cases: (template, values, errorCode, location) for a CPA with a
 #: synchronous (mshSignalsOnly) reliable channel, the shape of ebms-core's
 #: integration-test CPA.  Every row must be refused with exactly this error.
 ERROR_MATRIX: list[tuple[str, dict[str, Any], str, str]] = [

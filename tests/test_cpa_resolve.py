@@ -1,4 +1,4 @@
-"""Resolving header keys against a CPA (research notes §6.2)."""
+"""Resolving header keys against a CPA (CPPA 2.0 §8.4)."""
 
 from __future__ import annotations
 

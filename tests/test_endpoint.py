@@ -4,7 +4,7 @@ One node gateway listens on 127.0.0.1; the tests POST to it as the municipality
 (its TLS client certificate from the example PKI) or as someone else.  The
 CPA has a synchronous (mshSignalsOnly) reliable channel, the shape of
 ebms-core's integration-test CPA, so every MessageError comes back in the
-HTTP response and can be asserted directly (research notes §9).
+HTTP response and can be asserted directly (ebms-core's endpoint test cases).
 """
 
 from __future__ import annotations

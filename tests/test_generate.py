@@ -209,7 +209,7 @@ def certificate(info: etree._Element, cert_id: str) -> x509.Certificate:
 
 
 def features(profile: str) -> tuple[bool, bool, bool]:
-    """(reliable, signed, encrypted) as in research notes §2.1."""
+    """(reliable, signed, encrypted) as in Koppelvlakstandaard ebMS2."""
     return profile.startswith("osb-rm"), profile[-2:] in ("-s", "-e"), profile.endswith("-e")
 
 

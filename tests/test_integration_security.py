@@ -6,7 +6,7 @@ sync and async), osb-be-e and osb-rm-e messages with 0, 1 and 3 payloads.
 Part two checks our signatures with an independent verifier, the ``xmlsec1``
 CLI.  Part three posts crafted messages to a node gateway over mutual TLS
 (built with the gateway's own outbound code in a scratch store, then changed)
-and asserts the SecurityFailure and its location (research notes §5.3, §5.4).
+and asserts the SecurityFailure and its location (ebMS 2.0 §4.1; docs/security.md).
 """
 
 from __future__ import annotations

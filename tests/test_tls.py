@@ -2,7 +2,7 @@
 
 The server is a twisted.web Site answering with the OIN of the verified client
 certificate; clients are treq over an Agent with ClientTlsPolicy, and
-``openssl s_client`` for the protocol and cipher policy (research notes §5.1).
+``openssl s_client`` for the protocol and cipher policy (Digikoppeling Beveiligingsstandaarden).
 """
 
 from __future__ import annotations

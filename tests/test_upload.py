@@ -44,7 +44,7 @@ def heen_message(
     berichtcode: str = "Di01",
     root: str = "envelopHeenbericht-ggk_Di01",
 ) -> bytes:
-    """A StUF-GGk Di01 envelope (research notes §1.5 skeleton) around a dummy payload."""
+    """A StUF-GGk Di01 envelope (StUF-GGk ggk0210 skeleton) around a dummy payload."""
     r = referentienummer if referentienummer is not None else str(uuid.uuid4())
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <GGK:{root} xmlns:GGK="{GGK}" xmlns:StUF="{STUF}">

@@ -1,8 +1,8 @@
 """The SOAP back-office API: ebms-core's four SOAP services, with their WSDL in ``wsdl/``.
 
-ebms-admin mounts ebms-core's CXF services under ``/service`` (research notes
-anchors-ebms §1.14); these are the same paths, namespaces and elements, so a
-back office generated from ebms-core's WSDL talks to dkgw unchanged:
+ebms-admin mounts ebms-core's CXF services under ``/service`` (docs/api.md); these
+are the same paths, namespaces and elements, so a back office generated from
+ebms-core's WSDL talks to dkgw unchanged:
 
 - ``/service/cpa``: ``CPAService`` (``wsdl/cpa.wsdl``)
 - ``/service/urlMapping``: ``UrlMappingService`` (``wsdl/urlMapping.wsdl``)

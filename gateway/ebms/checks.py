@@ -1,6 +1,6 @@
 """Checking an inbound ebMS message against its CPA, in ebms-core's order.
 
-Research notes §6.4 give the order; this module covers the steps that need
+docs/msh.md (Receiving) gives the order; this module covers the steps that need
 only the envelope, the CPA and the clock (5-8, 10, 11 and 13).  Steps that
 need the store (duplicate detection, RefToMessageId) and the signature steps
 are separate, so every function here is pure and tested with bytes in and
@@ -277,7 +277,7 @@ def check_manifest(env: Envelope, attachment_ids: Collection[str]) -> tuple[str,
         raise _fail(ErrorCode.INCONSISTENT, "//Body/Manifest/@version", "Invalid value.")
     referenced = []
     for ref in env.manifest:
-        # Digikoppeling allows only cid: references (research notes §1.6).
+        # Digikoppeling allows only cid: references (Koppelvlakstandaard ebMS2).
         if not ref.href.lower().startswith("cid:"):
             raise _fail(
                 ErrorCode.MIME_PROBLEM,

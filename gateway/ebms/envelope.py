@@ -5,7 +5,7 @@
 ebMS 2.0 header schemas.  Values that the schema admits but Digikoppeling
 forbids (another ``eb:version``, a nextMSH actor, ...) are kept as received:
 judging them, with the right ebMS error code, is the validator's job
-(research notes §6.4 step 7 and 11).  A document that is not a schema-valid
+(docs/msh.md, Receiving).  A document that is not a schema-valid
 envelope raises :class:`EnvelopeError`; the MSH answers that with a bare HTTP
 500, as ebms-core does (§3.3).
 

@@ -3,7 +3,7 @@
 ebms-core answers a wrong SOAPAction, an unknown CPA or a client certificate
 that does not match the CPA with a SOAP Fault (faultcode ``Client``, HTTP
 500), because without a CPA there is nowhere to send an ebMS MessageError
-(research notes §3.3, §10 Q7).  The fault text names the problem, never the
+(ebMS 2.0 §4.2.3; docs/security.md).  The fault text names the problem, never the
 message content.
 """
 

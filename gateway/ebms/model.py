@@ -22,7 +22,7 @@ XML_NS = "http://www.w3.org/XML/1998/namespace"
 EBMS_VERSION = "2.0"
 #: ``SOAP:actor`` of ``eb:SyncReply`` (ebMS 2.0 §4.3): the next SOAP node.
 SOAP_ACTOR_NEXT = "http://schemas.xmlsoap.org/soap/actor/next"
-#: ``eb:codeContext`` of every Digikoppeling error (research notes §3.3).
+#: ``eb:codeContext`` of every Digikoppeling error (ebMS 2.0 §4.2.3).
 ERROR_CODE_CONTEXT = "urn:oasis:names:tc:ebxml-msg:service:errors"
 
 __all__ = [

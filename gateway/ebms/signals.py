@@ -1,6 +1,6 @@
 """Building the MSH's own messages: Acknowledgment, MessageError, Pong, StatusResponse.
 
-Research notes §3.1: a signal answers one message.  It carries the request's
+ebMS 2.0 §6.3.2 and §4.2: a signal answers one message.  It carries the request's
 CPAId and ConversationId, the request's To party as From and its From party as
 To (without roles), a new MessageId, the request's MessageId as
 RefToMessageId, and no TimeToLive, DuplicateElimination or AckRequested:

@@ -9,7 +9,7 @@ ebMS 2.0 §4.1.3 signs a message with one ``ds:Signature``, a child of
   is over the part's octets (§4.1.4.1);
 * SignatureMethod and DigestMethod as the sender's ``SenderNonRepudiation`` in
   the CPA says; SHA-2 only [DK SIGN001-004], SHA-1 only for a partner marked
-  legacy (research notes §5.3).
+  legacy (ebMS 2.0 §4.1; docs/security.md).
 
 The XPath filter only ever removes whole subtrees (elements whose
 ``SOAP:actor`` is nextMSH or next, with everything in them), so "enveloped +
@@ -259,7 +259,7 @@ class VerifiedSignature:
 
     ``references`` are in document order, the envelope (``URI=""``) first.
     ``signed_at`` is the signed ``eb:MessageHeader`` Timestamp, the moment at
-    which the CPA certificate must have been valid (research notes §5.3), or
+    which the CPA certificate must have been valid (ebMS 2.0 §4.1; docs/security.md), or
     None when the envelope has none.
     """
 
@@ -608,7 +608,7 @@ def sign_envelope(
     digest computed with :func:`digest_stream` under ``policy.digest_method``,
     so a payload is never held in memory here.  ``c14n`` is
     :data:`C14N_EXCLUSIVE` (what Digikoppeling cites) or
-    :data:`C14N_INCLUSIVE` (what ebms-core sends; research notes §10 Q2).
+    :data:`C14N_INCLUSIVE` (what ebms-core sends; docs/security.md).
 
     The result is deterministic (PKCS #1 v1.5 is), but a message is signed
     once and its bytes kept: a resend repeats them (ebMS 2.0 §6.5.3).
@@ -956,7 +956,7 @@ def _check_digest(reference: SignedReference, actual: bytes) -> None:
 def message_timestamp(document: bytes | etree._ElementTree | etree._Element) -> datetime | None:
     """``eb:MessageHeader/eb:MessageData/eb:Timestamp``, or None when absent or invalid.
 
-    The signing certificate is judged at this moment (research notes §5.3).
+    The signing certificate is judged at this moment (ebMS 2.0 §4.1; docs/security.md).
     """
     header = _header(_root(document))
     if header is None:
@@ -1073,9 +1073,9 @@ def check_ack_references(
     """Check that a signed ack's ds:References are those of the original message.
 
     ``original`` comes from :func:`read_references` on the message as sent.
-    As ebms-core does, URI and digest must match one for one (research notes
-    §3.2); raises :class:`SignatureError` otherwise.  The ack's own signature
-    is verified separately with :func:`verify_envelope`.
+    As ebms-core does, URI and digest must match one for one (ebMS 2.0
+    §6.3.2); raises :class:`SignatureError` otherwise.  The ack's own
+    signature is verified separately with :func:`verify_envelope`.
     """
     header = _header(_root(acknowledgment))
     acks = [] if header is None else header.findall(_q(EB_NS, "Acknowledgment"))

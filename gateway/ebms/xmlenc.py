@@ -1,6 +1,6 @@
 """XML Encryption of ebMS payload parts for the Digikoppeling "-e" profiles.
 
-Wire format (research notes §5.4, the ebms-core interop baseline): every payload
+Wire format (docs/security.md, the ebms-core interop baseline): every payload
 part is replaced by a part with the same Content-ID and ``Content-Type:
 application/xml`` whose body is one ``xenc:EncryptedData`` with
 ``Type=".../xmlenc#Element"``, ``Id`` = the Content-ID and ``MimeType`` = the
@@ -12,7 +12,7 @@ way Java writes it (older ebms-core versions compare that string).
 Algorithms [DK ENC001-ENC004]: AES-GCM data encryption and RSA-OAEP key
 transport.  AES-CBC, 3DES-CBC (decrypt only) and RSA PKCS#1 v1.5 key transport
 are what ebms-core and the Compliance Voorziening's model CPA still use, so they
-are available behind an explicit ``legacy`` switch (research notes §10 Q3).
+are available behind an explicit ``legacy`` switch (docs/security.md).
 
 Memory: the ciphertext travels base64-encoded inside XML, so an encrypted part is
 about 4/3 of the plaintext.  :func:`write_encrypted_part` reads the plaintext and
@@ -26,7 +26,7 @@ a moment at the end, when it is handed over as ``bytes``).
 Parsing follows the rules of :mod:`gateway.xmlsafe` (no DTD, no entities, no
 network, bounded size) but cannot call :func:`gateway.xmlsafe.parse_xml`: with
 ``huge_tree`` off libxml2 refuses a text node above 10 MB, and the base64 text of
-a 20 MiB Digikoppeling payload (research notes §7) is larger than that.  An lxml
+a 20 MiB Digikoppeling payload (Koppelvlakstandaard ebMS2) is larger than that.  An lxml
 parser *target* receives the text in pieces instead of building a tree, which
 lifts that limit without switching off the others.
 """
@@ -63,7 +63,7 @@ from gateway.ebms.model import DS_NS, ErrorCode
 XENC_NS = "http://www.w3.org/2001/04/xmlenc#"
 XENC11_NS = "http://www.w3.org/2009/xmlenc11#"
 
-#: ``EncryptedData/@Type`` as ebms-core writes it (research notes §5.4).
+#: ``EncryptedData/@Type`` as ebms-core writes it (docs/security.md).
 TYPE_ELEMENT = XENC_NS + "Element"
 
 AES128_GCM = XENC11_NS + "aes128-gcm"
@@ -78,11 +78,11 @@ RSA_OAEP_MGF1P = XENC_NS + "rsa-oaep-mgf1p"
 RSA_OAEP = XENC11_NS + "rsa-oaep"
 RSA_1_5 = XENC_NS + "rsa-1_5"
 
-#: Content-Type of a part after encryption (research notes §5.4).
+#: Content-Type of a part after encryption (docs/security.md).
 ENCRYPTED_CONTENT_TYPE = "application/xml"
 
 #: Default ceiling for one encrypted part.  A 20 MiB payload, above which
-#: Digikoppeling asks for Grote Berichten (research notes §7), becomes about
+#: Digikoppeling asks for Grote Berichten (Koppelvlakstandaard ebMS2), becomes about
 #: 27 MiB of base64 with line breaks; the rest is headroom.
 DEFAULT_MAX_ENCRYPTED_BYTES = 32 * 1024 * 1024
 
@@ -131,7 +131,7 @@ class EncryptionError(ValueError):
 class DecryptionError(ValueError):
     """An encrypted part was refused.
 
-    Always an ebMS ``SecurityFailure`` (research notes §5.4); the caller reports
+    Always an ebMS ``SecurityFailure`` (docs/security.md); the caller reports
     it at ``cid:<content-id>``.  ``content_id`` is the ``EncryptedData/@Id`` when
     the document got far enough to show it.
     """
@@ -175,7 +175,7 @@ DATA_ALGORITHMS: dict[str, DataAlgorithm] = {
 }
 
 #: Key transport algorithms, mapped to whether they are legacy.  RSA v1.5 is
-#: what ebms-core sends but DK ENC004 asks for RSA-OAEP (research notes §10 Q3).
+#: what ebms-core sends but DK ENC004 asks for RSA-OAEP (docs/security.md).
 KEY_TRANSPORTS: dict[str, bool] = {RSA_OAEP_MGF1P: False, RSA_OAEP: False, RSA_1_5: True}
 
 

@@ -1,6 +1,6 @@
 """The delivery client: POST over mutual TLS with the partner's certificate pinned.
 
-Research notes §6.2: we present our TLS client certificate, verify the
+CPPA 2.0 §8.4: we present our TLS client certificate, verify the
 partner's chain against our trust anchors and its host name, and require its
 leaf certificate to be the CPA's ServerCertificateRef for that endpoint, so a
 certificate the CPA does not name is refused even when it chains to a trusted

@@ -4,7 +4,7 @@ Operators watch a Digikoppeling link by pinging the partner (ebMS 2.0 §8).  Eve
 active CPA implies one link from our party to the other one.  Which of the two
 parties is "ours" comes from the configured ``party_ids`` when there are any;
 otherwise from the TLS client certificate this gateway presents, because the CPA
-names that certificate for the party it belongs to (research notes §5.2).
+names that certificate for the party it belongs to (docs/security.md).
 """
 
 from __future__ import annotations

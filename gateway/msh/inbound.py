@@ -3,13 +3,13 @@
 This is the receiving half of the message service handler without the
 network: the HTTP edge hands over the SOAPAction, the SOAP part, the payload
 parts and the verified TLS client certificate; :meth:`InboundProcessor.handle`
-validates (research notes §6.4), stores, and returns the HTTP reply.  It is
+validates (docs/msh.md, Receiving), stores, and returns the HTTP reply.  It is
 blocking (it talks to the store) and runs in a thread.
 
 Persist before acting: the received message, its acknowledgment or error,
 the event for the back office and the task that posts an asynchronous reply
 are written in one transaction before the reply goes out (ebMS 2.0 §6.5,
-research notes §4.3).  A crash before the commit loses nothing the partner
+ebMS 2.0 §6.5 and §6.4.1).  A crash before the commit loses nothing the partner
 was told about; the partner's resend arrives as a new message.  A crash after
 it is answered from the store when the partner resends: a duplicate gets the
 stored reply again, and the back office sees the message once.
@@ -181,7 +181,7 @@ class InboundProcessor:
         if action.startswith('"') and action.endswith('"') and len(action) >= 2:
             action = action[1:-1]
         if action != "ebXML":
-            # ebMS 2.0 §2.1.3 / research notes §1.1: lenient on the quotes only.
+            # ebMS 2.0 §2.1.3: lenient on the quotes only.
             return self._fault(
                 f"Unable to process message! SOAPAction={clip(request.soap_action or '')}",
                 {"outcome": "bad-soapaction"},
@@ -271,7 +271,7 @@ class InboundProcessor:
         """Why the TLS client certificate is not trusted now, or None.
 
         OpenSSL already checked its chain and validity during the handshake, but
-        has no CRLs: revocation (required by Digikoppeling, research notes §5.2) and
+        has no CRLs: revocation (required by Digikoppeling, docs/security.md) and
         the key usage for client authentication are checked here with the same
         trust store that checks signing certificates.
         """
@@ -292,7 +292,7 @@ class InboundProcessor:
     ) -> bool:
         """The TLS client certificate must be one the sender's CPA entry names, or its mapping.
 
-        Research notes §5.2: compare with the certificate of the From party's
+        docs/security.md: compare with the certificate of the From party's
         TransportClientSecurity.  A sender that is not in the CPA at all is
         left to the header checks, which answer it with an ebMS error.  A
         certificate mapping (:mod:`gateway.store.certmap`) adds its destination
@@ -362,7 +362,7 @@ class InboundProcessor:
             signed = env.ack_requested is not None and env.ack_requested.signed
             references: tuple[bytes, ...] = ()
             if not header.is_signal:
-                # Research notes §5.3/§5.4: decrypt, then verify, before anything is kept.
+                # ebMS 2.0 §4.1; docs/security.md: decrypt, then verify, before anything is kept.
                 payloads = open_inbound(cur, route, env, request.envelope, payloads, self.security)
                 if signed and route.ack_requested:
                     # ebMS 2.0 §6.3.2.5: a signed ack copies the references of the
@@ -456,7 +456,7 @@ class InboundProcessor:
     ) -> HttpReply:
         """Store ``reply``; return it in the HTTP response or queue its own POST.
 
-        ebMS 2.0 §4.3 / research notes §2.4: the sender's channel decides; with
+        ebMS 2.0 §4.3 / CPPA 2.0 §8.4.19 syncReplyMode: the sender's channel decides; with
         ``mshSignalsOnly`` the signal is the HTTP 200 body, plain text/xml.
         ``body`` is the reply's bytes when they are not just ``reply`` built
         (a signed acknowledgment); those bytes are stored and resent as they are.
@@ -665,7 +665,7 @@ class InboundProcessor:
 
     @staticmethod
     def _status_of(cur: Cursor, env: Envelope) -> tuple[MessageStatus, datetime | None]:
-        """ebms-core's StatusResponse rules (research notes §4.5).
+        """ebms-core's StatusResponse rules (docs/msh.md, Statuses and events).
 
         :func:`~gateway.ebms.checks.check_message` has refused a StatusRequest
         without its ``eb:StatusRequest``; should one get here, nothing is asked about.
@@ -764,7 +764,7 @@ def correlate_acknowledgment(
 ) -> str:
     """An Acknowledgment for one of our messages: it is DELIVERED.
 
-    Research notes §4.3 step 6: the ack must refer to a message we sent under
+    ebMS 2.0 §6.5 and §6.4.1: the ack must refer to a message we sent under
     the same CPA to the party that acknowledges.  A second ack is ignored.
     ``verify`` (given the ack's bytes ``body``) may refuse it, e.g. a signed
     ack whose signature does not verify: then the message stays unsettled and

@@ -3,11 +3,11 @@
 The sending half of the MSH without the network.  :func:`send_message` is
 what the back-office APIs, the file drop and the CLI call: it resolves the
 route in the CPA, builds the envelope with exactly the header blocks the
-sender's channel demands (research notes §6.2 table), and stores the message
+sender's channel demands (CPPA 2.0 §8.4), and stores the message
 (CREATED) with its delivery task in one transaction.  The delivery worker
 takes it from there.  :func:`send_ping` does the same for a Ping.
 
-Reliable messaging (research notes §4.2): TimeToLive = Timestamp +
+Reliable messaging (ebMS 2.0 §6.5): TimeToLive = Timestamp +
 RetryInterval × (Retries + 1), as ebms-core sets it, and the task allows
 1 + Retries attempts, one RetryInterval apart.
 """

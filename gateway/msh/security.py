@@ -1,7 +1,7 @@
 """Message-level security of the MSH: sign and encrypt outbound, decrypt and verify inbound.
 
 The "-s" profiles sign every business message, the "-e" profiles sign it and
-then encrypt its payloads (research notes §2.1, §5.3, §5.4).  The order is
+then encrypt its payloads (Koppelvlakstandaard ebMS2; docs/security.md).  The order is
 ebms-core's: the signature covers the *plaintext* payloads, so the sender
 signs first and encrypts after, and the receiver decrypts first and verifies
 after.  The cryptography itself lives in :mod:`gateway.ebms.xmldsig` and
@@ -104,7 +104,7 @@ class MessageSecurity:
     trust: TrustStore | None = None
     legacy: bool = False
     c14n: str = C14N_EXCLUSIVE
-    """Sending choice; receivers accept both (research notes §10 Q2)."""
+    """Sending choice; receivers accept both (docs/security.md)."""
 
     @classmethod
     def load(
@@ -300,7 +300,7 @@ def _encrypt(
             )
         except EncryptionError as exc:
             raise SecurityUnavailable(f"cannot encrypt {part.content_id}: {exc}") from None
-        # Research notes §5.4: same Content-ID, Content-Type application/xml.
+        # docs/security.md: same Content-ID, Content-Type application/xml.
         out.append(replace(part, content_type=ENCRYPTED_CONTENT_TYPE, content=body))
     return out
 
@@ -340,7 +340,7 @@ def _decrypt(
     for part in payloads:
         location = f"cid:{part.content_id}"
         if not looks_encrypted(part.content_type, part.head(SNIFF_BYTES)):
-            # Research notes §5.4: a part that should be encrypted and is not.
+            # docs/security.md: a part that should be encrypted and is not.
             raise _failure("payload is not encrypted", location)
         if security is None or security.encryption_key is None:
             raise _failure("this gateway has no key to decrypt with", location)
@@ -436,7 +436,7 @@ class AckVerifier:
     """Decides whether an acknowledgment of one of our messages may settle it.
 
     Only messages that asked for a signed acknowledgment are checked (ebMS 2.0
-    §6.3.2.5, research notes §3.2): the ack's signature must verify with the
+    §6.3.2.5): the ack's signature must verify with the
     acking party's signing certificate from the CPA, that certificate must be
     trusted at the ack's Timestamp, and its ``ds:Reference`` elements must be
     those of the signature we sent.

@@ -2,7 +2,7 @@
 
 These are the queries behind ebms-core's ``getUnprocessedMessageIds``,
 ``processMessage``, ``getUnprocessedMessageEvents`` and ``processMessageEvent``
-(research notes anchors-ebms §1.13-§1.14), shared by the REST and SOAP APIs
+(docs/api.md), shared by the REST and SOAP APIs
 and the file drop.  Every function takes a
 :class:`~gateway.store.database.Cursor` and runs inside the caller's
 transaction.

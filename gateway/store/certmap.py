@@ -2,7 +2,7 @@
 
 A mapping replaces a certificate found in a CPA (the *source*) by another one (the
 *destination*), for every CPA or for one CPA.  It is ebms-core's certificate mapping
-(research notes anchors-ebms §1.9): when a partner renews a certificate before the CPA
+(docs/api.md): when a partner renews a certificate before the CPA
 is reissued, the operator maps the old certificate to the new one instead of editing
 the CPA.  A CPA-specific mapping wins over a global one; a certificate without a
 mapping stays what it is.

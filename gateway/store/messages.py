@@ -5,7 +5,7 @@ the caller's transaction.  That is how the gateway keeps its promise to
 persist before acting: a received message, its acknowledgment and the task
 that sends the acknowledgment are written in one transaction before anything
 is answered, and an outbound message is stored with its delivery task before
-the first attempt (research notes §4.2-§4.3).
+the first attempt (ebMS 2.0 §6.5 and §6.4.1).
 
 Delivery tasks are claimed with a lease.  On PostgreSQL the claim skips rows
 other nodes hold (``FOR UPDATE SKIP LOCKED``), so several nodes share one
@@ -314,7 +314,7 @@ def fingerprint(envelope: bytes, attachments: Iterable[AttachmentRecord]) -> str
     """SHA-256 over the envelope and every payload, in order.
 
     Tells a true duplicate (the sender's resend, same bytes) from a MessageId
-    reused for different content (research notes §4.3 step 2).
+    reused for different content (ebMS 2.0 §6.5 and §6.4.1).
     """
     digest = hashlib.sha256()
     digest.update(len(envelope).to_bytes(8, "big"))
