@@ -347,7 +347,7 @@ def test_best_effort_final_status_fails_without_another_attempt(harness) -> None
     ids=["connection-refused", "503"],
 )
 def test_best_effort_transport_failure_fails_without_retry(harness, answer: Answer) -> None:
-    """Koppelvlakstandaard ebMS2, osb-be: best effort gets one attempt; a retryable failure fails it."""
+    """osb-be (Koppelvlakstandaard ebMS2): one attempt; a retryable failure fails it."""
     h = harness(profile="osb-be")
     h.post.script = [answer]
     queued = h.send()
