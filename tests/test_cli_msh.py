@@ -159,6 +159,30 @@ def test_serve_process_checks_config_and_stops_gracefully(pki: Path, tmp_path: P
     assert "Traceback" not in log
 
 
+def test_a_demo_gateway_whose_admin_port_was_taken_starts_on_another(
+    pki: Path, tmp_path: Path
+) -> None:
+    """The demo picks its admin and API ports before the gateway binds them; when another
+    program takes one in between, the gateway is started again on new ports."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        gw = DemoGateway("node", "ggk-rinis-test", NODE_OIN, free_port(), tmp_path,
+                         admin_port=port, api_port=free_port())  # fmt: skip
+        gw.write_config(pki)
+        gw.start()
+        try:
+            gw.wait_listening()
+        finally:
+            code = gw.stop()
+    assert code == 0
+    assert gw.admin_port != port
+    assert f'listen = "127.0.0.1:{gw.admin_port}"' in gw.config.read_text()
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

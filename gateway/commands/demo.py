@@ -128,6 +128,8 @@ class DemoGateway:
     api_port: int = 0
     stuf: str = ""
     """The ``[stuf]`` section (TOML text)."""
+    pki: Path | None = None
+    """The example PKI the configuration points at (set by :meth:`write_config`)."""
 
     @property
     def config(self) -> Path:
@@ -142,6 +144,7 @@ class DemoGateway:
         return self.base / f"{self.label}.log"
 
     def write_config(self, pki: Path) -> None:
+        self.pki = pki
         party = (pki / self.slug).resolve()
         ca = (pki / "ca").resolve()
         self.config.write_text(
@@ -195,15 +198,48 @@ listen = "{f"127.0.0.1:{self.api_port}" if self.api_port else ""}"
         out.close()
 
     def wait_listening(self, timeout: float = 20.0) -> None:
+        """Wait until the ebMS listener accepts connections.
+
+        The admin and API ports are any free ports, picked before the gateway binds
+        them, so another program may take one in between.  Then the gateway exits
+        saying so, and it is started again on newly picked ports (up to three times).
+        """
         deadline = time.monotonic() + timeout
+        retries = 3
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"the {self.label} gateway exited; see {self.log}")
+                if retries and self._lost_a_side_port():
+                    retries -= 1
+                    self.start()
+                    continue
+                raise RuntimeError(
+                    f"the {self.label} gateway exited ({self._last_line()}); see {self.log}"
+                )
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
             time.sleep(0.05)
         raise RuntimeError(f"the {self.label} gateway did not start listening; see {self.log}")
+
+    def _last_line(self) -> str:
+        lines = self.log.read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "no output"
+
+    def _lost_a_side_port(self) -> bool:
+        """True (and new ports picked) when the start failed on the admin or API port."""
+        taken = [
+            port
+            for port in (self.admin_port, self.api_port)
+            if port and self.log_lines(f"cannot listen on 127.0.0.1:{port}:")
+        ]
+        if not taken or self.pki is None:
+            return False
+        if self.admin_port:
+            self.admin_port = _any_port()
+        if self.api_port:
+            self.api_port = _any_port()
+        self.write_config(self.pki)
+        return True
 
     def stop(self) -> int | None:
         if self.process is None or self.process.poll() is not None:
