@@ -8,6 +8,8 @@ generated with their real ports and imported into both stores.
 
 from __future__ import annotations
 
+import itertools
+import os
 import socket
 import subprocess
 import sys
@@ -267,11 +269,28 @@ class Pair:
         self.b.close()
 
 
+#: Each pytest-xdist worker hands out ports from its own block below the kernel's
+#: ephemeral range (32768 and up on Linux), so a port picked here is never picked by
+#: another worker nor given by the kernel to an outgoing connection before the test
+#: binds it.  Without a worker (one process) the first block serves.
+_PORT_BLOCK = 1500
+_PORT_BASE = 20000
+_next_port = itertools.count()
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now (for a receiver that is never up)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = _PORT_BASE + (int(worker) if worker.isdigit() else 0) % 8 * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = first + next(_next_port) % _PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + _PORT_BLOCK - 1}")
 
 
 def tls_toml(pki: Path, slug: str) -> str:
