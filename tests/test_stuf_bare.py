@@ -298,7 +298,7 @@ def test_jw325_is_a_di01_on_its_own_and_a_du01_answering_a_known_di01() -> None:
 
 
 def test_wmo325_follows_the_catalogue_like_jw325() -> None:
-    # No WMO325 sample in shared/standards: build one from the JW325 sample's header.
+    # No WMO325 sample in tests/fixtures/stuf: build one from the JW325 sample's header.
     wmo = message_type("WMO325")
     assert wmo is not None and wmo.envelopes == frozenset({"Di01", "Du01"})
     data = sample("ijw/3.2/JW325.xml").replace(

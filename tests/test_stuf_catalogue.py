@@ -1,4 +1,4 @@
-"""The message catalogue (research §2.3): codes, directions, header positions."""
+"""The message catalogue (docs/stuf.md): codes, directions, header positions."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from adapters.stuf.catalogue import (
 SAMPLES = Path(__file__).resolve().parent / "fixtures" / "stuf"
 PAYLOADS = sorted(p for p in SAMPLES.glob("*/*/*.xml"))
 
-RESEARCH_TYPES = [
+EXPECTED_TYPES = [
     *(f"{p}{n}" for p in ("WMO", "JW") for n in (301, 302, 305, 306, 307, 308, 315, 316)),
     *(f"{p}{n}" for p in ("WMO", "JW") for n in (317, 318, 319, 320, 323, 325)),
     *(f"{p}{n}" for p in ("WMO", "JW") for n in (303, 304)),
@@ -31,12 +31,12 @@ RESEARCH_TYPES = [
 ]
 
 
-def test_every_research_message_type_is_present() -> None:
-    assert set(RESEARCH_TYPES) <= set(CATALOGUE)
-    assert set(CATALOGUE) - set(RESEARCH_TYPES) == {"Dummy"}
+def test_every_expected_message_type_is_present() -> None:
+    assert set(EXPECTED_TYPES) <= set(CATALOGUE)
+    assert set(CATALOGUE) - set(EXPECTED_TYPES) == {"Dummy"}
 
 
-def test_berichtcodes_from_the_research_table() -> None:
+def test_berichtcodes_of_the_istandaarden() -> None:
     expected = {
         "WMO301": (414,), "JW301": (436,), "WMO302": (415,), "JW302": (437,),
         "WMO303": (416, 448), "JW303": (432, 450), "WMO304": (417, 449), "JW304": (433, 451),
@@ -60,7 +60,8 @@ def test_samples_agree_with_the_catalogue(path: Path) -> None:
     ns = etree.QName(root).namespace
     header = root.find(f"{{{ns}}}Header")
     assert int(header.findtext(f"{{{ns}}}BerichtCode")) in mt.berichtcodes
-    # The gemeentecode sits where the catalogue says, as 4 digits [research §1.4].
+    # The gemeentecode sits where the catalogue says, as 4 digits (LDT_Gemeente
+    # in the iStandaarden basisschema).
     assert mt.gemeente_element is not None
     code = header.findtext(f"{{{ns}}}{mt.gemeente_element}")
     assert code is not None and len(code) == 4 and code.isdigit()
@@ -80,7 +81,8 @@ def test_heen_retour_pairs_are_consistent() -> None:
 
 
 def test_declaratie_antwoord_takes_either_envelope() -> None:
-    # Open question [research §2.3, §5 q2]: both Di01 and Du01 accepted.
+    # Not settled by the specifications: both Di01 and Du01 accepted
+    # (docs/stuf.md, "Decisions").
     for name in ("WMO325", "JW325"):
         assert allowed(name, "Di01", Party.GEMEENTE) is None
         assert allowed(name, "Du01", Party.GEMEENTE) is None

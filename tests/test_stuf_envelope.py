@@ -1,4 +1,4 @@
-"""ggk0210 envelope wrap/unwrap and StUF Fo01 (research §1.3, §1.5, §1.6)."""
+"""ggk0210 envelope wrap/unwrap and StUF Fo01 [GGk21 §2.2, §3.1-§3.3]."""
 
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ def test_tekst_sample_keeps_bestandsnaam() -> None:
 
 
 def test_soap_sample_payload_is_the_wmo301_sample() -> None:
-    # research §1.5: the messagestub Di01 decodes to iwmo/2.3 WMO301 byte for byte.
+    # The messagestub Di01 (tests/fixtures/stuf/README.md) decodes to iwmo/2.3
+    # WMO301 byte for byte.
     soap = etree.parse(str(ENVELOPES / "soap-envelope-di01.xml")).getroot()
     ggk = soap.find(f".//{{{GGK_NS}}}envelopHeenbericht-ggk_Di01")
     env = unwrap(etree.tostring(ggk))

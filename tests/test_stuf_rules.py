@@ -1,4 +1,4 @@
-"""``check``: the research §3 rules in order, one code each (docs/stuf.md)."""
+"""``check``: the rules of docs/stuf.md in order, one code each."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 A back office hands the gateway the iStandaarden XML itself; the gateway reads
 what the envelope needs from the payload's ``Header`` and wraps it
-[GGk21 §3; research §1.5, §2.2-§2.3]:
+[GGk21 §2.2, §2.6, §3.2-§3.3; the ``Header`` of the iStandaarden XSDs in
+``wsdl/xsd/istandaarden``; :mod:`adapters.stuf.catalogue`]:
 
 * ``functie`` from the root namespace (``.../ijw/3_2/jw301/schema`` → JW301);
 * ``functieVersie``/``-Subversie`` from ``BerichtVersie``/``BerichtSubversie``,
@@ -156,7 +157,8 @@ def wrap_bare(
     """
     mt = bare.message_type
     cross = None if mt.heen else cross_ref(bare)
-    # WMO325/JW325 may go either way [research §2.3]: Du01 when it answers a known Di01.
+    # WMO325/JW325 may go either way (docs/stuf.md, "Decisions"): Du01 when it
+    # answers a known Di01.
     di01 = mt.heen or (cross is None and "Di01" in mt.envelopes)
     berichtcode = "Di01" if di01 else "Du01"
     # The gemeente sends 301/319/306/...; an aanbieder (or the CAK) the others.  The

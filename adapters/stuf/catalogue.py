@@ -1,9 +1,10 @@
 """The iWmo / iJw / iEb message types as data: who sends them, in which envelope.
 
-Source: research §2.3 (BerichtCode values from the XSD patterns and the Vektis
-list COD002), §2.5 (releases) and the header positions checked against every
-sample in ``shared/standards``.  Heen messages travel in a Di01, retour
-messages in a Du01 [GGk21 §2.2; research §1.6].
+Source: the iWmo/iJw releases and iEb 1.0 of the iStandaarden: each message
+XSD fixes its ``BerichtCode`` (codes from the Vektis list COD002, which the
+basisschema names), and the header positions were checked against every
+sample in ``tests/fixtures/stuf``.  Heen messages travel in a Di01, retour
+messages in a Du01 [GGk21 §2.2, §3.2-§3.3].
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Party(StrEnum):
     CBS = "cbs"
 
 
-#: Releases per family [research §2.5].  Only 2.3, 3.2 and iEb 1.0 have XSDs here.
+#: Releases per family (iStandaarden: 2.x until 2020, 3.x since 2021; iEb 1.0).
+#: Only 2.3, 3.2 and iEb 1.0 have XSDs here (``wsdl/xsd/istandaarden``).
 _R2 = ("2.0", "2.1", "2.3")
 _R3 = ("3.0", "3.1", "3.2")
 _ALL = _R2 + _R3
@@ -47,7 +49,8 @@ class MessageType:
 
     ``gemeente_element`` is the payload ``Header`` child that holds the CBS
     gemeentecode: retour headers copy the heen header, so the code stays where
-    the heen put it [research §1.4, §2.2]; 2.x 303/304 use ``Gemeente``.
+    the heen put it (e.g. ``Afzender`` is the gemeente in both JW301 and JW302,
+    ``wsdl/xsd/istandaarden/ijw/3.2``); 2.x 303/304 use ``Gemeente``.
     ``None`` for non-XML payloads.
     """
 
@@ -71,7 +74,7 @@ class MessageType:
 
 _DI = frozenset({"Di01"})
 _DU = frozenset({"Du01"})
-#: WMO325/JW325: Di01 or Du01 is open [research §2.3, §5 q2]; both accepted.
+#: WMO325/JW325: Di01 or Du01 is not settled; both accepted (docs/stuf.md, "Decisions").
 _BOTH = frozenset({"Di01", "Du01"})
 _G, _A, _C = Party.GEMEENTE, Party.AANBIEDER, Party.CAK
 _AFZ, _ONT = "Afzender", "Ontvanger"
@@ -99,7 +102,8 @@ _PAIRS: tuple[
     (323, (484,), (490,), _A, _DI, _ONT, _R3),
     (325, (485,), (491,), _G, _BOTH, _AFZ, _R3),
 )
-#: heen number -> its retour number [research §2.3 "answered by"].
+#: heen number -> its retour number (the iStandaarden pair each heen message with
+#: its retour; 325 is the declaratie-antwoord to 323).
 _ANSWER = {301: 302, 303: 304, 305: 306, 307: 308, 315: 316, 317: 318, 319: 320, 323: 325}
 _OTHER = {_G: _A, _A: _G}
 
@@ -124,7 +128,8 @@ def _build() -> dict[str, MessageType]:
                 answers=f"{prefix}{answers}" if answers else None,
             )
     # iEb: gemeente <-> CAK; the header has an Afzender (the gemeente, copied
-    # into the retour) and no Ontvanger [research §2.3; ieb/1.0 samples].
+    # into the retour) and no Ontvanger [``wsdl/xsd/istandaarden/ieb/1.0``; the
+    # samples in ``tests/fixtures/stuf/ieb/1.0``].
     for heen, retour, heen_code in (("WMO401", "WMO402", 470), ("WMO403", "WMO404", 472)):
         types[heen] = MessageType(
             heen, Standard.IEB, (heen_code,), _G, _C, _DI, _AFZ, _IEB, answered_by=retour
@@ -179,7 +184,8 @@ class PayloadId:
 
 
 # http://www.istandaarden.nl/{iwmo|ijw|ieb}/{3_2}/{wmo301}/schema, with the
-# 2.0/2.1 form ".../schema/2_0" [research §2.1].
+# 2.0/2.1 form ".../schema/2_0" (the targetNamespace of the iStandaarden XSDs;
+# iWmo 2.0/2.1 appended the release after ``schema``).
 _NS = re.compile(
     r"http://www\.istandaarden\.nl/(iwmo|ijw|ieb)/([0-9]+)_([0-9]+)/(wmo|jw)([0-9]{3})/schema"
     r"(?:/[0-9]+_[0-9]+)?"

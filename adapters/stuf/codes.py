@@ -1,7 +1,8 @@
 """Rejection codes and the :class:`Rejection` record shared by the StUF modules.
 
-The chain's Fo01 code lists are not stable (the 2018 list [FC18] and a 2025
-renumbering differ, research §1.6), so every rule carries the code of the list
+The chain's Fo01 code lists are not stable (the 2018 list [FC18] and the
+Inlichtingenbureau's renumbered list of 2025 differ; docs/stuf.md, "Decisions",
+code list), so every rule carries the code of the list
 the gateway was built against, and codes the chain has no word for are local
 (``GW…``).  A Foutcode is at most 7 characters [StUF stuf0301.xsd Foutcode].
 """
@@ -21,7 +22,8 @@ NOT_UUID4 = "IB009"
 #: ontvanger/applicatie is not ``GGk``, or the receiving organisation has the
 #: wrong shape for the message type [FC18 IB210; GGk21 §3 "vaste waarde GGk"].
 RECEIVER_UNKNOWN = "IB210"
-#: functie is not a message type this gateway knows [IB list 2025 IB004, research §1.6].
+#: functie is not a message type this gateway knows [Inlichtingenbureau list 2025,
+#: IB004; docs/stuf.md, "Decisions", code list].
 FUNCTIE_UNKNOWN = "IB004"
 #: berichtcode/functie combination not allowed for this sender [FC18 IB240].
 DIRECTION = "IB240"
@@ -38,11 +40,12 @@ DUPLICATE = "IB216"
 #: Payload cannot be read: not base64, BOM, not UTF-8, not well-formed, wrong
 #: bestand kind [GGk21 §2.2 "UTF-8 zonder BOM"].  Local code.
 PAYLOAD_UNREADABLE = "GW001"
-#: Payload root is not the message ``functie`` names [research §3 step 7].  Local code.
+#: Payload root is not the message ``functie`` names [GGk21 §3.2-§3.3 functie;
+#: docs/stuf.md rule 6a].  Local code.
 PAYLOAD_NOT_FUNCTIE = "GW002"
 #: BerichtVersie/-Subversie differ from functieVersie/-Subversie [GGk21 §3].  Local code.
 VERSION_MISMATCH = "GW003"
-#: Payload release not enabled for this exchange (research §2.5).  Local code.
+#: Payload release not enabled for this exchange (docs/stuf.md rule 6b).  Local code.
 RELEASE_NOT_ALLOWED = "GW004"
 #: No XSD for the payload's release and message in this gateway.  Local code.
 SCHEMA_UNAVAILABLE = "GW005"

@@ -2,7 +2,7 @@
 
 Plain functions without I/O: bytes in, dataclasses out.  The payload travels
 base64-encoded in ``parameters/bericht/xmlBestand`` (XML) or ``tekstBestand``
-with a ``bestandsnaam`` (other files) [GGk21 §3; research §1.3, §1.5]; its
+with a ``bestandsnaam`` (other files) [GGk21 §2.2, §2.7, §3.2-§3.3]; its
 bytes are kept exactly as given, so ``unwrap(wrap(e)).payload == e.payload``.
 """
 
@@ -21,7 +21,9 @@ from gateway.xmlsafe import UnsafeXmlError, parse_xml
 
 GGK_NS = "http://www.stufstandaarden.nl/koppelvlak/ggk0210"
 STUF_NS = "http://www.egem.nl/StUF/StUF0301"
-#: Older StUF-GGk envelope namespaces and their versions [research §1.2].
+#: Older StUF-GGk envelope namespaces and their versions [Specificaties GGk0310
+#: v2.1.03 and StUF-GGk0310 v2.0, VNG Realisatie 2016; the 2.1.03 sample
+#: ``tests/fixtures/stuf/envelopes/ggk0310-Di01.xml``].
 LEGACY_NS = {
     "http://www.stufstandaarden.nl/sectormodel/ggk/0210": "2.1.02/2.1.03 (ggk0310_21)",
     "http://www.egem.nl/StUF/sector/ggk/0310": "2.0/2.1.01 (ggk0310)",
@@ -216,7 +218,8 @@ def to_element(env: Envelope) -> etree._Element:
     ):
         etree.SubElement(params, _g(name)).text = value
     bericht = etree.SubElement(params, _g("bericht"))
-    # Base64 in one unbroken line, like the published samples [research §1.5].
+    # Base64 in one unbroken line, like the published samples
+    # (``tests/fixtures/stuf/envelopes``).
     encoded = base64.b64encode(env.payload).decode("ascii")
     if env.bestandsnaam is None:
         etree.SubElement(bericht, _g("xmlBestand")).text = encoded
@@ -305,7 +308,7 @@ def read_stuurgegevens(node: etree._Element) -> Stuurgegevens:
 
 def decode_base64(text: str) -> bytes:
     """Decode ``xs:base64Binary`` content, tolerating white space and line breaks."""
-    # XSD base64Binary allows whitespace anywhere [research §1.5]; anything
+    # XSD base64Binary allows whitespace [XML Schema Part 2 §3.2.16]; anything
     # else that is not the base64 alphabet is an error, never silently dropped.
     try:
         return base64.b64decode("".join(text.split()), validate=True)

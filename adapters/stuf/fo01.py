@@ -1,7 +1,7 @@
 """StUF ``Fo01Bericht``: the asynchronous functional error of the ISD chain.
 
 The only StUF error a gemeente receives, and the one it sends back when an
-incoming payload fails its XSD (``StUF055``) [GGk21 §2.3, §3.1; research §1.6].
+incoming payload fails its XSD (``StUF055``) [GGk21 §2.3, §3.1].
 ``crossRefnummer`` is the refused envelope's ``referentienummer``; ``detailsXML``
 carries the original envelope un-encoded "if possible" (no base64, no CDATA).
 """

@@ -1,4 +1,4 @@
-"""Content-layer checks on one ggk0210 envelope, in the order of research §3.
+"""Content-layer checks on one ggk0210 envelope, in the order of docs/stuf.md.
 
 ``check`` takes the envelope bytes as received (from the back office or from
 the node) and returns a :class:`Verdict`: the unwrapped envelope, the payload
@@ -133,7 +133,7 @@ def check(
     sender: str | None = None,
     seen: Callable[[str, str], bool] | None = None,
 ) -> Verdict:
-    """Run the research §3 checks on one envelope; never raises for bad input.
+    """Run the docs/stuf.md checks on one envelope; never raises for bad input.
 
     ``role`` says who hands it over (:class:`Role`); ``sender`` is the
     identity the transport authenticated, used for authorisation;
@@ -337,7 +337,7 @@ def _header_text(header: etree._Element | None, ns: str, name: str) -> str | Non
 
 def _versions(env: Envelope, header: etree._Element | None, ns: str, run: _Run) -> None:
     # functieVersie/-Subversie are the payload message's version, 4 digits
-    # ("0003"/"0002" for 3.2) [GGk21 §3; research §1.3].
+    # ("0003"/"0002" for 3.2) [GGk21 §2.6, §3.2-§3.3].
     p = env.parameters
     for element, envelope_value in (
         ("BerichtVersie", p.functie_versie),
@@ -362,7 +362,8 @@ def _gemeentecode(
 ) -> None:
     # The envelope's gemeente (zender when the gemeente sends, ontvanger when
     # it receives) must sit in the payload header position of this message
-    # type [research §1.4, §2.3; FC17 CC09].
+    # type [GGk21 §3.2-§3.3: organisatie is the CBS gemeentecode; FC17 CC09;
+    # positions in :mod:`adapters.stuf.catalogue`].
     assert mt.gemeente_element is not None
     in_payload = _header_text(header, ns, mt.gemeente_element)
     if in_payload != gemeente:

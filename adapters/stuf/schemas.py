@@ -1,7 +1,7 @@
 """XSD registry: the ggk0210 envelope, StUF Fo01 and the iStandaarden payloads.
 
-Schemas are copies in ``wsdl/xsd/stuf`` and ``wsdl/xsd/istandaarden`` (from
-``shared/standards``, see SOURCES.md there).  Each is a
+Schemas are copies in ``wsdl/xsd/stuf`` and ``wsdl/xsd/istandaarden`` (each
+folder's README.md names the public source).  Each is a
 :class:`gateway.xmlschemas.Schema`: compiled once under the process-wide lock
 (``dkgw serve`` compiles them all at its start) and shared.  Imports and
 includes resolve from those folders only: a ``schemaLocation`` pointing

@@ -300,9 +300,10 @@ def key_name(certificate: x509.Certificate) -> str:
     """The certificate's subject DN as Java's ``X500Name.toString()`` writes it.
 
     ebms-core puts ``getSubjectDN().getName()`` in ``ds:KeyName`` and its older
-    releases refuse a part whose KeyName is not exactly that string (research
-    notes §5.4): most specific RDN first, ``", "`` between RDNs, Java's
-    keywords (``SERIALNUMBER``, ``ST``, ``OID.2.5.4.97``) and Java's quoting.
+    releases refuse a part whose KeyName is not exactly that string
+    (``EbMSMessageEncrypter.setEncryptedData``): most specific RDN first,
+    ``", "`` between RDNs, Java's keywords (``SERIALNUMBER``, ``ST``,
+    ``OID.2.5.4.97``) and Java's quoting.
     """
     rdns: list[str] = []
     for rdn in reversed(certificate.subject.rdns):
@@ -882,9 +883,10 @@ def looks_encrypted(content_type: str | None, body_prefix: bytes) -> bool:
     """Whether a received part looks like an ``xenc:EncryptedData`` document.
 
     For the receiver of an "-e" profile: a payload that is not encrypted when
-    the CPA says it must be is a ``SecurityFailure`` at ``cid:<id>`` (research
-    notes §5.4).  ``content_type`` must be an XML media type and
-    ``body_prefix`` (the first :data:`SNIFF_BYTES` of the body, or all of it)
+    the CPA says it must be is a ``SecurityFailure`` at ``cid:<id>``, as in
+    ebms-core's ``EbMSMessageDecrypter`` (docs/security.md, "Receiving").
+    ``content_type`` must be an XML media type and ``body_prefix`` (the first
+    :data:`SNIFF_BYTES` of the body, or all of it)
     must start, after an XML declaration, comments and white space, with an
     ``EncryptedData`` element in the XML Encryption namespace.  This is a
     quick check; :func:`decrypt_part` is the real one.
