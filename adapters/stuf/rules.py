@@ -291,7 +291,7 @@ def _payload_rules(
         found = pid.functie if pid else f"{{{qname.namespace}}}{qname.localname}"
         raise run.stop(
             codes.PAYLOAD_NOT_FUNCTIE,
-            f"payload is {found}, functie says {sg.functie} [research §3 step 7]",
+            f"payload is {found}, functie says {sg.functie}",
             f"line {root.sourceline}, /{qname.localname}",
         )
     if not settings.release_allowed(pid.standard.value, pid.release):
