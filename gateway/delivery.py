@@ -39,10 +39,6 @@ from gateway.msh.attempt import (
     FINAL_SERVER_ERRORS,
     RETRYABLE_CLIENT_ERRORS,
     UNDELIVERABLE_CODE,
-    Answered,
-    AttemptResult,
-    MessageHead,
-    Unreached,
     classify,
     decide_attempt,
     decide_refusal,
@@ -50,6 +46,7 @@ from gateway.msh.attempt import (
     takes_sync_reply,
 )
 from gateway.msh.attempt_apply import apply_effects
+from gateway.msh.attempt_facts import Answered, AttemptResult, MessageHead, Unreached
 from gateway.msh.attempt_prepare import (
     Body,
     Outgoing,

@@ -19,6 +19,14 @@ import pytest
 from cpa.registry import CpaNotFound
 from gateway.msh.attempt import (
     UNDELIVERABLE_CODE,
+    classify,
+    decide_attempt,
+    decide_refusal,
+    nothing_to_send,
+    takes_sync_reply,
+)
+from gateway.msh.attempt_effects import FinishTask, RecordAttempt, RescheduleTask, SettleMessage
+from gateway.msh.attempt_facts import (
     Answered,
     AttemptResult,
     Claimed,
@@ -27,13 +35,7 @@ from gateway.msh.attempt import (
     NotSent,
     TaskFacts,
     Unreached,
-    classify,
-    decide_attempt,
-    decide_refusal,
-    nothing_to_send,
-    takes_sync_reply,
 )
-from gateway.msh.attempt_effects import FinishTask, RecordAttempt, RescheduleTask, SettleMessage
 from gateway.msh.attempt_prepare import Undeliverable, refusal_reason
 from gateway.store.messages import EventType, OutboundStatus, TaskOutcome
 

@@ -47,22 +47,26 @@ from gateway.msh.attempt_effects import (
     RescheduleTask,
     SettleMessage,
 )
+from gateway.msh.attempt_facts import (
+    Answered,
+    AttemptResult,
+    Claimed,
+    MessageFacts,
+    MessageHead,
+    NotSent,
+    TaskFacts,
+    Unreached,
+)
+
+# The state enums only: nothing here reads or writes the store.
 from gateway.store.messages import EventType, OutboundStatus, TaskOutcome
 
 __all__ = [
     "FINAL_SERVER_ERRORS",
     "RETRYABLE_CLIENT_ERRORS",
     "UNDELIVERABLE_CODE",
-    "Answered",
     "AttemptDecision",
-    "AttemptResult",
-    "Claimed",
-    "MessageFacts",
-    "MessageHead",
-    "NotSent",
     "Refusal",
-    "TaskFacts",
-    "Unreached",
     "classify",
     "decide_attempt",
     "decide_refusal",
@@ -88,109 +92,6 @@ def classify(status: int) -> TaskOutcome:
     if status in RETRYABLE_CLIENT_ERRORS or (status >= 500 and status not in FINAL_SERVER_ERRORS):
         return TaskOutcome.RETRY
     return TaskOutcome.FAILED
-
-
-# -- facts ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TaskFacts:
-    """A claimed delivery task, with the reliability parameters it was queued with."""
-
-    id: int
-    message_pk: int
-    url: str
-    """The CPA endpoint the task was queued for."""
-    attempt: int
-    """This attempt's number: the claim counted it."""
-    max_attempts: int
-    """1 + Retries for a reliable message; 1 for best effort and MSH signals."""
-    retry_interval: timedelta | None
-    expires_at: datetime | None
-    """The message's TimeToLive; None: no deadline."""
-
-    @property
-    def exhausted(self) -> bool:
-        """No attempt left: the claim only ends the final wait for an acknowledgment."""
-        return self.attempt > self.max_attempts
-
-
-@dataclass(frozen=True)
-class MessageFacts:
-    """The claimed task's message as the claim read it: ids for the log, its status."""
-
-    pk: int
-    message_id: str
-    status: str | None
-    """The status at the claim; None for an MSH signal."""
-    ack_requested: bool
-    """The stored envelope carries ``eb:AckRequested``; read for business messages only."""
-    cpa_id: str
-    from_party: str
-    to_party: str
-    service: str
-    action: str
-    correlation_id: str | None = None
-    ref_to_message_id: str | None = None
-
-    @property
-    def business(self) -> bool:
-        """A business message, not an MSH signal: it has a status to keep."""
-        return self.status is not None
-
-    @property
-    def reliable(self) -> bool:
-        """A business message that asks for an acknowledgment: 2xx alone does not deliver it."""
-        return self.business and self.ack_requested
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """One claimed task ready to go: what the attempt's decision is made about."""
-
-    task: TaskFacts
-    message: MessageFacts
-    url: str
-    """Where the attempt goes: the task's CPA endpoint after URL mapping."""
-    size: int
-    """Length of the body posted, for the log."""
-
-
-@dataclass(frozen=True)
-class MessageHead:
-    """What a refused task's message still tells: its id, CPA and status (None: a signal)."""
-
-    message_id: str
-    cpa_id: str
-    status: str | None
-
-
-@dataclass(frozen=True)
-class NotSent:
-    """Nothing was posted: the claim found the task over (EXPIRED) or settled (DONE)."""
-
-    outcome: TaskOutcome
-
-
-@dataclass(frozen=True)
-class Answered:
-    """The partner answered the POST with ``status``."""
-
-    status: int
-    failure: str | None = None
-    """One sentence for an answer that is not a 2xx ("HTTP 503 from partner"); None for 2xx."""
-
-
-@dataclass(frozen=True)
-class Unreached:
-    """The POST got no answer: connection refused, TLS failure, timeout."""
-
-    failure: str
-    """One plain sentence, never a repr (gateway.http.failures)."""
-
-
-AttemptResult = NotSent | Answered | Unreached
-"""How an attempt ended, before the store has a say."""
 
 
 def nothing_to_send(claimed: Claimed, now: datetime) -> NotSent | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+# The state enums only: nothing here reads or writes the store.
 from gateway.store.messages import EventType, OutboundStatus, TaskOutcome
 
 __all__ = [
