@@ -215,22 +215,21 @@ def decide_attempt(
         # transport failure fails the message, as in ebms-core.
         outcome = TaskOutcome.FAILED
 
+    # The task waits one retry interval, also after the last attempt (an
+    # acknowledgment may be on its way): it expires at its next claim with no
+    # attempt left.  Only a TimeToLive already passed ends it now; expiring as
+    # soon as the next attempt *would* fall after it would cut the final wait
+    # short by however long this attempt took.
     state = outcome
-    task_effect: AttemptEffect
-    if outcome is TaskOutcome.RETRY:
-        at = _next_attempt(now, task.retry_interval)
-        # The task waits one retry interval, also after the last attempt (an
-        # acknowledgment may be on its way): it expires at its next claim with
-        # no attempt left.  Only a TimeToLive already passed ends it now;
-        # expiring as soon as the next attempt *would* fall after it would cut
-        # the final wait short by however long this attempt took.
-        if task.expires_at is not None and now >= task.expires_at:
-            state = TaskOutcome.EXPIRED
+    if outcome is TaskOutcome.RETRY and task.expires_at is not None and now >= task.expires_at:
+        state = TaskOutcome.EXPIRED
     # An expiry without an error of its own keeps the last failure: "why did
     # this Ping expire" is answered by the attempt before it.
     keep = state is TaskOutcome.EXPIRED and error is None
     settle_error = last_error if keep else error
+    task_effect: AttemptEffect
     if state is TaskOutcome.RETRY:
+        at = _next_attempt(now, task.retry_interval)
         task_effect = RescheduleTask(task.id, node, at, error, now)
     else:
         task_effect = FinishTask(task.id, node, state, error, keep, now)
