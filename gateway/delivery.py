@@ -2,10 +2,12 @@
 
 ebMS 2.0 §6.5: a reliable message is resent, byte for byte, every
 RetryInterval until it is acknowledged, the attempts run out or its TimeToLive
-passes; a best-effort message gets one attempt.  HTTP 503, other 5xx (but 501,
-505 and 510), 408, 429 and connection errors are worth another attempt; any
-other status is final (ebms-core's defaults).  A MessageError with severity
-Error, in the response or later in its own POST, is final too.
+passes; a best-effort message gets one attempt.  What each claimed task and
+each attempt's outcome lead to is decided by pure functions
+(:mod:`gateway.msh.attempt`) and written by one executor
+(:mod:`gateway.msh.attempt_apply`); the claim-time preparation (the wire body,
+the pin, the URL mapping) is :mod:`gateway.msh.attempt_prepare`.  This module
+reads the facts, posts, and calls them.
 
 The worker owns no state: tasks live in the store and are claimed with a
 lease, so any number of nodes can run workers on one PostgreSQL store, and a
@@ -21,78 +23,84 @@ certificate pin stays the one the CPA names for the CPA endpoint.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import IO, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from cryptography import x509
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from cpa.registry import CpaNotFound
-from gateway.ebms.envelope import MAX_ENVELOPE_BYTES
-from gateway.ebms.mime import OutgoingPart, build_swa, parse_content_type
-from gateway.ebms.model import EB_NS, SOAP_NS
 from gateway.http.failures import describe_failure, describe_http
 from gateway.logfmt import log_event
+from gateway.msh.attempt import (
+    FINAL_SERVER_ERRORS,
+    RETRYABLE_CLIENT_ERRORS,
+    UNDELIVERABLE_CODE,
+    classify,
+    decide_attempt,
+    decide_refusal,
+    nothing_to_send,
+    takes_sync_reply,
+)
+from gateway.msh.attempt_apply import apply_effects
+from gateway.msh.attempt_facts import Answered, AttemptResult, MessageHead, Unreached
+from gateway.msh.attempt_prepare import (
+    Body,
+    Outgoing,
+    Pin,
+    PinLookup,
+    Undeliverable,
+    asks_for_ack,
+    close_body,
+    prepare,
+    refusal_reason,
+    task_facts,
+    wire_body,
+)
 from gateway.msh.inbound import AckCheck, accept_sync_reply
+from gateway.store.attempts import message_head
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
-    EventType,
-    OutboundStatus,
-    StoredMessage,
     Task,
     TaskOutcome,
-    add_event,
     claim_due_tasks,
-    finish_attempt,
     last_task_error,
-    load_attachments,
-    message_by_pk,
     release_node_leases,
-    set_status,
     unclaim_task,
 )
 from gateway.store.timeutil import utcnow
-from gateway.store.urlmap import check_url, resolve_url
-from gateway.xmlsafe import parse_xml
+
+__all__ = [
+    "FINAL_SERVER_ERRORS",
+    "MAX_REPLY_BYTES",
+    "RETRYABLE_CLIENT_ERRORS",
+    "UNDELIVERABLE_CODE",
+    "Body",
+    "DeliveryWorker",
+    "HttpResult",
+    "Outgoing",
+    "Pin",
+    "PinLookup",
+    "Poster",
+    "Undeliverable",
+    "asks_for_ack",
+    "classify",
+    "close_body",
+    "refusal_reason",
+    "wire_body",
+]
 
 log = logging.getLogger("dkgw.delivery")
 
 T = TypeVar("T")
 
-#: ebms-core's http.errors defaults: 5xx are worth retrying except these.
-FINAL_SERVER_ERRORS = frozenset({501, 505, 510})
-RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
 #: Pauses before recording an attempt again when the store refused it.
 STORE_RETRY_PAUSES = (0.1, 0.5, 2.0)
 #: A synchronous reply is one signal; anything bigger is not an ebMS answer.
 MAX_REPLY_BYTES = 1024 * 1024
-#: The error code of the event for a message that cannot be sent at all: ebMS 2.0
-#: §4.2.3.4.1 DeliveryFailure, the code a receiving MSH would use for the same.
-UNDELIVERABLE_CODE = "DeliveryFailure"
-
-
-class Undeliverable(Exception):
-    """A task that can never be sent as it stands; the text is the reason, one sentence."""
-
-
-def refusal_reason(exc: Exception) -> str:
-    """The plain sentence stored for a task that could not be prepared because of ``exc``.
-
-    Never the message's content: exception texts of our own making only.
-    """
-    if isinstance(exc, Undeliverable):
-        return str(exc)
-    if isinstance(exc, CpaNotFound):
-        return f"The CPA of this message no longer exists ({exc})."
-    if isinstance(exc, LookupError):
-        return f"The stored message is inconsistent: {exc}."
-    return f"The message could not be prepared for sending ({type(exc).__name__})."
 
 
 @dataclass(frozen=True)
@@ -102,13 +110,6 @@ class HttpResult:
     status: int
     content_type: str
     body: bytes
-
-
-Pin = x509.Certificate | tuple[x509.Certificate, ...] | None
-"""The partner's server certificate, or several during a rollover; None: no pin."""
-
-Body = bytes | IO[bytes]
-"""What is POSTed: bytes, or for a large message a file positioned at its start."""
 
 
 class Poster(Protocol):
@@ -122,117 +123,7 @@ class Poster(Protocol):
     ) -> Deferred[HttpResult]: ...
 
 
-#: The partner's server certificate for a message and URL, looked up in the
-#: claim's transaction (the CPA registry reads the store).
-PinLookup = Callable[[Cursor, StoredMessage, str], Pin]
-
-
 RunInThread = Callable[..., Deferred[Any]]
-
-
-def classify(status: int) -> TaskOutcome:
-    """DONE for 2xx, RETRY for transient failures, FAILED for the rest."""
-    if 200 <= status < 300:
-        return TaskOutcome.DONE
-    if status in RETRYABLE_CLIENT_ERRORS or (status >= 500 and status not in FINAL_SERVER_ERRORS):
-        return TaskOutcome.RETRY
-    return TaskOutcome.FAILED
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """A claimed task with what to send."""
-
-    task: Task
-    message: StoredMessage
-    content_type: str
-    body: Body
-    pin: Pin = None
-    reliable: bool = False
-    """The message asks for an acknowledgment: 2xx alone does not deliver it."""
-    size: int = 0
-    """Length of the body; a file body is closed once sent, so it is measured at the claim."""
-    url: str | None = None
-    """The URL posted to, the task's CPA endpoint after URL mapping; None: the task's."""
-
-    @property
-    def post_url(self) -> str:
-        """Where this attempt goes: the mapped URL, else the CPA endpoint of the task."""
-        return self.url if self.url is not None else self.task.url
-
-    @property
-    def is_business(self) -> bool:
-        """A business message, not an MSH signal: it has a status to keep."""
-        return self.message.status is not None
-
-
-_ACK_REQUESTED = f"{{{SOAP_NS}}}Header/{{{EB_NS}}}AckRequested"
-
-
-def asks_for_ack(envelope: bytes) -> bool:
-    """Whether a stored envelope (one we built) carries ``eb:AckRequested``.
-
-    Read once per claim; our own envelopes need no schema validation.
-    """
-    return (
-        parse_xml(envelope, max_bytes=MAX_ENVELOPE_BYTES).getroot().find(_ACK_REQUESTED) is not None
-    )
-
-
-def wire_body(message: StoredMessage, cur: Cursor) -> tuple[str, Body]:
-    """The exact bytes to POST: the stored envelope, with its payloads if any.
-
-    The boundary and start part id are kept in the stored Content-Type, so every
-    resend repeats the first attempt byte for byte (ebMS 2.0 §6.5.3).  A body
-    with a payload stored in chunks is written to a temporary file, positioned
-    at the start, instead of memory; the caller closes it (:func:`close_body`).
-    """
-    if not message.content_type.lower().startswith("multipart/"):
-        return message.content_type, message.envelope
-    _, params = parse_content_type(message.content_type)
-    attachments = load_attachments(cur, message.pk)
-    try:
-        parts = [
-            OutgoingPart(
-                a.content_id,
-                a.content_type,
-                a.content if isinstance(a.content, bytes) else a.open(),
-                a.filename,
-            )
-            for a in attachments
-        ]
-        start = params["start"].strip("<>")
-        content_type, chunks, _ = build_swa(
-            message.envelope, parts, boundary=params["boundary"], start_cid=start
-        )
-        if all(isinstance(a.content, bytes) for a in attachments):
-            return content_type, b"".join(chunks)
-        spool = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller, who closes it
-        try:
-            for chunk in chunks:
-                spool.write(chunk)
-            spool.seek(0)
-        except BaseException:
-            spool.close()
-            raise
-        return content_type, spool
-    finally:
-        for a in attachments:
-            a.close()
-
-
-def _file_size(body: IO[bytes]) -> int:
-    """Bytes from the current position to the end, leaving the position alone."""
-    here = body.tell()
-    end = body.seek(0, 2)
-    body.seek(here)
-    return end - here
-
-
-def close_body(body: Body) -> None:
-    """Release a body :func:`wire_body` spooled to a file; bytes need nothing."""
-    if not isinstance(body, bytes):
-        body.close()
 
 
 class DeliveryWorker:
@@ -413,56 +304,15 @@ class DeliveryWorker:
 
     def _prepare(self, cur: Cursor, t: Task) -> Outgoing:
         """What to send for one claimed task; raises when it cannot be sent."""
-        message = message_by_pk(cur, t.message_pk)
-        content_type, body = wire_body(message, cur)
-        try:
-            # The pin is looked up by the CPA endpoint, not the mapped URL: the
-            # partner we must reach is the CPA's, whichever way we go to it.
-            pin = self.pin_lookup(cur, message, t.url) if self.pin_lookup else None
-            url = resolve_url(cur, t.url)
-            if url != t.url:
-                try:
-                    check_url(url, "mapped")
-                except (TypeError, ValueError) as exc:
-                    raise Undeliverable(f"The URL mapping for {t.url} is invalid: {exc}.") from None
-            reliable = message.status is not None and asks_for_ack(message.envelope)
-            size = len(body) if isinstance(body, bytes) else _file_size(body)
-        except BaseException:
-            close_body(body)
-            raise
-        return Outgoing(t, message, content_type, body, pin, reliable, size, url)
+        return prepare(cur, t, self.pin_lookup)
 
     def _refuse(self, cur: Cursor, t: Task, reason: str, now: datetime) -> dict[str, str]:
         """End a task that cannot be sent: FAILED with ``reason``, its message too."""
-        finish_attempt(
-            cur, t, TaskOutcome.FAILED, node=self.node_id, started_at=now, now=now, error=reason
-        )
-        row = cur.execute(
-            "SELECT message_id, cpa_id, status FROM ebms_message WHERE id = ?", (t.message_pk,)
-        ).fetchone()
-        fields = {"event": "delivery", "task": str(t.id), "outcome": "failed", "error": reason}
-        if row is None:
-            return fields
-        message_id, cpa_id, status = row
-        fields.update(message_id=str(message_id), cpa_id=str(cpa_id))
-        if status is not None and set_status(
-            cur,
-            t.message_pk,
-            OutboundStatus.DELIVERY_FAILED.value,
-            now=now,
-            reason=reason,
-            only_from=(OutboundStatus.CREATED.value,),
-        ):
-            add_event(
-                cur,
-                t.message_pk,
-                str(message_id),
-                EventType.FAILED,
-                now=now,
-                error_code=UNDELIVERABLE_CODE,
-                error_text=reason,
-            )
-        return fields
+        row = message_head(cur, t.message_pk)
+        head = MessageHead(*row) if row is not None else None
+        refusal = decide_refusal(task_facts(t), head, reason, node=self.node_id, now=now)
+        apply_effects(cur, refusal.effects)
+        return refusal.log_fields
 
     async def _deliver(self, outgoing: Outgoing) -> None:
         try:
@@ -471,34 +321,24 @@ class DeliveryWorker:
             close_body(outgoing.body)
 
     async def _attempt(self, outgoing: Outgoing) -> None:
-        claimed, message = outgoing.task, outgoing.message
         started = self.clock()
-        expired = claimed.exhausted or (
-            claimed.expires_at is not None and started > claimed.expires_at
-        )
-        if expired or (outgoing.is_business and message.status != OutboundStatus.CREATED):
-            # Nothing to send: the final wait is over, or an acknowledgment or
-            # error settled the message while the task waited.
-            outcome = TaskOutcome.EXPIRED if expired else TaskOutcome.DONE
-            fields = await self._record(outgoing, outcome, started, None, None, None)
-            self._report(fields)
-            return
-        headers = {"Content-Type": outgoing.content_type, "SOAPAction": '"ebXML"'}
-        result: HttpResult | None = None
-        try:
-            result = await self.post(outgoing.post_url, headers, outgoing.body, outgoing.pin)
-        except Exception as exc:  # connection refused, TLS failure, timeout
-            # Stored, logged and shown as one plain sentence, never a repr.
-            outcome, status = TaskOutcome.RETRY, None
-            error: str | None = describe_failure(exc, outgoing.post_url)
-        else:
-            outcome, status = classify(result.status), result.status
-            error = (
-                None
-                if outcome is TaskOutcome.DONE
-                else describe_http(result.status, result.content_type, result.body)
-            )
-        fields = await self._record(outgoing, outcome, started, status, error, result)
+        result: AttemptResult | None = nothing_to_send(outgoing.claimed, started)
+        answer: HttpResult | None = None
+        if result is None:
+            headers = {"Content-Type": outgoing.content_type, "SOAPAction": '"ebXML"'}
+            try:
+                answer = await self.post(outgoing.post_url, headers, outgoing.body, outgoing.pin)
+            except Exception as exc:  # connection refused, TLS failure, timeout
+                # Stored, logged and shown as one plain sentence, never a repr.
+                result = Unreached(describe_failure(exc, outgoing.post_url))
+            else:
+                result = Answered(
+                    answer.status,
+                    None
+                    if classify(answer.status) is TaskOutcome.DONE
+                    else describe_http(answer.status, answer.content_type, answer.body),
+                )
+        fields = await self._record(outgoing, result, started, answer)
         self._report(fields)
 
     async def _record(self, outgoing: Outgoing, *args: Any) -> dict[str, str]:
@@ -540,130 +380,34 @@ class DeliveryWorker:
     def _finish(
         self,
         outgoing: Outgoing,
-        outcome: TaskOutcome,
+        result: AttemptResult,
         started: datetime,
-        status: int | None,
-        error: str | None,
-        result: HttpResult | None,
+        answer: HttpResult | None,
     ) -> dict[str, str]:
-        """Record the attempt and its consequences in one transaction; returns log fields."""
+        """Record the attempt and its consequences in one transaction; returns log fields.
+
+        Read (the synchronous reply taken in, the task's last failure), decide
+        (:func:`~gateway.msh.attempt.decide_attempt`), apply.
+        """
         now = self.clock()
-        message = outgoing.message
-        awaiting_ack = False
         with self.db.transaction() as cur:
             reply = None
-            if result is not None and result.body and outcome is TaskOutcome.DONE:
+            if answer is not None and answer.body and takes_sync_reply(result):
                 reply = accept_sync_reply(
                     cur,
-                    result.body[:MAX_REPLY_BYTES],
-                    result.content_type,
+                    answer.body[:MAX_REPLY_BYTES],
+                    answer.content_type,
                     now=now,
                     verify_ack=self.verify_ack,
                 )
-            if reply == "delivery-failed":
-                # A synchronous MessageError settled the message already.
-                outcome = TaskOutcome.FAILED
-            elif (
-                outcome is TaskOutcome.DONE
-                and outgoing.is_business
-                and outgoing.reliable
-                and reply != "delivered"
-            ):
-                # Transport accepted; the acknowledgment comes in its own POST.
-                # Wait for it until the next attempt is due (ebMS 2.0 §6.5).
-                outcome = TaskOutcome.RETRY
-                awaiting_ack = True
-            elif outcome is TaskOutcome.RETRY and outgoing.is_business and not outgoing.reliable:
-                # Best effort has no retries (Koppelvlakstandaard ebMS2, osb-be): a
-                # transport failure fails the message, as in ebms-core.
-                outcome = TaskOutcome.FAILED
-            effective = finish_attempt(
-                cur,
-                outgoing.task,
-                outcome,
+            decision = decide_attempt(
+                outgoing.claimed,
+                result,
+                reply=reply,
+                last_error=last_task_error(cur, outgoing.task.id),
                 node=self.node_id,
-                started_at=started,
+                started=started,
                 now=now,
-                http_status=status,
-                error=error,
-                url=outgoing.post_url,
             )
-            if effective is TaskOutcome.EXPIRED and error is None:
-                # Expired after failed attempts: the last failure says why.
-                error = last_task_error(cur, outgoing.task.id)
-            if outgoing.is_business and effective is not None:
-                self._settle(cur, message, effective, now, error)
-        if effective is None and reply in ("delivered", "delivery-failed"):
-            # The synchronous reply's correlation ended the task itself.
-            effective = outcome
-        fields = _fields(message, outgoing.task, status, effective, reply, outgoing.post_url)
-        if awaiting_ack and effective is TaskOutcome.RETRY:
-            fields["outcome"] = "sent-awaiting-ack"
-        fields["size"] = str(outgoing.size)
-        fields["ms"] = f"{(now - started).total_seconds() * 1000:.1f}"
-        if error:
-            fields["error"] = error
-        return fields
-
-    @staticmethod
-    def _settle(
-        cur: Cursor, message: StoredMessage, outcome: TaskOutcome, now: datetime, error: str | None
-    ) -> None:
-        created = (OutboundStatus.CREATED.value,)
-        if outcome is TaskOutcome.DONE:
-            # Best effort: a 2xx is delivery.  Reliable: the ack already did it.
-            if set_status(
-                cur, message.pk, OutboundStatus.DELIVERED.value, now=now, only_from=created
-            ):
-                add_event(cur, message.pk, message.message_id, EventType.DELIVERED, now=now)
-        elif outcome is TaskOutcome.FAILED:
-            if set_status(
-                cur,
-                message.pk,
-                OutboundStatus.DELIVERY_FAILED.value,
-                now=now,
-                reason=error,
-                only_from=created,
-            ):
-                add_event(
-                    cur, message.pk, message.message_id, EventType.FAILED, now=now, error_text=error
-                )
-        elif outcome is TaskOutcome.EXPIRED and set_status(
-            cur, message.pk, OutboundStatus.EXPIRED.value, now=now, reason=error, only_from=created
-        ):
-            add_event(
-                cur, message.pk, message.message_id, EventType.EXPIRED, now=now, error_text=error
-            )
-
-
-def _fields(
-    message: StoredMessage,
-    claimed: Task,
-    status: int | None,
-    outcome: TaskOutcome | None,
-    reply: str | None,
-    url: str,
-) -> dict[str, str]:
-    """What one attempt is logged with: ids, parties, service/action, outcome; never content.
-
-    ``url`` is where the attempt went; the CPA endpoint follows as ``cpa_url`` when a
-    URL mapping replaced it, so the log shows both sides of the mapping.
-    """
-    fields: dict[str, object | None] = {
-        "event": "delivery",
-        "message_id": message.message_id,
-        "correlation_id": message.correlation_id,
-        "ref_to": message.ref_to_message_id,
-        "cpa_id": message.cpa_id,
-        "from": message.from_party,
-        "to": message.to_party,
-        "service": message.service,
-        "action": message.action,
-        "attempt": claimed.attempts,
-        "url": url,
-        "cpa_url": claimed.url if url != claimed.url else None,
-        "http_status": status,
-        "outcome": outcome.value if outcome else "superseded",
-        "reply": reply,
-    }
-    return {k: str(v) for k, v in fields.items() if v is not None}
+            moved = apply_effects(cur, decision.effects)
+        return decision.log_fields(moved)
