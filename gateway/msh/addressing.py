@@ -5,7 +5,7 @@ message its own way: a service as ``type:value`` or as a value, a party by
 ``type:value`` or not at all, roles given or left to the CPA.  These plain
 functions turn what a door gives (an :class:`Addressing`) and the CPA (read
 by the caller) into one :class:`SendRoute`, or refuse with a
-:class:`SendError` whose :class:`Reason` each door maps to its own answer (an
+:class:`SendError` whose :class:`Refusal` each door maps to its own answer (an
 HTTP status, a SOAP fault, a StUF Fo01, a CLI exit).
 
 What a door gives as a string is the client's spelling and is checked
@@ -28,7 +28,7 @@ from cpa.resolve import ResolutionError, Route, resolve
 
 __all__ = [
     "Addressing",
-    "Reason",
+    "Refusal",
     "SendError",
     "SendRoute",
     "resolve_send",
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-class Reason(Enum):
+class Refusal(Enum):
     """Why a message cannot be sent: what a front door maps to its own refusal."""
 
     NO_CPA = "no-cpa"  # the CPA is not stored
@@ -60,7 +60,7 @@ class Reason(Enum):
 class SendError(ValueError):
     """The message cannot be sent under this CPA; ``str()`` says why.
 
-    ``reason`` says which check refused; ``cpa_id``, ``party`` (as the door
+    ``refusal`` says which check refused; ``cpa_id``, ``party`` (as the door
     spelled it), ``sends`` (the sending side or not), ``service`` (its
     ``type:value``) and ``action`` are the subjects a door may word its own
     answer from.
@@ -69,7 +69,7 @@ class SendError(ValueError):
     def __init__(
         self,
         text: str,
-        reason: Reason = Reason.NOT_ALLOWED,
+        refusal: Refusal = Refusal.NOT_ALLOWED,
         *,
         cpa_id: str | None = None,
         party: str | None = None,
@@ -78,7 +78,7 @@ class SendError(ValueError):
         action: str | None = None,
     ) -> None:
         super().__init__(text)
-        self.reason = reason
+        self.refusal = refusal
         self.cpa_id = cpa_id
         self.party = party
         self.sends = sends
@@ -149,7 +149,7 @@ def resolve_send(cpa: Cpa, addressing: Addressing, now: datetime, *, duplicate: 
         if from_role is None:
             raise SendError(
                 f"party {_spelling(a.from_party, from_id)} cannot send {skey} {a.action}",
-                Reason.CANNOT_SEND,
+                Refusal.CANNOT_SEND,
                 cpa_id=cpa.cpa_id,
                 party=_spelling(a.from_party, from_id),
                 service=skey,
@@ -159,7 +159,7 @@ def resolve_send(cpa: Cpa, addressing: Addressing, now: datetime, *, duplicate: 
         if from_info is None:  # a sender the CPA does not know has no other party
             raise SendError(
                 f"CPA {cpa.cpa_id} has no party {from_id.key()!r}",
-                Reason.NO_PARTY,
+                Refusal.NO_PARTY,
                 cpa_id=cpa.cpa_id,
                 party=from_id.key(),
             )
@@ -174,7 +174,7 @@ def resolve_send(cpa: Cpa, addressing: Addressing, now: datetime, *, duplicate: 
         if to_role is None:
             raise SendError(
                 f"party {to_id.key()} cannot receive {skey} {a.action}",
-                Reason.CANNOT_RECEIVE,
+                Refusal.CANNOT_RECEIVE,
                 cpa_id=cpa.cpa_id,
                 party=to_id.key(),
                 sends=False,
@@ -182,10 +182,10 @@ def resolve_send(cpa: Cpa, addressing: Addressing, now: datetime, *, duplicate: 
                 action=a.action,
             )
     if duplicate:
-        raise SendError(f"message {a.message_id} already exists", Reason.DUPLICATE)
+        raise SendError(f"message {a.message_id} already exists", Refusal.DUPLICATE)
     if not cpa.in_force(now):
         raise SendError(
-            f"CPA {cpa.cpa_id} is not in force now", Reason.NOT_IN_FORCE, cpa_id=cpa.cpa_id
+            f"CPA {cpa.cpa_id} is not in force now", Refusal.NOT_IN_FORCE, cpa_id=cpa.cpa_id
         )
     route = _route(cpa, from_id, from_role, to_id, to_role, service, a.action)
     return SendRoute(cpa.cpa_id, from_id, from_role, to_id, to_role, service, a.action, route)
@@ -215,7 +215,7 @@ def _service(cpa: Cpa, value: str | Service | None) -> Service:
     if service is None:
         raise SendError(
             f"CPA {cpa.cpa_id} has no service {value!r}",
-            Reason.NO_SERVICE,
+            Refusal.NO_SERVICE,
             cpa_id=cpa.cpa_id,
             service=value,
         )
@@ -231,7 +231,7 @@ def _sender(cpa: Cpa, a: Addressing, service: Service) -> tuple[PartyId, PartyIn
     if not senders:
         raise SendError(
             f"CPA {cpa.cpa_id} lets no party send {a.action}",
-            Reason.NO_SENDER,
+            Refusal.NO_SENDER,
             cpa_id=cpa.cpa_id,
             action=a.action,
         )
@@ -247,13 +247,13 @@ def _party(cpa: Cpa, value: str | PartyId | None, what: str) -> tuple[PartyId, P
         pid = parse_party(value)
     except ValueError as exc:
         raise SendError(
-            f"{what}: {exc}", Reason.BAD_PARTY, party=value, sends=what == "fromPartyId"
+            f"{what}: {exc}", Refusal.BAD_PARTY, party=value, sends=what == "fromPartyId"
         ) from None
     info = cpa.party_by_ids((pid,))
     if info is None:
         raise SendError(
             f"CPA {cpa.cpa_id} has no party {value!r}",
-            Reason.NO_PARTY,
+            Refusal.NO_PARTY,
             cpa_id=cpa.cpa_id,
             party=value,
             sends=what == "fromPartyId",
@@ -288,13 +288,13 @@ def _route(
     except ResolutionError as exc:
         raise SendError(
             f"not allowed by CPA {cpa.cpa_id}: {exc.location} {exc.description}",
-            Reason.NOT_ALLOWED,
+            Refusal.NOT_ALLOWED,
             cpa_id=cpa.cpa_id,
         ) from None
     if route.endpoint is None:  # refuse before anything is stored
         raise SendError(
             f"the CPA gives {route.to_party.party_name!r} no endpoint",
-            Reason.NO_ENDPOINT,
+            Refusal.NO_ENDPOINT,
             cpa_id=cpa.cpa_id,
         )
     return route

@@ -20,7 +20,7 @@ from typing import Any
 from cpa.model import PartyId, parse_party
 from gateway.ebms.envelope import Envelope, build_envelope
 from gateway.ebms.model import MessageHeader
-from gateway.msh.addressing import Reason, SendError, SendRoute
+from gateway.msh.addressing import Refusal, SendError, SendRoute
 from gateway.msh.plan import (
     OutboundPlan,
     Payload,
@@ -85,7 +85,7 @@ def queue_message(
             cur, route.route, build_envelope(plan.envelope), plan.parts, security, now=now
         )
     except SecurityUnavailable as exc:
-        raise SendError(str(exc), Reason.INSECURE, cpa_id=route.cpa_id) from None
+        raise SendError(str(exc), Refusal.INSECURE, cpa_id=route.cpa_id) from None
     return apply_plan(cur, plan, wire, parts, now)
 
 

@@ -7,7 +7,7 @@ first use of an idempotency key, the answer to a request), lets a plain
 function decide (:mod:`gateway.msh.addressing`, :mod:`gateway.msh.plan`,
 :mod:`gateway.msh.answers`) and applies the decision in one transaction
 (:mod:`gateway.msh.outbound`).  Refusals are :class:`SendError` with a
-:class:`Reason`; each front door words and maps them its own way (an HTTP
+:class:`Refusal`; each front door words and maps them its own way (an HTTP
 status, a SOAP fault, a StUF Fo01 code, a CLI exit).
 
 The functions over a cursor (:func:`queue`, :func:`queue_ping`,
@@ -30,7 +30,7 @@ from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.ebms.envelope import EnvelopeError, parse_envelope
 from gateway.ebms.model import StatusResponse
 from gateway.ebms.signals import ping, status_request
-from gateway.msh.addressing import Addressing, Reason, SendError, resolve_send, resolve_signal
+from gateway.msh.addressing import Addressing, Refusal, SendError, resolve_send, resolve_signal
 from gateway.msh.answers import Answer, AnswerFacts, Outcome, Replay, next_delay, replay, verdict
 from gateway.msh.outbound import Queued, queue_message, queue_signal
 from gateway.msh.plan import Payload
@@ -56,7 +56,7 @@ __all__ = [
     "Outcome",
     "Payload",
     "Queued",
-    "Reason",
+    "Refusal",
     "Resent",
     "SendError",
     "Sent",
@@ -76,11 +76,11 @@ T = TypeVar("T")
 
 
 def read_cpa(cur: Cursor, registry: CpaRegistry, cpa_id: str) -> Cpa:
-    """The stored CPA; :class:`SendError` (:attr:`Reason.NO_CPA`) if there is none."""
+    """The stored CPA; :class:`SendError` (:attr:`Refusal.NO_CPA`) if there is none."""
     try:
         return registry.get_cpa(cpa_id, cur)
     except CpaNotFound as exc:
-        raise SendError(str(exc), Reason.NO_CPA, cpa_id=cpa_id) from None
+        raise SendError(str(exc), Refusal.NO_CPA, cpa_id=cpa_id) from None
 
 
 def queue(
@@ -204,6 +204,7 @@ class Sent:
 
     answer: str
     queued: Queued | None  # None when the first answer was given again
+    replayed: str | None = None  # then: the MessageId the first request stored
 
 
 @dataclass(frozen=True)
@@ -271,8 +272,8 @@ class MshService:
         The key is ``idempotency_key``, else the client-chosen ``message_id``:
         a retry of the same request (same ``digest``) gets the first answer,
         another request under an Idempotency-Key is refused
-        (:attr:`Reason.KEY_REUSED`), under a MessageId it is the duplicate it
-        is (:attr:`Reason.DUPLICATE`).  Without either key ``work`` just runs.
+        (:attr:`Refusal.KEY_REUSED`), under a MessageId it is the duplicate it
+        is (:attr:`Refusal.DUPLICATE`).  Without either key ``work`` just runs.
         """
         key = idempotency_key
         if key is None and message_id:
@@ -290,15 +291,15 @@ class MshService:
             return queued.message_id, queued.message_id
 
         try:
-            answer, _ = self.once(user, key, "sendMessage", digest, once_work)
+            answer, replayed = self.once(user, key, "sendMessage", digest, once_work)
         except SendError as exc:
-            if exc.reason is not Reason.KEY_REUSED or key == idempotency_key:
+            if exc.refusal is not Refusal.KEY_REUSED or key == idempotency_key:
                 raise
             # The client's own MessageId with another request: the duplicate it is.
-            raise SendError(f"message {message_id} already exists", Reason.DUPLICATE) from None
+            raise SendError(f"message {message_id} already exists", Refusal.DUPLICATE) from None
         if done:
             self.wake()
-        return Sent(answer, done[0] if done else None)
+        return Sent(answer, done[0] if done else None, replayed)
 
     def once(
         self,
@@ -315,7 +316,7 @@ class MshService:
         same transaction.  A later call with the same key and ``digest`` gets
         the first answer without calling ``work`` (and the first MessageId as
         the second value); with another digest or operation it is refused
-        (:attr:`Reason.KEY_REUSED`).
+        (:attr:`Refusal.KEY_REUSED`).
         """
         for attempt in (1, 2):
             try:
@@ -332,7 +333,7 @@ class MshService:
                         raise SendError(
                             "Idempotency-Key was used before with another request; "
                             "use a new key for a new message",
-                            Reason.KEY_REUSED,
+                            Refusal.KEY_REUSED,
                         )
                     if decision is Replay.ANSWER:
                         assert first is not None and first.answer is not None
@@ -363,14 +364,14 @@ class MshService:
         with self.db.transaction() as cur:
             original = find_message(cur, message_id, Direction.OUT)
             if original is None or original.service == MSH_SERVICE:
-                raise SendError(f"message {message_id} not found", Reason.UNKNOWN_MESSAGE)
+                raise SendError(f"message {message_id} not found", Refusal.UNKNOWN_MESSAGE)
             parts = load_attachments(cur, original.pk)
             try:
                 if any(_encrypted(p) for p in parts):
                     raise SendError(
                         f"message {message_id} was encrypted for its receiver; "
                         "its plaintext is not kept, send it anew",
-                        Reason.REFUSED,
+                        Refusal.REFUSED,
                     )
                 payloads = tuple(Payload(p.data(), p.content_type, p.filename) for p in parts)
             finally:
@@ -397,7 +398,7 @@ class MshService:
                     cur, original.pk, message_id, queued.message_id, now=self.clock()
                 )
             except RetryRefused as exc:
-                raise SendError(str(exc), Reason.REFUSED) from None
+                raise SendError(str(exc), Refusal.REFUSED) from None
         self.wake()
         size = sum(len(p.content) for p in payloads if isinstance(p.content, bytes))
         return Resent(queued, original, len(payloads), size, retired)
@@ -408,8 +409,11 @@ class MshService:
             with self.db.transaction() as cur:
                 summary = retry_message(cur, message_id, now=self.clock())
         except RetryRefused as exc:
-            reason = Reason.UNKNOWN_MESSAGE if exc.unknown else Reason.REFUSED
-            raise SendError(str(exc), reason) from None
+            if exc.unknown:
+                raise SendError(
+                    f"message {message_id} not found", Refusal.UNKNOWN_MESSAGE
+                ) from None
+            raise SendError(str(exc), Refusal.REFUSED) from None
         self.wake()
         return summary
 
@@ -436,9 +440,9 @@ class MshService:
             if ours is None or ours.service == MSH_SERVICE:
                 if find_message(cur, message_id, Direction.IN) is not None:
                     raise SendError(
-                        f"message {message_id} is not an outgoing message", Reason.NOT_OUTGOING
+                        f"message {message_id} is not an outgoing message", Refusal.NOT_OUTGOING
                     )
-                raise SendError(f"message {message_id} not found", Reason.UNKNOWN_MESSAGE)
+                raise SendError(f"message {message_id} not found", Refusal.UNKNOWN_MESSAGE)
             queued = queue_status_request(
                 cur,
                 self.registry,
