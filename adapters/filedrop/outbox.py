@@ -38,7 +38,8 @@ from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
 from gateway.msh.outbound import Payload, SendError
 from gateway.msh.security import MessageSecurity
-from gateway.msh.service import Addressing, queue
+from gateway.msh.service import Addressing
+from gateway.msh.service import queue as queue_message
 from gateway.store.database import Cursor, Database, IntegrityConflict, StoreError
 from gateway.store.filedrop import (
     FileDropItem,
@@ -403,7 +404,7 @@ class Outbox:
                 message_id = self.sender.queue_file(cur, name, read.data())
                 set_item_message(cur, token, message_id, now=now)
                 return message_id
-            queued = queue(
+            queued = queue_message(
                 cur,
                 self.registry,
                 Addressing(
