@@ -49,7 +49,9 @@ def now_in(cpa: Cpa) -> datetime:
     return cpa.start + timedelta(hours=1)
 
 
-def send(cpa: Cpa, *, duplicate: bool = False, when: datetime | None = None, **fields: Any) -> SendRoute:
+def send(
+    cpa: Cpa, *, duplicate: bool = False, when: datetime | None = None, **fields: Any
+) -> SendRoute:
     fields.setdefault("cpa_id", cpa.cpa_id)
     fields.setdefault("service", SERVICE_KEY)
     fields.setdefault("action", "WMO301")
@@ -58,27 +60,64 @@ def send(cpa: Cpa, *, duplicate: bool = False, when: datetime | None = None, **f
 
 # (what the door gives) -> (from, from role, to, to role, service)
 ACCEPTED: list[tuple[str, dict[str, Any], tuple[PartyId, str, PartyId, str]]] = [
-    ("REST: type:value sender, the rest from the CPA", {"from_party": G}, (G_ID, "Gemeente", N_ID, "GGk")),
-    ("a bare OIN is an urn:osb:oin party", {"from_party": GEMEENTE_OIN}, (G_ID, "Gemeente", N_ID, "GGk")),
+    (
+        "REST: type:value sender, the rest from the CPA",
+        {"from_party": G},
+        (G_ID, "Gemeente", N_ID, "GGk"),
+    ),
+    (
+        "a bare OIN is an urn:osb:oin party",
+        {"from_party": GEMEENTE_OIN},
+        (G_ID, "Gemeente", N_ID, "GGk"),
+    ),
     ("receiver named", {"from_party": G, "to_party": N}, (G_ID, "Gemeente", N_ID, "GGk")),
     ("the other direction", {"from_party": N, "action": "WMO302"}, (N_ID, "GGk", G_ID, "Gemeente")),
-    ("CLI: values and roles taken as given",
-     {"service": SERVICE, "from_party": G_ID, "from_role": "Gemeente", "to_party": N_ID, "to_role": "GGk"},
-     (G_ID, "Gemeente", N_ID, "GGk")),
+    (
+        "CLI: values and roles taken as given",
+        {
+            "service": SERVICE,
+            "from_party": G_ID,
+            "from_role": "Gemeente",
+            "to_party": N_ID,
+            "to_role": "GGk",
+        },
+        (G_ID, "Gemeente", N_ID, "GGk"),
+    ),
     ("relay: no sender, no service: the CPA's", {"service": None}, (G_ID, "Gemeente", N_ID, "GGk")),
-    ("relay: the one party that sends the action", {"action": "WMO302"}, (N_ID, "GGk", G_ID, "Gemeente")),
-    ("relay: both may send, the first is taken", {"action": "Fo01"}, (G_ID, "Gemeente", N_ID, "GGk")),
-    ("relay: both may send, ours is preferred", {"action": "Fo01", "prefer": (N_ID,)},
-     (N_ID, "GGk", G_ID, "Gemeente")),
-    ("relay: a preference no sender has is ignored", {"action": "WMO302", "prefer": (G_ID,)},
-     (N_ID, "GGk", G_ID, "Gemeente")),
-    ("relay reply: parties given, roles from the CPA", {"from_party": N_ID, "to_party": G_ID, "action": "WMO302"},
-     (N_ID, "GGk", G_ID, "Gemeente")),
-]  # fmt: skip
+    (
+        "relay: the one party that sends the action",
+        {"action": "WMO302"},
+        (N_ID, "GGk", G_ID, "Gemeente"),
+    ),
+    (
+        "relay: both may send, the first is taken",
+        {"action": "Fo01"},
+        (G_ID, "Gemeente", N_ID, "GGk"),
+    ),
+    (
+        "relay: both may send, ours is preferred",
+        {"action": "Fo01", "prefer": (N_ID,)},
+        (N_ID, "GGk", G_ID, "Gemeente"),
+    ),
+    (
+        "relay: a preference no sender has is ignored",
+        {"action": "WMO302", "prefer": (G_ID,)},
+        (N_ID, "GGk", G_ID, "Gemeente"),
+    ),
+    (
+        "relay reply: parties given, roles from the CPA",
+        {"from_party": N_ID, "to_party": G_ID, "action": "WMO302"},
+        (N_ID, "GGk", G_ID, "Gemeente"),
+    ),
+]
 
 
-@pytest.mark.parametrize(("given", "expected"), [c[1:] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
-def test_accepted(cpa: Cpa, given: dict[str, Any], expected: tuple[PartyId, str, PartyId, str]) -> None:
+@pytest.mark.parametrize(
+    ("given", "expected"), [c[1:] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED]
+)
+def test_accepted(
+    cpa: Cpa, given: dict[str, Any], expected: tuple[PartyId, str, PartyId, str]
+) -> None:
     route = send(cpa, **given)
     assert (route.from_party, route.from_role, route.to_party, route.to_role) == expected
     assert route.service == SERVICE and route.cpa_id == cpa.cpa_id
@@ -92,44 +131,153 @@ def late(cpa: Cpa) -> datetime:
 
 # (what the door gives, facts) -> (refusal, text, party named, sending side)
 REFUSED: list[tuple[str, dict[str, Any], Refusal, str, str | None, bool]] = [
-    ("unknown service", {"from_party": G, "service": "urn:osb:services:Other:1"},
-     Refusal.NO_SERVICE, "CPA test-cpa has no service 'urn:osb:services:Other:1'", None, True),
-    ("unknown sender", {"from_party": UNKNOWN},
-     Refusal.NO_PARTY, f"CPA test-cpa has no party {UNKNOWN!r}", UNKNOWN, True),
-    ("unknown receiver", {"from_party": G, "to_party": UNKNOWN},
-     Refusal.NO_PARTY, f"CPA test-cpa has no party {UNKNOWN!r}", UNKNOWN, False),
-    ("sender without a sending role", {"from_party": G, "action": "WMO302"},
-     Refusal.CANNOT_SEND, f"party {G} cannot send {SERVICE_KEY} WMO302", G, True),
-    ("sender as the client spelled it", {"from_party": GEMEENTE_OIN, "action": "WMO302"},
-     Refusal.CANNOT_SEND, f"party {GEMEENTE_OIN} cannot send {SERVICE_KEY} WMO302", GEMEENTE_OIN, True),
-    ("receiver without a receiving role", {"from_party": G, "from_role": "Gemeente", "action": "WMO302"},
-     Refusal.CANNOT_RECEIVE, f"party {N} cannot receive {SERVICE_KEY} WMO302", N, False),
-    ("relay reply: a sender the CPA does not know", {"from_party": UNKNOWN_ID, "to_party": G_ID},
-     Refusal.CANNOT_SEND, f"party {UNKNOWN} cannot send {SERVICE_KEY} WMO301", UNKNOWN, True),
-    ("relay reply: a receiver the CPA does not know", {"from_party": G_ID, "to_party": UNKNOWN_ID},
-     Refusal.CANNOT_RECEIVE, f"party {UNKNOWN} cannot receive {SERVICE_KEY} WMO301", UNKNOWN, False),
-    ("a sender the CPA does not know and no receiver", {"from_party": UNKNOWN_ID, "from_role": "Gemeente"},
-     Refusal.NO_PARTY, f"CPA test-cpa has no party {UNKNOWN!r}", UNKNOWN, True),
-    ("relay: nobody sends the action", {"action": "WMO999"},
-     Refusal.NO_SENDER, "CPA test-cpa lets no party send WMO999", None, True),
-    ("client MessageId already sent", {"from_party": G, "message_id": "m@x", "duplicate": True},
-     Refusal.DUPLICATE, "message m@x already exists", None, True),
-    ("CPA past its end", {"from_party": G, "when": "late"},
-     Refusal.NOT_IN_FORCE, "CPA test-cpa is not in force now", None, True),
-    ("CLI: a role the party does not play",
-     {"service": SERVICE, "from_party": G_ID, "from_role": "GGk", "to_party": N_ID, "to_role": "GGk"},
-     Refusal.NOT_ALLOWED, "not allowed by CPA test-cpa: ", None, True),
-    ("CLI: a party the CPA does not know",
-     {"service": SERVICE, "from_party": UNKNOWN_ID, "from_role": "Gemeente", "to_party": N_ID, "to_role": "GGk"},
-     Refusal.NOT_ALLOWED, "not allowed by CPA test-cpa: ", None, True),
-    ("CLI: a service the CPA does not have",
-     {"service": Service("Other:1"), "from_party": G_ID, "from_role": "Gemeente", "to_party": N_ID,
-      "to_role": "GGk"},
-     Refusal.NOT_ALLOWED, "not allowed by CPA test-cpa: ", None, True),
-    ("sender and receiver the same party", {"from_party": G, "from_role": "Gemeente", "to_party": G,
-                                             "to_role": "GGk"},
-     Refusal.NOT_ALLOWED, "not allowed by CPA test-cpa: //Header/MessageHeader/To/PartyId", None, True),
-]  # fmt: skip
+    (
+        "unknown service",
+        {"from_party": G, "service": "urn:osb:services:Other:1"},
+        Refusal.NO_SERVICE,
+        "CPA test-cpa has no service 'urn:osb:services:Other:1'",
+        None,
+        True,
+    ),
+    (
+        "unknown sender",
+        {"from_party": UNKNOWN},
+        Refusal.NO_PARTY,
+        f"CPA test-cpa has no party {UNKNOWN!r}",
+        UNKNOWN,
+        True,
+    ),
+    (
+        "unknown receiver",
+        {"from_party": G, "to_party": UNKNOWN},
+        Refusal.NO_PARTY,
+        f"CPA test-cpa has no party {UNKNOWN!r}",
+        UNKNOWN,
+        False,
+    ),
+    (
+        "sender without a sending role",
+        {"from_party": G, "action": "WMO302"},
+        Refusal.CANNOT_SEND,
+        f"party {G} cannot send {SERVICE_KEY} WMO302",
+        G,
+        True,
+    ),
+    (
+        "sender as the client spelled it",
+        {"from_party": GEMEENTE_OIN, "action": "WMO302"},
+        Refusal.CANNOT_SEND,
+        f"party {GEMEENTE_OIN} cannot send {SERVICE_KEY} WMO302",
+        GEMEENTE_OIN,
+        True,
+    ),
+    (
+        "receiver without a receiving role",
+        {"from_party": G, "from_role": "Gemeente", "action": "WMO302"},
+        Refusal.CANNOT_RECEIVE,
+        f"party {N} cannot receive {SERVICE_KEY} WMO302",
+        N,
+        False,
+    ),
+    (
+        "relay reply: a sender the CPA does not know",
+        {"from_party": UNKNOWN_ID, "to_party": G_ID},
+        Refusal.CANNOT_SEND,
+        f"party {UNKNOWN} cannot send {SERVICE_KEY} WMO301",
+        UNKNOWN,
+        True,
+    ),
+    (
+        "relay reply: a receiver the CPA does not know",
+        {"from_party": G_ID, "to_party": UNKNOWN_ID},
+        Refusal.CANNOT_RECEIVE,
+        f"party {UNKNOWN} cannot receive {SERVICE_KEY} WMO301",
+        UNKNOWN,
+        False,
+    ),
+    (
+        "a sender the CPA does not know and no receiver",
+        {"from_party": UNKNOWN_ID, "from_role": "Gemeente"},
+        Refusal.NO_PARTY,
+        f"CPA test-cpa has no party {UNKNOWN!r}",
+        UNKNOWN,
+        True,
+    ),
+    (
+        "relay: nobody sends the action",
+        {"action": "WMO999"},
+        Refusal.NO_SENDER,
+        "CPA test-cpa lets no party send WMO999",
+        None,
+        True,
+    ),
+    (
+        "client MessageId already sent",
+        {"from_party": G, "message_id": "m@x", "duplicate": True},
+        Refusal.DUPLICATE,
+        "message m@x already exists",
+        None,
+        True,
+    ),
+    (
+        "CPA past its end",
+        {"from_party": G, "when": "late"},
+        Refusal.NOT_IN_FORCE,
+        "CPA test-cpa is not in force now",
+        None,
+        True,
+    ),
+    (
+        "CLI: a role the party does not play",
+        {
+            "service": SERVICE,
+            "from_party": G_ID,
+            "from_role": "GGk",
+            "to_party": N_ID,
+            "to_role": "GGk",
+        },
+        Refusal.NOT_ALLOWED,
+        "not allowed by CPA test-cpa: ",
+        None,
+        True,
+    ),
+    (
+        "CLI: a party the CPA does not know",
+        {
+            "service": SERVICE,
+            "from_party": UNKNOWN_ID,
+            "from_role": "Gemeente",
+            "to_party": N_ID,
+            "to_role": "GGk",
+        },
+        Refusal.NOT_ALLOWED,
+        "not allowed by CPA test-cpa: ",
+        None,
+        True,
+    ),
+    (
+        "CLI: a service the CPA does not have",
+        {
+            "service": Service("Other:1"),
+            "from_party": G_ID,
+            "from_role": "Gemeente",
+            "to_party": N_ID,
+            "to_role": "GGk",
+        },
+        Refusal.NOT_ALLOWED,
+        "not allowed by CPA test-cpa: ",
+        None,
+        True,
+    ),
+    (
+        "sender and receiver the same party",
+        {"from_party": G, "from_role": "Gemeente", "to_party": G, "to_role": "GGk"},
+        Refusal.NOT_ALLOWED,
+        "not allowed by CPA test-cpa: //Header/MessageHeader/To/PartyId",
+        None,
+        True,
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -191,11 +339,35 @@ def test_receiver_without_endpoint_is_refused(cpa: Cpa) -> None:
 SIGNALS: list[tuple[str, Any, Any, Refusal | None, str]] = [
     ("by type:value", G, N, None, ""),
     ("by value", G_ID, N_ID, None, ""),
-    ("unknown sender by type:value", UNKNOWN, N, Refusal.NO_PARTY, f"CPA test-cpa has no party {UNKNOWN!r}"),
-    ("unknown receiver by type:value", G, UNKNOWN, Refusal.NO_PARTY, f"CPA test-cpa has no party {UNKNOWN!r}"),
-    ("unknown party by value", UNKNOWN_ID, N_ID, Refusal.NOT_ALLOWED, "not allowed by CPA test-cpa: "),
-    ("to itself", G, G, Refusal.NOT_ALLOWED, "not allowed by CPA test-cpa: //Header/MessageHeader/To"),
-]  # fmt: skip
+    (
+        "unknown sender by type:value",
+        UNKNOWN,
+        N,
+        Refusal.NO_PARTY,
+        f"CPA test-cpa has no party {UNKNOWN!r}",
+    ),
+    (
+        "unknown receiver by type:value",
+        G,
+        UNKNOWN,
+        Refusal.NO_PARTY,
+        f"CPA test-cpa has no party {UNKNOWN!r}",
+    ),
+    (
+        "unknown party by value",
+        UNKNOWN_ID,
+        N_ID,
+        Refusal.NOT_ALLOWED,
+        "not allowed by CPA test-cpa: ",
+    ),
+    (
+        "to itself",
+        G,
+        G,
+        Refusal.NOT_ALLOWED,
+        "not allowed by CPA test-cpa: //Header/MessageHeader/To",
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -203,7 +375,9 @@ SIGNALS: list[tuple[str, Any, Any, Refusal | None, str]] = [
     [c[1:] for c in SIGNALS],
     ids=[c[0] for c in SIGNALS],
 )
-def test_signal(cpa: Cpa, from_party: Any, to_party: Any, refusal: Refusal | None, text: str) -> None:
+def test_signal(
+    cpa: Cpa, from_party: Any, to_party: Any, refusal: Refusal | None, text: str
+) -> None:
     if refusal is None:
         route = resolve_signal(cpa, from_party, to_party, "Ping")
         assert route.service == Service("urn:oasis:names:tc:ebxml-msg:service")
@@ -222,18 +396,49 @@ def test_a_ping_is_sent_on_a_cpa_out_of_force(cpa: Cpa) -> None:
 
 
 API: list[tuple[str, SendError, type[ApiError], type[ApiError], str]] = [
-    ("no CPA in a request", SendError("no CPA 'x'", Refusal.NO_CPA, cpa_id="x"), BadRequest, BadRequest,
-     "CPA x not found"),
-    ("no CPA in a path", SendError("no CPA 'x'", Refusal.NO_CPA, cpa_id="x"), NotFound, NotFound, "CPA x not found"),
-    ("unknown message", SendError("message m not found", Refusal.UNKNOWN_MESSAGE), BadRequest, NotFound,
-     "message m not found"),
-    ("key reused", SendError("Idempotency-Key was used", Refusal.KEY_REUSED), BadRequest, Unprocessable,
-     "Idempotency-Key was used"),
-    ("duplicate", SendError("message m already exists", Refusal.DUPLICATE), BadRequest, BadRequest,
-     "message m already exists"),
-    ("not allowed", SendError("not allowed by CPA x: here", Refusal.NOT_ALLOWED), BadRequest, BadRequest,
-     "not allowed by CPA x: here"),
-]  # fmt: skip
+    (
+        "no CPA in a request",
+        SendError("no CPA 'x'", Refusal.NO_CPA, cpa_id="x"),
+        BadRequest,
+        BadRequest,
+        "CPA x not found",
+    ),
+    (
+        "no CPA in a path",
+        SendError("no CPA 'x'", Refusal.NO_CPA, cpa_id="x"),
+        NotFound,
+        NotFound,
+        "CPA x not found",
+    ),
+    (
+        "unknown message",
+        SendError("message m not found", Refusal.UNKNOWN_MESSAGE),
+        BadRequest,
+        NotFound,
+        "message m not found",
+    ),
+    (
+        "key reused",
+        SendError("Idempotency-Key was used", Refusal.KEY_REUSED),
+        BadRequest,
+        Unprocessable,
+        "Idempotency-Key was used",
+    ),
+    (
+        "duplicate",
+        SendError("message m already exists", Refusal.DUPLICATE),
+        BadRequest,
+        BadRequest,
+        "message m already exists",
+    ),
+    (
+        "not allowed",
+        SendError("not allowed by CPA x: here", Refusal.NOT_ALLOWED),
+        BadRequest,
+        BadRequest,
+        "not allowed by CPA x: here",
+    ),
+]
 
 
 @pytest.mark.parametrize(

@@ -65,13 +65,36 @@ def route_of(cpa: Cpa) -> SendRoute:
 # profile overrides -> (AckRequested, DuplicateElimination, SyncReply, attempts, TTL after)
 PROFILES: list[tuple[dict[str, Any], bool, bool, bool, int, timedelta | None]] = [
     ({"profile": "osb-be"}, False, False, False, 1, None),
-    ({"profile": "osb-rm", "retries": 2, "retry_interval": timedelta(minutes=5)},
-     True, True, False, 3, timedelta(minutes=15)),
-    ({"profile": "osb-rm", "retries": 0, "retry_interval": timedelta(minutes=5), "sync_reply": True},
-     True, True, True, 1, timedelta(minutes=5)),
-    ({"profile": "osb-rm-s", "retries": 8, "retry_interval": timedelta(hours=3)},
-     True, True, False, 9, timedelta(hours=27)),
-]  # fmt: skip
+    (
+        {"profile": "osb-rm", "retries": 2, "retry_interval": timedelta(minutes=5)},
+        True,
+        True,
+        False,
+        3,
+        timedelta(minutes=15),
+    ),
+    (
+        {
+            "profile": "osb-rm",
+            "retries": 0,
+            "retry_interval": timedelta(minutes=5),
+            "sync_reply": True,
+        },
+        True,
+        True,
+        True,
+        1,
+        timedelta(minutes=5),
+    ),
+    (
+        {"profile": "osb-rm-s", "retries": 8, "retry_interval": timedelta(hours=3)},
+        True,
+        True,
+        False,
+        9,
+        timedelta(hours=27),
+    ),
+]
 
 
 @pytest.mark.parametrize(("overrides", "ack", "dup", "sync", "attempts", "ttl"), PROFILES)
@@ -146,7 +169,8 @@ def test_payloads_become_parts_with_a_manifest(cpas: Callable[..., Cpa]) -> None
     )
     assert plan.correlation_id == "corr"
     assert plan.content_type == (
-        'multipart/related; type="text/xml"; boundary="MIMEBoundary_u2"; start="<soap-u3@localhost>"'
+        'multipart/related; type="text/xml"; boundary="MIMEBoundary_u2"; '
+        'start="<soap-u3@localhost>"'
     )
 
 
@@ -192,16 +216,27 @@ VERDICTS: list[tuple[str, AnswerFacts, Answer | None]] = [
     ("Pong", AnswerFacts("p@x", "Pong", "done"), Answer(Outcome.ANSWERED, "p@x")),
     ("StatusResponse", AnswerFacts("s@x", "StatusResponse"), Answer(Outcome.ANSWERED, "s@x")),
     ("MessageError", AnswerFacts("e@x", "MessageError", "done"), Answer(Outcome.ERROR, "e@x")),
-    ("an answer beats a failed task", AnswerFacts("p@x", "Pong", "failed", "timeout"),
-     Answer(Outcome.ANSWERED, "p@x")),
-    ("failed", AnswerFacts(task_state="failed", last_error="HTTP 503"),
-     Answer(Outcome.UNDELIVERED, None, "failed", "HTTP 503")),
-    ("expired without an error", AnswerFacts(task_state="expired"),
-     Answer(Outcome.UNDELIVERED, None, "expired", None)),
-]  # fmt: skip
+    (
+        "an answer beats a failed task",
+        AnswerFacts("p@x", "Pong", "failed", "timeout"),
+        Answer(Outcome.ANSWERED, "p@x"),
+    ),
+    (
+        "failed",
+        AnswerFacts(task_state="failed", last_error="HTTP 503"),
+        Answer(Outcome.UNDELIVERED, None, "failed", "HTTP 503"),
+    ),
+    (
+        "expired without an error",
+        AnswerFacts(task_state="expired"),
+        Answer(Outcome.UNDELIVERED, None, "expired", None),
+    ),
+]
 
 
-@pytest.mark.parametrize(("facts", "expected"), [v[1:] for v in VERDICTS], ids=[v[0] for v in VERDICTS])
+@pytest.mark.parametrize(
+    ("facts", "expected"), [v[1:] for v in VERDICTS], ids=[v[0] for v in VERDICTS]
+)
 def test_verdict(facts: AnswerFacts, expected: Answer | None) -> None:
     assert verdict(facts) == expected
 
@@ -220,7 +255,9 @@ REPLAYS: list[tuple[str, tuple[str | None, str | None, bool], Replay]] = [
 ]
 
 
-@pytest.mark.parametrize(("first", "expected"), [r[1:] for r in REPLAYS], ids=[r[0] for r in REPLAYS])
+@pytest.mark.parametrize(
+    ("first", "expected"), [r[1:] for r in REPLAYS], ids=[r[0] for r in REPLAYS]
+)
 def test_replay(first: tuple[str | None, str | None, bool], expected: Replay) -> None:
     assert replay(*first, "sendMessage", "d1") is expected
 
