@@ -31,11 +31,8 @@ from adapters.api.model import (
     request_digest,
 )
 from gateway.logfmt import log_event
-from gateway.msh.addressing import Addressing, Refusal, SendError
 from gateway.msh.answers import Outcome
-from gateway.msh.outbound import Queued
-from gateway.msh.plan import Payload
-from gateway.msh.service import MshService
+from gateway.msh.service import Addressing, MshService, Payload, Queued, Refusal, SendError
 from gateway.store.backoffice import (
     MessageFilter,
     business_message,

@@ -36,9 +36,8 @@ from cpa.model import parse_party
 from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
-from gateway.msh.outbound import Payload, SendError
 from gateway.msh.security import MessageSecurity
-from gateway.msh.service import Addressing
+from gateway.msh.service import Addressing, Payload, SendError
 from gateway.msh.service import queue as queue_message
 from gateway.store.database import Cursor, Database, IntegrityConflict, StoreError
 from gateway.store.filedrop import (

@@ -58,9 +58,8 @@ from cpa.model import PartyId, parse_party
 from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.config import StufConfig
 from gateway.logfmt import log_event
-from gateway.msh.outbound import Payload, SendError
 from gateway.msh.security import MessageSecurity
-from gateway.msh.service import Addressing, Refusal, queue
+from gateway.msh.service import Addressing, Payload, Refusal, SendError, queue
 from gateway.store.backoffice import process_message
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
