@@ -33,6 +33,7 @@ from adapters.api.model import (
 from gateway.logfmt import log_event
 from gateway.msh.answers import Outcome
 from gateway.msh.service import Addressing, MshService, Payload, Queued, Refusal, SendError
+from gateway.msh.waiting import await_answer
 from gateway.store.backoffice import (
     MessageFilter,
     business_message,
@@ -344,7 +345,7 @@ class MessageOperations:
     ) -> None:
         """Ping the partner and wait for its Pong (ebms-core's synchronous ``ping``)."""
         ping_id = await run_in_thread(self.queue_ping, cpa_id, from_id, to_id)
-        answer = await self.msh.await_answer(
+        answer = await await_answer(
             run_in_thread, reactor, lambda: self.ping_answer(ping_id), self.wait_timeout
         )
         if answer is None:
@@ -357,7 +358,7 @@ class MessageOperations:
     ) -> MessageStatusInfo:
         """Ask the partner the status of our message (ebMS 2.0 §7.3) and wait for the answer."""
         request_id = await run_in_thread(self.queue_status_request, message_id)
-        answer = await self.msh.await_answer(
+        answer = await await_answer(
             run_in_thread, reactor, lambda: self.status_answer(request_id), self.wait_timeout
         )
         if answer is None:

@@ -26,6 +26,7 @@ from gateway.msh.answers import Outcome
 from gateway.msh.plan import Payload
 from gateway.msh.security import MessageSecurity
 from gateway.msh.service import Addressing, MshService, SendError
+from gateway.msh.waiting import wait
 from gateway.store.database import Cursor, Database, Row
 from gateway.store.messages import Direction, find_message
 
@@ -175,7 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _wait_for_pong(db: Database, ping_id: str, timeout: float) -> tuple[int, str]:
     msh = MshService(db, CpaRegistry(db))
-    answer = msh.wait(lambda: msh.answer(ping_id, "Pong"), timeout)
+    answer = wait(lambda: msh.answer(ping_id, "Pong"), timeout)
     if answer is None:
         return EXIT_NO_ANSWER, f"no Pong within {timeout:g} s"
     if answer.outcome is Outcome.ANSWERED:

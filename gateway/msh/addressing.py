@@ -13,7 +13,7 @@ against the CPA here (an unknown service or party is refused by name); a
 value (:class:`~cpa.model.Service`, :class:`~cpa.model.PartyId`) is taken
 as given and :func:`cpa.resolve.resolve` alone judges it (CPPA 2.0 §8.4).
 Roles left out are those the party plays for the service and action
-(its ``CanSend``/``CanReceive`` binding, CPPA 2.0 §8.4.4 and §8.4.5); a
+(its ``CanSend``/``CanReceive`` binding, CPPA 2.0 §8.4); a
 receiver left out is the CPA's other party (a Digikoppeling CPA has two).
 """
 

@@ -1,4 +1,4 @@
-"""The one door into the MSH: send, resend, retry, ping and ask, and wait for answers.
+"""The one door into the MSH: send, resend, retry, ping and ask, and read the answers.
 
 REST, SOAP, the file drop, the StUF relay, the CLI and the in-process API
 of :class:`gateway.serve.Gateway` all come through here.  Each operation
@@ -6,7 +6,8 @@ reads its facts from the store (the CPA, whether a MessageId is taken, the
 first use of an idempotency key, the answer to a request), lets a plain
 function decide (:mod:`gateway.msh.addressing`, :mod:`gateway.msh.plan`,
 :mod:`gateway.msh.answers`) and applies the decision in one transaction
-(:mod:`gateway.msh.outbound`).  Refusals are :class:`SendError` with a
+(:mod:`gateway.msh.outbound`); :mod:`gateway.msh.waiting` polls
+:meth:`MshService.answer` until the partner has answered.  Refusals are :class:`SendError` with a
 :class:`Refusal`; each front door words and maps them its own way (an HTTP
 status, a SOAP fault, a StUF Fo01 code, a CLI exit).
 
@@ -19,11 +20,10 @@ worker.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from cpa.model import MSH_SERVICE, Cpa, PartyId, Service, parse_party
 from cpa.registry import CpaNotFound, CpaRegistry
@@ -31,7 +31,7 @@ from gateway.ebms.envelope import EnvelopeError, parse_envelope
 from gateway.ebms.model import StatusResponse
 from gateway.ebms.signals import ping, status_request
 from gateway.msh.addressing import Addressing, Refusal, SendError, resolve_send, resolve_signal
-from gateway.msh.answers import Answer, AnswerFacts, Outcome, Replay, next_delay, replay, verdict
+from gateway.msh.answers import Answer, AnswerFacts, Outcome, Replay, replay, verdict
 from gateway.msh.outbound import Queued, queue_message, queue_signal
 from gateway.msh.plan import Payload
 from gateway.msh.security import MessageSecurity
@@ -69,7 +69,6 @@ __all__ = [
 ]
 
 Clock = Callable[[], datetime]
-T = TypeVar("T")
 
 
 # -- in the caller's transaction -------------------------------------------------------
@@ -102,9 +101,10 @@ def queue(
     force) or it cannot be secured as the CPA demands.
     """
     cpa = read_cpa(cur, registry, addressing.cpa_id)
-    duplicate = bool(addressing.message_id) and (
-        find_message(cur, addressing.message_id or "", Direction.OUT) is not None
-    )
+    message_id = addressing.message_id
+    duplicate = message_id is not None and message_id != ""
+    if duplicate:  # the client chose the MessageId: we may have sent it already
+        duplicate = find_message(cur, message_id or "", Direction.OUT) is not None
     route = resolve_send(cpa, addressing, clock(), duplicate=duplicate)
     return queue_message(
         cur,
@@ -482,33 +482,3 @@ class MshService:
         except EnvelopeError:
             return None
         return env.status_response
-
-    # -- waiting -----------------------------------------------------------------------
-
-    def wait(self, check: Callable[[], T | None], timeout: float) -> T | None:
-        """Look with ``check`` until it gives an answer or ``timeout`` seconds pass (blocking)."""
-        deadline = time.monotonic() + timeout
-        delay: float | None = None
-        while True:
-            answer = check()
-            remaining = deadline - time.monotonic()
-            if answer is not None or remaining <= 0:
-                return answer
-            delay = next_delay(delay, remaining)
-            time.sleep(delay)
-
-    async def await_answer(
-        self, run_in_thread: Any, reactor: Any, check: Callable[[], T | None], timeout: float
-    ) -> T | None:
-        """:meth:`wait` on the reactor: ``check`` runs in the store's threads."""
-        from twisted.internet.task import deferLater
-
-        deadline = time.monotonic() + timeout
-        delay: float | None = None
-        while True:
-            answer = await run_in_thread(check)
-            remaining = deadline - time.monotonic()
-            if answer is not None or remaining <= 0:
-                return answer  # type: ignore[no-any-return]
-            delay = next_delay(delay, remaining)
-            await deferLater(reactor, delay)
