@@ -52,8 +52,8 @@ from gateway.monitor.pinger import PingScheduler, PingSettings, TickReport
 from gateway.monitor.purger import PurgeScheduler
 from gateway.monitor.status import Snapshot, snapshot, status_document
 from gateway.msh.inbound import InboundProcessor
-from gateway.msh.outbound import Queued, send_message, send_ping
 from gateway.msh.security import AckVerifier, MessageSecurity
+from gateway.msh.service import Queued, send_message, send_ping
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import StoredMessage
 from gateway.store.migrate import apply_migrations
@@ -560,7 +560,7 @@ class Gateway:
     # -- in-process sending (the back-office APIs and the tests use these) -------------
 
     async def send_message(self, **kwargs: Any) -> Queued:
-        """Queue a business message (see :func:`~gateway.msh.outbound.send_message`)."""
+        """Queue a business message (see :func:`~gateway.msh.service.send_message`)."""
         assert self.db is not None and self.registry is not None
         kwargs.setdefault("security", self.security)
         queued: Queued = await self.run_in_thread(
@@ -570,7 +570,7 @@ class Gateway:
         return queued
 
     async def send_ping(self, **kwargs: Any) -> Queued:
-        """Queue a Ping (see :func:`~gateway.msh.outbound.send_ping`)."""
+        """Queue a Ping (see :func:`~gateway.msh.service.send_ping`)."""
         assert self.db is not None and self.registry is not None
         queued: Queued = await self.run_in_thread(
             lambda: send_ping(self.db, self.registry, **kwargs)

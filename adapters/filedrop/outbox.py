@@ -32,12 +32,13 @@ from typing import Protocol
 import psycopg
 
 from adapters.filedrop.files import ensure_folder, fsync_folder, move_no_clobber
-from cpa.model import Cpa, Service, parse_party
+from cpa.model import parse_party
 from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
-from gateway.msh.outbound import Payload, SendError, queue_message
 from gateway.msh.security import MessageSecurity
+from gateway.msh.service import Addressing, Payload, SendError
+from gateway.msh.service import queue as queue_message
 from gateway.store.database import Cursor, Database, IntegrityConflict, StoreError
 from gateway.store.filedrop import (
     FileDropItem,
@@ -81,14 +82,6 @@ def transient(exc: BaseException) -> bool:
 def ignored(name: str) -> bool:
     """True for names the outbox leaves alone: hidden files and files being written."""
     return name.startswith(".") or name.endswith(PARTIAL_SUFFIXES)
-
-
-def service_of(cpa: Cpa, value: str) -> Service:
-    """The CPA's service whose ``type:value`` is ``value``; SendError if none."""
-    service = cpa.service_by_key(value)
-    if service is None:
-        raise SendError(f"CPA {cpa.cpa_id} has no service {value!r}")
-    return service
 
 
 @dataclass(frozen=True)
@@ -410,17 +403,18 @@ class Outbox:
                 message_id = self.sender.queue_file(cur, name, read.data())
                 set_item_message(cur, token, message_id, now=now)
                 return message_id
-            cpa = self.registry.get_cpa(exchange.cpa_id, cur)
             queued = queue_message(
                 cur,
                 self.registry,
-                cpa_id=exchange.cpa_id,
-                from_party=parse_party(exchange.from_party),
-                from_role=exchange.from_role,
-                to_party=parse_party(exchange.to_party),
-                to_role=exchange.to_role,
-                service=service_of(cpa, exchange.service),
-                action=exchange.action,
+                Addressing(
+                    cpa_id=exchange.cpa_id,
+                    service=exchange.service,
+                    action=exchange.action,
+                    from_party=parse_party(exchange.from_party),
+                    from_role=exchange.from_role,
+                    to_party=parse_party(exchange.to_party),
+                    to_role=exchange.to_role,
+                ),
                 payloads=(Payload(read.content, exchange.content_type, name),),
                 correlation_id=f"filedrop:{exchange.name}:{token}",
                 security=self.security,

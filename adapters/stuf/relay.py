@@ -54,12 +54,12 @@ from adapters.stuf.envelope import (
 from adapters.stuf.fo01 import FO01_ROOT, fo01_for, parse_fo01
 from adapters.stuf.rules import Role, Settings, Verdict, check
 from adapters.upload import Accepted, Rejected
-from cpa.model import Cpa, PartyId, Service, parse_party
+from cpa.model import PartyId, parse_party
 from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.config import StufConfig
 from gateway.logfmt import log_event
-from gateway.msh.outbound import Payload, SendError, queue_message
 from gateway.msh.security import MessageSecurity
+from gateway.msh.service import Addressing, Payload, Refusal, SendError, queue
 from gateway.store.backoffice import process_message
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
@@ -350,56 +350,38 @@ class Relay:
         *,
         reply_to: StoredMessage | None = None,
     ) -> str:
-        """Queue ``env_bytes`` as the one payload of an ebMS message; its message id."""
-        try:
-            cpa = self.registry.get_cpa(cpa_id, cur)
-        except CpaNotFound:
-            raise Refused(codes.NO_CPA, f"CPA {cpa_id} is not imported") from None
-        service = _service(cpa, self.config.service_for(standard))
+        """Queue ``env_bytes`` as the one payload of an ebMS message; its message id.
+
+        A new message goes from our party (of ``own_parties``, if the CPA lets
+        one of them send) to the other; an answer goes back the way the message
+        came, over the same CPA.  The roles are those the parties play for the
+        action (:mod:`gateway.msh.addressing`).
+        """
         if reply_to is not None:
-            # An answer goes back the way the message came, over the same CPA.
-            from_party = parse_party(reply_to.to_party.split(",")[0])
-            to_party = parse_party(reply_to.from_party.split(",")[0])
-            from_role = _role(cpa, from_party, service, action, sends=True)
-            to_role = _role(cpa, to_party, service, action, sends=False)
+            from_party: PartyId | None = parse_party(reply_to.to_party.split(",")[0])
+            to_party: PartyId | None = parse_party(reply_to.from_party.split(",")[0])
         else:
-            from_party, from_role, to_party, to_role = self._parties(cpa, service, action)
+            from_party = to_party = None
         try:
-            queued = queue_message(
+            queued = queue(
                 cur,
                 self.registry,
-                cpa_id=cpa_id,
-                from_party=from_party,
-                from_role=from_role,
-                to_party=to_party,
-                to_role=to_role,
-                service=service,
-                action=action,
+                Addressing(
+                    cpa_id=cpa_id,
+                    service=self.config.service_for(standard),
+                    action=action,
+                    from_party=from_party,
+                    to_party=to_party,
+                    prefer=self.own_parties,
+                ),
                 payloads=(Payload(env_bytes, "application/xml", f"{referentienummer}.xml"),),
                 correlation_id=f"stuf:{referentienummer}",
                 security=self.security,
                 clock=self.clock,
             )
         except SendError as exc:
-            raise Refused(codes.NO_CPA, str(exc)) from None
+            raise Refused(codes.NO_CPA, _refusal_text(exc, cpa_id)) from None
         return queued.message_id
-
-    def _parties(
-        self, cpa: Cpa, service: Service, action: str
-    ) -> tuple[PartyId, str, PartyId, str]:
-        senders = [
-            (p, role)
-            for p in cpa.parties
-            if (role := p.role_for(service, action, sends=True)) is not None
-        ]
-        if self.own_parties:
-            senders = [s for s in senders if s[0].has_party_ids(self.own_parties)] or senders
-        if not senders:
-            raise Refused(codes.NO_CPA, f"CPA {cpa.cpa_id} lets no party send {action}")
-        party, role = senders[0]
-        other = cpa.other_party(party)
-        to_role = _role(cpa, other.party_ids[0], service, action, sends=False)
-        return party.party_ids[0], role, other.party_ids[0], to_role
 
     def record_refusal(self, refused: Refused, data: bytes, *, file_name: str | None = None,
                        batch_id: int | None = None) -> None:  # fmt: skip
@@ -929,20 +911,14 @@ def _bericht_id(env: Envelope) -> str | None:
     return m.group(1).decode("utf-8", "replace") if m else None
 
 
-def _service(cpa: Cpa, value: str | None) -> Service:
-    service = cpa.service_by_key(value) if value is not None else cpa.parties[0].roles[0].service
-    if service is None:
-        raise Refused(codes.NO_CPA, f"CPA {cpa.cpa_id} has no service {value!r}")
-    return service
-
-
-def _role(cpa: Cpa, party_id: PartyId, service: Service, action: str, *, sends: bool) -> str:
-    party = cpa.party_by_ids((party_id,))
-    role = party.role_for(service, action, sends=sends) if party is not None else None
-    if role is not None:
-        return role
-    verb = "send" if sends else "receive"
-    raise Refused(codes.NO_CPA, f"CPA {cpa.cpa_id}: {party_id.key()} cannot {verb} {action}")
+def _refusal_text(exc: SendError, cpa_id: str) -> str:
+    """The relay's wording of a refusal by the MSH (a Fo01's text, docs/stuf.md)."""
+    if exc.refusal is Refusal.NO_CPA:
+        return f"CPA {cpa_id} is not imported"
+    if exc.refusal in (Refusal.CANNOT_SEND, Refusal.CANNOT_RECEIVE):
+        verb = "send" if exc.refusal is Refusal.CANNOT_SEND else "receive"
+        return f"CPA {cpa_id}: {exc.party} cannot {verb} {exc.action}"
+    return str(exc)
 
 
 # -- the seam of ``dkgw upload`` (gateway.commands.stuf) ---------------------------------

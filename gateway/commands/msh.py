@@ -15,17 +15,20 @@ import sys
 import time
 from pathlib import Path
 
-from cpa.model import Service
-from cpa.registry import CpaNotFound, CpaRegistry
+from cpa.model import Service, parse_party
+from cpa.registry import CpaRegistry
 from gateway.commands.common import config_of, fail, open_store
 from gateway.config import ConfigError, load_config
 from gateway.errors import StartupError, describe
 from gateway.logfmt import configure_logging
 from gateway.monitor.pinger import ping_failure
-from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
+from gateway.msh.answers import Outcome
+from gateway.msh.plan import Payload
 from gateway.msh.security import MessageSecurity
+from gateway.msh.service import Addressing, MshService, SendError
+from gateway.msh.waiting import wait
 from gateway.store.database import Cursor, Database, Row
-from gateway.store.messages import Direction, find_message, task_for_message
+from gateway.store.messages import Direction, find_message
 
 EXIT_NO_ANSWER = 2
 
@@ -172,36 +175,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _wait_for_pong(db: Database, ping_id: str, timeout: float) -> tuple[int, str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with db.transaction() as cur:
-            row = cur.execute(
-                "SELECT message_id FROM ebms_message WHERE direction = 'in' AND "
-                "action = 'Pong' AND ref_to_message_id = ?",
-                (ping_id,),
-            ).fetchone()
-            sent = find_message(cur, ping_id, Direction.OUT)
-            state = task_for_message(cur, sent.pk) if sent else None
-        if row is not None:
-            return 0, f"Pong {row[0]}"
-        if state is not None and state[0] in ("failed", "expired"):
-            return EXIT_NO_ANSWER, f"Ping not delivered ({ping_failure(state[0], state[2])})"
-        time.sleep(0.1)
-    return EXIT_NO_ANSWER, f"no Pong within {timeout:g} s"
+    msh = MshService(db, CpaRegistry(db))
+    answer = wait(lambda: msh.answer(ping_id, "Pong"), timeout)
+    if answer is None:
+        return EXIT_NO_ANSWER, f"no Pong within {timeout:g} s"
+    if answer.outcome is Outcome.ANSWERED:
+        return 0, f"Pong {answer.answer_id}"
+    if answer.outcome is Outcome.ERROR:
+        return EXIT_NO_ANSWER, f"the partner answered with a MessageError {answer.answer_id}"
+    task_state = answer.task_state or "failed"
+    return EXIT_NO_ANSWER, f"Ping not delivered ({ping_failure(task_state, answer.last_error)})"
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
     """``dkgw ping CPA --from P --to Q``: 0 Pong, 2 no answer, 1 error."""
     db = open_store(args)
     try:
-        queued = send_ping(
-            db,
-            CpaRegistry(db),
-            cpa_id=args.cpa_id,
-            from_party=parse_party(args.from_party),
-            to_party=parse_party(args.to_party),
+        queued = MshService(db, CpaRegistry(db)).ping(
+            args.cpa_id, parse_party(args.from_party), parse_party(args.to_party)
         )
-    except (CpaNotFound, SendError) as exc:
+    except SendError as exc:
         return fail(str(exc))
     started = time.monotonic()
     code, text = _wait_for_pong(db, queued.message_id, args.timeout)
@@ -234,23 +227,23 @@ def cmd_send(args: argparse.Namespace) -> int:
         payloads = [Payload(f.read_bytes(), args.content_type, f.name) for f in args.file]
     except OSError as exc:
         return fail(f"cannot read {exc.filename}: {exc.strerror}")
+    addressing = Addressing(
+        cpa_id=args.cpa_id,
+        service=_service(args.service),
+        action=args.action,
+        from_party=parse_party(args.from_party),
+        from_role=args.from_role,
+        to_party=parse_party(args.to_party),
+        to_role=args.to_role,
+    )
     try:
-        queued = send_message(
-            db,
-            CpaRegistry(db),
-            cpa_id=args.cpa_id,
-            from_party=parse_party(args.from_party),
-            from_role=args.from_role,
-            to_party=parse_party(args.to_party),
-            to_role=args.to_role,
-            service=_service(args.service),
-            action=args.action,
+        queued = MshService(db, CpaRegistry(db), security=security).send(
+            addressing,
             payloads=payloads,
             conversation_id=args.conversation_id,
             correlation_id=args.correlation_id,
-            security=security,
         )
-    except (CpaNotFound, SendError) as exc:
+    except SendError as exc:
         return fail(str(exc))
     print(queued.message_id)
     return 0
