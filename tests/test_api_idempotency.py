@@ -174,7 +174,11 @@ def test_a_killed_sender_delivers_every_document_exactly_once(
     pki: Path, make_spec: SpecFactory, tmp_path: Path
 ) -> None:
     ports = {name: (free_port(), free_port()) for name in ("a", "b")}
-    spec = make_spec(profile="osb-rm", cpa_id="kill-cpa", **RM_FAST)
+    # TimeToLive follows Retries x RetryInterval: 5 s intervals leave a restart that a
+    # loaded machine makes slow its time, where RM_FAST's 1 s would let messages expire.
+    spec = make_spec(
+        profile="osb-rm", cpa_id="kill-cpa", **{**RM_FAST, "retry_interval": timedelta(seconds=5)}
+    )
     spec = replace(
         spec,
         a=replace(spec.a, endpoint=f"https://127.0.0.1:{ports['a'][0]}/ebms"),
