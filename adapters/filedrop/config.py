@@ -25,12 +25,13 @@ _POSITIVE = "{where} poll_interval and max_file_bytes must be positive"
 
 @dataclass(frozen=True)
 class FileDropConfig:
-    """``[[filedrop]]``: an outbox folder sent with fixed ebMS properties and an inbox folder
-    that receives matching messages (docs/filedrop.md).
+    """``[[filedrop]]``: a folder exchange, outbox and inbox (docs/filedrop.md).
 
-    Either folder may be left out.  The inbox takes the received messages of
-    ``cpa_id`` with this ``service`` and, when ``inbox_actions`` is not empty,
-    one of those actions (default: any action of the service).
+    The outbox folder is sent with fixed ebMS properties, the inbox folder
+    receives matching messages.  Either folder may be left out.  The inbox takes
+    the received messages of ``cpa_id`` with this ``service`` and, when
+    ``inbox_actions`` is not empty, one of those actions (default: any action of
+    the service).
     """
 
     name: str = option(help="Names the exchange: letters, digits, - and _.", kind=STR)

@@ -11,6 +11,7 @@ the adapters' code at its own import.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +56,12 @@ class Section:
     of unknown options."""
 
     def summary(self) -> str:
-        """The first line of the declaring class's docstring."""
-        return (self.cls.__doc__ or "").strip().splitlines()[0]
+        """The first line of the declaring class's docstring, without its markup."""
+        line = (self.cls.__doc__ or "").strip().splitlines()[0]
+        line = re.sub(r"^``\[+[a-z.]+\]+``: ", "", line)
+        line = re.sub(r":[a-z]+:`([^`]+)`", r"\1", line)
+        line = line.replace("``", "`")
+        return line[:1].upper() + line[1:]
 
     def options(self) -> list[Declared]:
         """Every option of the section, in the order the reference lists them."""
