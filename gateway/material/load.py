@@ -10,8 +10,8 @@ listener starts) and again, all or nothing, at a reload (SIGHUP); ``dkgw send``
 and ``dkgw upload`` need only the message security
 (:func:`load_message_security`).
 
-Errors are those of the readers (:meth:`gateway.tls.TlsIdentity.from_files`,
-:func:`gateway.tls.load_trust_anchors`,
+Errors are those of the readers (:meth:`gateway.material.identity.TlsIdentity.from_files`,
+:func:`gateway.material.identity.load_trust_anchors`,
 :meth:`gateway.msh.security.MessageSecurity.load`): ValueError naming the file
 and what is wrong with it, or OSError when a file cannot be read.
 ``dkgw serve --check`` reads the same pairs as findings
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
+from gateway.material.identity import TlsIdentity, load_trust_anchors
 from gateway.msh.security import MessageSecurity
 from gateway.settings.sections import AdminConfig, TlsConfig
 from gateway.settings.security import SecurityConfig
-from gateway.tls import TlsIdentity, load_trust_anchors
 
 if TYPE_CHECKING:
     from adapters.api.config import ApiConfig
