@@ -47,11 +47,7 @@ def listener_security(values: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where} client_ca (mutual TLS) needs certificate and key")
 
 
-#: The options of :func:`listener_security`, read first (a missing file is named before
-#: any other problem of the listener).
-SECURITY_OPTIONS = ["certificate", "key", "client_ca", "users_file"]
-
-#: Their kind: a file that must exist.
+#: The kind of a listener's ``certificate``, ``key``, ``client_ca`` and ``users_file``.
 SECURITY_KIND = EXISTING_PATH
 
 
