@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from gateway.settings.options import (
     refuse_unknown,
 )
 from gateway.settings.registry import Section, register
+from gateway.store.stuf import DEFAULT_MAX_AGE, DEFAULT_READ_AFTER
 
 STUF_ROLES = ("gemeente", "node")
 
@@ -106,14 +108,18 @@ class StufConfig:
     provider_inbox: Path | None = option(
         None, "node role: envelopes from care providers.", kind=PATH
     )
+    # The message log's retention, as ``dkgw purge`` applies it by default.
     read_retention_hours: float = option(
-        168.0,
+        DEFAULT_READ_AFTER / timedelta(hours=1),
         "node role: delivered and read items go after this.",
         bound=POSITIVE,
         refusal=_POSITIVE,
     )
     max_age_days: int = option(
-        90, "node role: everything goes after this.", bound=at_least(1), refusal=_POSITIVE
+        DEFAULT_MAX_AGE.days,
+        "node role: everything goes after this.",
+        bound=at_least(1),
+        refusal=_POSITIVE,
     )
     poll_interval: float = option(
         1.0,
