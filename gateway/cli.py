@@ -23,6 +23,7 @@ from pathlib import Path
 from gateway import xmlschemas
 from gateway.commands import api as api_commands
 from gateway.commands import check as check_commands
+from gateway.commands import config as config_commands
 from gateway.commands import cpa as cpa_commands
 from gateway.commands import demo as demo_commands
 from gateway.commands import message as message_commands
@@ -48,6 +49,7 @@ NO_STORE_COMMANDS = frozenset(
         ("cpa", "make"),
         ("api", "hash-password"),
         ("api", "openapi"),
+        ("config", "reference"),
     }
 )
 
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     stuf_commands.register(sub)
     status_commands.register(sub)
     ops_commands.register(sub)
+    config_commands.register(sub)
     for path, leaf in _leaves(parser):
         if path not in NO_STORE_COMMANDS:
             _add_config_option(leaf)

@@ -14,62 +14,49 @@ certificate expiring within 30 days, a group-readable key).
 
 from __future__ import annotations
 
-import logging
 import os
-import stat
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    PublicFormat,
-    load_pem_private_key,
-)
 
 from cpa.model import Cpa, PartyId, PartyInfo
-from gateway.config import GatewayConfig, SecurityConfig
+from gateway.config import GatewayConfig
+from gateway.material.findings import Finding, Severity, error, has_errors, warning
+from gateway.material.inspect import (
+    EXPIRY_WARNING,
+    check_key_permissions,
+    check_trusted,
+    check_validity,
+    inspect_pairs,
+    load_pair,
+)
+from gateway.material.load import load_message_security
 from gateway.store.database import Cursor
-from gateway.trust import CertificateRejected, Purpose, RejectReason, TrustStore
+from gateway.trust import TrustStore
 
-Severity = Literal["error", "warning"]
-
-#: A certificate expiring within this is worth a warning: PKIoverheid renewals
-#: take weeks (a new CPA with every partner).
-EXPIRY_WARNING = timedelta(days=30)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem: how bad, what it concerns (a config option, a CPA) and what is wrong."""
-
-    severity: Severity
-    subject: str
-    text: str
-
-    def line(self) -> str:
-        """The report line: ``error: [tls] certificate: expired on 2026-01-01``."""
-        return f"{self.severity}: {self.subject}: {self.text}"
-
-
-def error(subject: str, text: str) -> Finding:
-    """An error finding."""
-    return Finding("error", subject, text)
-
-
-def warning(subject: str, text: str) -> Finding:
-    """A warning finding."""
-    return Finding("warning", subject, text)
-
-
-def has_errors(findings: Iterable[Finding]) -> bool:
-    """True when any finding is an error."""
-    return any(f.severity == "error" for f in findings)
+__all__ = [
+    "EXPIRY_WARNING",
+    "Finding",
+    "OwnCertificates",
+    "Severity",
+    "check_cpa_certificates",
+    "check_data_dir",
+    "check_directory",
+    "check_folders",
+    "check_key_permissions",
+    "check_schema",
+    "check_trusted",
+    "check_validity",
+    "check_webhook_files",
+    "error",
+    "has_errors",
+    "load_pair",
+    "run_checks",
+    "warning",
+]
 
 
 # -- files and directories ------------------------------------------------------------
@@ -160,124 +147,6 @@ def check_webhook_files(config: GatewayConfig, now: datetime) -> list[Finding]:
 
 def _subject(certificate: x509.Certificate) -> str:
     return certificate.subject.rfc4514_string()
-
-
-def check_key_permissions(subject: str, path: Path) -> list[Finding]:
-    """A private key readable by others is an error, by the group a warning."""
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        return []  # reported once, by load_pair
-    if mode & stat.S_IROTH:
-        return [error(subject, f"{path} is readable by everyone (mode {mode:04o}); chmod 600 it")]
-    if mode & stat.S_IRGRP:
-        return [warning(subject, f"{path} is readable by its group (mode {mode:04o})")]
-    return []
-
-
-# -- keys and certificates ------------------------------------------------------------
-
-
-def _spki(key: object) -> bytes:
-    public = getattr(key, "public_key", None)
-    if public is None:
-        return b""
-    spki: bytes = public().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return spki
-
-
-def load_pair(
-    subject: str, cert_path: Path, key_path: Path
-) -> tuple[x509.Certificate | None, list[Finding]]:
-    """Read a certificate and its private key; the certificate (if readable) and findings.
-
-    Findings: a file that cannot be read or parsed, an encrypted key, a key that
-    does not belong to the certificate.
-    """
-    findings: list[Finding] = []
-    key_subject = subject.replace("certificate", "key")  # "[tls] client_key"
-    cert: x509.Certificate | None = None
-    try:
-        cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
-    except OSError as exc:
-        findings.append(error(subject, f"cannot read {cert_path}: {exc.strerror}"))
-    except ValueError:
-        findings.append(error(subject, f"{cert_path} holds no PEM certificate"))
-    key: PrivateKeyTypes | None = None
-    try:
-        key = load_pem_private_key(key_path.read_bytes(), password=None)
-    except OSError as exc:
-        findings.append(error(key_subject, f"cannot read {key_path}: {exc.strerror}"))
-    except TypeError:
-        findings.append(error(key_subject, f"{key_path} is encrypted; give it unencrypted"))
-    except ValueError:
-        findings.append(error(key_subject, f"{key_path} holds no PEM private key"))
-    if cert is not None and key is not None and _spki(key) != _spki(cert):
-        findings.append(
-            error(
-                subject,
-                f"the private key {key_path} does not belong to the certificate {cert_path}",
-            )
-        )
-    return cert, findings
-
-
-def _day(when: datetime) -> str:
-    return when.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def check_validity(
-    subject: str, cert: x509.Certificate, now: datetime, warn: timedelta = EXPIRY_WARNING
-) -> list[Finding]:
-    """Expired or not yet valid: error; expiring within ``warn``: warning."""
-    after, before = cert.not_valid_after_utc, cert.not_valid_before_utc
-    if after <= now:
-        return [error(subject, f"certificate expired on {_day(after)}")]
-    if before > now:
-        return [error(subject, f"certificate is not valid before {_day(before)}")]
-    if after - now <= warn:
-        days = (after - now).days
-        return [warning(subject, f"certificate expires on {_day(after)} (in {days} days)")]
-    return []
-
-
-def check_trusted(
-    subject: str,
-    cert: x509.Certificate,
-    purpose: Purpose,
-    trust: TrustStore,
-    now: datetime,
-    *,
-    report_unchecked: bool = True,
-) -> list[Finding]:
-    """Chain, usage and revocation (per ``crl_mode``) as partners will judge it.
-
-    Validity dates are :func:`check_validity`'s business and not repeated here.
-    With ``report_unchecked`` a revocation that could not be checked (crl_mode
-    ``best-effort`` without a CRL of the issuer) is a warning.
-    """
-    try:
-        # The CRL store logs what best-effort let pass; here it becomes a finding.
-        with _quiet("dkgw.crl"):
-            checked = trust.check_certificate(cert, purpose=purpose, at=now, now=now)
-    except CertificateRejected as exc:
-        if exc.code in (RejectReason.EXPIRED, RejectReason.NOT_YET_VALID):
-            return []
-        return [error(subject, exc.reason)]
-    if not report_unchecked:
-        return []
-    return [warning(subject, text) for text in checked.warnings]
-
-
-@contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    before = logger.disabled
-    logger.disabled = True
-    try:
-        yield
-    finally:
-        logger.disabled = before
 
 
 # -- CPAs -----------------------------------------------------------------------------
@@ -454,19 +323,13 @@ def _has_table(cur: Cursor, name: str) -> bool:
 
 def run_checks(config: GatewayConfig, now: datetime) -> list[Finding]:
     """Every check for one configuration, in the order an operator reads them."""
-    from gateway.msh.security import MessageSecurity
-
     findings = check_data_dir(config.data_dir)
     findings += check_folders(config)
     findings += check_webhook_files(config, now)
     trust: TrustStore | None = None
     try:
-        trust = MessageSecurity.load(
-            # Keys are checked below, one finding each; here only the trust store.
-            SecurityConfig(trust=config.security.trust),
-            default_anchors=(config.tls.trust_anchors,),
-            default_intermediates=(config.tls.chain,) if config.tls.chain else (),
-        ).trust
+        # Keys are checked below, one finding each; here only the trust store.
+        trust = load_message_security(config, keys=False).trust
     except (OSError, ValueError) as exc:
         findings.append(error("[security] trust", str(exc)))
     settings = config.security.trust
@@ -485,38 +348,9 @@ def run_checks(config: GatewayConfig, now: datetime) -> list[Finding]:
                 ),
             )
         )
-
-    tls, sec = config.tls, config.security
-    pairs: list[tuple[str, Path | None, Path | None, Purpose]] = [
-        ("[tls] certificate", tls.certificate, tls.key, "tls-server"),
-        ("[tls] client_certificate", tls.client_certificate, tls.client_key, "tls-client"),
-        ("[security] signing_certificate", sec.signing_certificate, sec.signing_key, "signing"),
-        (
-            "[security] encryption_certificate",
-            sec.encryption_certificate,
-            sec.encryption_key,
-            "encryption",
-        ),
-    ]
-    listeners = (("[api]", config.api), ("[admin]", config.admin))
-    for section, listener in listeners:
-        pairs.append((f"{section} certificate", listener.certificate, listener.key, "tls-server"))
-    loaded: dict[str, bytes] = {}
-    for subject, cert_path, key_path, purpose in pairs:
-        if cert_path is None or key_path is None:
-            continue
-        findings += check_key_permissions(subject.replace("certificate", "key"), key_path)
-        cert, problems = load_pair(subject, cert_path, key_path)
-        findings += problems
-        if cert is None:
-            continue
-        loaded[subject] = cert.public_bytes(Encoding.DER)
-        findings += check_validity(subject, cert, now)
-        # Our [api]/[admin] certificates may come from another CA than PKIoverheid.
-        if trust is not None and not subject.startswith(("[api]", "[admin]")):
-            findings += check_trusted(
-                subject, cert, purpose, trust, now, report_unchecked=crls_at_hand
-            )
+    inspected = inspect_pairs(config, trust, now, crls_at_hand=crls_at_hand)
+    findings += inspected.findings
+    loaded = inspected.certificates
 
     store_findings, cpas = _store_findings(config)
     findings += store_findings

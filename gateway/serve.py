@@ -46,6 +46,7 @@ from gateway.http.client import EbmsClient, server_pin
 from gateway.http.connections import TrackingSite
 from gateway.http.deadlines import Deadlines
 from gateway.http.server import ebms_site
+from gateway.material.load import load_listener_tls, load_material, load_tls
 from gateway.monitor.heartbeat import Heartbeats
 from gateway.monitor.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.monitor.pinger import PingScheduler, PingSettings, TickReport
@@ -63,9 +64,7 @@ from gateway.tls import (
     HandshakeFailure,
     HandshakeWatch,
     ServerTlsOptions,
-    TlsIdentity,
     api_server_context_factory,
-    load_trust_anchors,
     server_context_factory,
 )
 
@@ -181,15 +180,13 @@ class Gateway:
         registry = CpaRegistry(self.db)
         self.pool.start()
 
-        tls = config.tls
-        anchors = load_trust_anchors(tls.trust_anchors)
-        server_identity = TlsIdentity.from_files(tls.certificate, tls.key, tls.chain)
-        client_identity = TlsIdentity.from_files(tls.client_certificate, tls.client_key, tls.chain)
-        self.security = security = MessageSecurity.load(
-            config.security,
-            default_anchors=(tls.trust_anchors,),
-            default_intermediates=(tls.chain,) if tls.chain else (),
+        material = load_material(config)
+        anchors, server_identity, client_identity = (
+            material.tls.anchors,
+            material.tls.server,
+            material.tls.client,
         )
+        self.security = security = material.security
         trust = config.security.trust
         if trust.crl_urls and security.trust is not None and trust.crl_mode != "off":
             # PKIoverheid CRLs are refreshed at least every 4 hours [PKI002].
@@ -405,11 +402,10 @@ class Gateway:
 
     def _listener_tls(self, listener: AdminConfig | ApiConfig) -> ServerTlsOptions:
         """The TLS of the admin or API listener, from its files as they are now."""
-        assert listener.certificate is not None and listener.key is not None
-        identity = TlsIdentity.from_files(listener.certificate, listener.key, None)
-        anchors = load_trust_anchors(listener.client_ca) if listener.client_ca is not None else ()
+        material = load_listener_tls(listener)
+        assert material is not None  # the caller checked certificate and key
         watch = self._watch(_listener_name(listener))
-        return api_server_context_factory(identity, anchors, watch=watch)
+        return api_server_context_factory(material.identity, material.client_anchors, watch=watch)
 
     def _watch(self, listener: str) -> HandshakeWatch:
         return HandshakeWatch(lambda failure: self._tls_refused(listener, failure))
@@ -483,10 +479,11 @@ class Gateway:
         config, tls = self.config, self.config.tls
         reloaded: list[str] = []
         try:
-            anchors = load_trust_anchors(tls.trust_anchors)
-            server_identity = TlsIdentity.from_files(tls.certificate, tls.key, tls.chain)
-            client_identity = TlsIdentity.from_files(
-                tls.client_certificate, tls.client_key, tls.chain
+            fresh_tls = load_tls(tls)
+            anchors, server_identity, client_identity = (
+                fresh_tls.anchors,
+                fresh_tls.server,
+                fresh_tls.client,
             )
             fresh = {
                 "ebms": server_context_factory(server_identity, anchors, watch=self._watch("ebms"))

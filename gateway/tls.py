@@ -3,7 +3,8 @@
 Digikoppeling requires two-way TLS on every exchange [DK TLS001/TLS002], TLS 1.2
 at least with 1.3 recommended, nothing older [TLS003/TLS004], and only cipher
 suites the NCSC rates "good" or "sufficient" [TLSCIPH001] (Digikoppeling Beveiligingsstandaarden).
-This module turns PEM files into pyOpenSSL contexts that say exactly that, for
+This module turns our identities and trust anchors (read by
+gateway/material/identity.py) into pyOpenSSL contexts that say exactly that, for
 both directions:
 
 * :func:`server_context_factory` for ``reactor.listenSSL`` / ``SSL4ServerEndpoint``:
@@ -25,27 +26,17 @@ first).  Only cryptography key and certificate objects are handed to pyOpenSSL
 ``X509Store.add_cert``, which takes nothing else, and the verify callback,
 which receives pyOpenSSL X509 objects.
 
-Revocation (CRLs, [PKI002-PKI004]) is not checked here yet.
+A server context reports every handshake it refuses through
+gateway/tls_watch.py.  Revocation (CRLs, [PKI002-PKI004]) is not checked here yet.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import ipaddress
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    PublicFormat,
-    load_pem_private_key,
-)
 from OpenSSL import SSL, crypto
 from service_identity.cryptography import (
     verify_certificate_hostname,
@@ -62,6 +53,29 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 # zope.interface ships no type information; ``implementer`` only registers interfaces.
 from zope.interface import implementer  # type: ignore[import-untyped]
+
+from gateway.material.identity import (
+    SIGNING_KEYS,
+    TlsIdentity,
+    fingerprint,
+    load_trust_anchors,
+)
+from gateway.tls_watch import HandshakeFailure, HandshakeWatch, x509_error
+
+__all__ = [
+    "ACCEPTABLE_CIPHERS",
+    "TLS13_CIPHERSUITES",
+    "ClientTlsPolicy",
+    "HandshakeFailure",
+    "HandshakeWatch",
+    "ServerTlsOptions",
+    "TlsIdentity",
+    "TlsVerificationError",
+    "api_server_context_factory",
+    "load_trust_anchors",
+    "peer_certificate",
+    "server_context_factory",
+]
 
 #: TLS 1.2 cipher suites: ECDHE key exchange (forward secrecy, no static RSA) with
 #: AES-GCM or ChaCha20-Poly1305, the AEAD suites NCSC rates "good" (NCSC TLS
@@ -101,14 +115,6 @@ _OPTIONS = (
     | SSL.OP_CIPHER_SERVER_PREFERENCE
 )
 
-#: Key types that can sign a handshake and that NCSC accepts (no DSA).
-_SigningKey = (
-    rsa.RSAPrivateKey,
-    ec.EllipticCurvePrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-)
-
 
 class TlsVerificationError(Exception):
     """The server's certificate was refused by the client (chain, name or pin).
@@ -116,98 +122,6 @@ class TlsVerificationError(Exception):
     Reported as the reason of the failed connection, so the delivery worker can
     tell a partner's certificate problem from a network problem.
     """
-
-
-def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(Encoding.DER)
-
-
-def _fingerprint(cert: x509.Certificate) -> bytes:
-    """SHA-256 of the DER encoding, the way the CPA tooling identifies a certificate."""
-    return hashlib.sha256(_der(cert)).digest()
-
-
-def _spki(key: PublicKeyTypes) -> bytes:
-    """SubjectPublicKeyInfo of a public key, for comparing keys of any type."""
-    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
-_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
-
-
-def _pem_certificates(path: Path) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(path.read_bytes())
-    except ValueError as exc:
-        raise ValueError(f"{path}: no PEM certificate could be read ({exc})") from None
-
-
-@dataclass(frozen=True)
-class TlsIdentity:
-    """A certificate with its private key and the intermediates to send with it.
-
-    ``chain`` is sent as is, leaf not included.  When it is empty, OpenSSL
-    completes the chain from the context's trust anchors where it can.
-    """
-
-    certificate: x509.Certificate
-    private_key: PrivateKeyTypes
-    chain: tuple[x509.Certificate, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.private_key, _SigningKey):
-            raise ValueError(
-                f"a {type(self.private_key).__name__} is not usable for TLS"
-                " (RSA, EC, Ed25519 or Ed448 keys are)"
-            )
-        if _spki(self.private_key.public_key()) != _spki(self.certificate.public_key()):
-            raise ValueError("the private key does not belong to the certificate")
-
-    @classmethod
-    def from_files(cls, cert: Path, key: Path, chain: Path | None = None) -> TlsIdentity:
-        """Load PEM files: certificate, unencrypted private key, optional chain.
-
-        When ``cert`` holds several certificates, the first is ours and the rest
-        are taken as chain, followed by those in ``chain``.  Raises ValueError
-        naming the file when its content is wrong or the key does not belong to
-        the certificate, and OSError when a file cannot be read.
-        """
-        leaf, *extra = _pem_certificates(cert)
-        if chain is not None:
-            extra += _pem_certificates(chain)
-        try:
-            private_key = load_pem_private_key(key.read_bytes(), password=None)
-        except TypeError:
-            # cryptography raises TypeError for an encrypted key without password.
-            raise ValueError(f"{key}: the private key is encrypted; give it unencrypted") from None
-        except ValueError as exc:
-            raise ValueError(f"{key}: no PEM private key could be read ({exc})") from None
-        try:
-            return cls(leaf, private_key, tuple(extra))
-        except ValueError as exc:
-            raise ValueError(f"{key} and {cert}: {exc}") from None
-
-
-def load_trust_anchors(path: Path) -> tuple[x509.Certificate, ...]:
-    """The CA certificates in one PEM file, or in the ``*.pem`` files of a directory.
-
-    In a directory, ``*.pem`` files without a certificate block (a CRL, say) are
-    passed over; a certificate block that cannot be read is an error everywhere.
-    Duplicates are dropped (a directory may hold both ``root.pem`` and a chain
-    file that repeats it).  Raises ValueError when no certificate is found and
-    OSError when a file cannot be read.
-    """
-    if path.is_dir():
-        files = [f for f in sorted(path.glob("*.pem")) if _PEM_CERTIFICATE in f.read_bytes()]
-    else:
-        files = [path]
-    anchors: dict[bytes, x509.Certificate] = {}
-    for file in files:
-        for cert in _pem_certificates(file):
-            anchors.setdefault(_fingerprint(cert), cert)
-    if not anchors:
-        raise ValueError(f"{path}: no trust anchor certificates found")
-    return tuple(anchors.values())
 
 
 def _context(
@@ -227,7 +141,7 @@ def _context(
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
 
     key = identity.private_key
-    assert isinstance(key, _SigningKey)  # checked by TlsIdentity.__post_init__
+    assert isinstance(key, SIGNING_KEYS)  # checked by TlsIdentity.__post_init__
     ctx.use_certificate(identity.certificate)
     ctx.use_privatekey(key)
     for cert in identity.chain:
@@ -246,131 +160,6 @@ def _context(
     store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
     ctx.set_verify_depth(_VERIFY_DEPTH)
     return ctx
-
-
-@dataclass(frozen=True)
-class HandshakeFailure:
-    """A TLS handshake a listener refused, or that the client broke off with an alert."""
-
-    peer: str
-    """``host:port`` of the client."""
-    reason: str
-    """A short fixed label, for metrics: ``no-client-certificate``, ``untrusted-certificate``..."""
-    text: str
-    """The reason in plain words."""
-    subject: str | None = None
-    """The client certificate's subject, when it sent one."""
-
-
-#: TLS alert descriptions (RFC 8446 §6.2, RFC 5246 §7.2) a server sends when it
-#: refuses a handshake: label and plain words.  The client-certificate ones are
-#: refined with the verify result where there is one.
-_ALERTS = {
-    40: ("handshake-failure", "handshake failure (no common cipher suite or parameters)"),
-    42: ("bad-certificate", "client certificate refused"),
-    43: ("unsupported-certificate", "client certificate of an unsupported type"),
-    44: ("revoked-certificate", "client certificate revoked"),
-    45: ("expired-certificate", "client certificate has expired"),
-    46: ("bad-certificate", "client certificate refused"),
-    48: ("untrusted-certificate", "client certificate not trusted (unknown CA)"),
-    70: ("protocol-version", "protocol version too old (TLS 1.2 is the minimum)"),
-    71: ("insufficient-security", "no cipher suite strong enough"),
-    80: ("internal-error", "internal error"),
-    86: ("inappropriate-fallback", "inappropriate fallback"),
-    109: ("missing-extension", "a required TLS extension is missing"),
-    110: ("unsupported-extension", "an unsupported TLS extension"),
-    112: ("unrecognized-name", "unknown server name"),
-    116: ("no-client-certificate", "no client certificate"),
-    120: ("no-application-protocol", "no common application protocol"),
-}
-
-#: X.509 verify errors of a client certificate, as metric labels.
-_VERIFY_LABELS = {
-    9: "certificate-not-yet-valid",
-    10: "expired-certificate",
-    26: "wrong-purpose",
-}
-
-_FATAL = 2
-
-
-class HandshakeWatch:
-    """Reports every handshake a server context refuses, with the peer and the reason.
-
-    Installed on a context by :meth:`install`; ``report`` is called on the reactor
-    thread (OpenSSL calls back from Twisted's TLS protocol) and must not block.
-    """
-
-    def __init__(self, report: Callable[[HandshakeFailure], None]) -> None:
-        self.report = report
-        # Per connection: the first verify error (errno, depth, subject) and the leaf's
-        # subject; dropped with the connection.
-        self._verify: weakref.WeakKeyDictionary[SSL.Connection, tuple[int, int, str]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._leaf: weakref.WeakKeyDictionary[SSL.Connection, str] = weakref.WeakKeyDictionary()
-        self._done: weakref.WeakSet[SSL.Connection] = weakref.WeakSet()
-
-    def install(self, ctx: SSL.Context, mode: int) -> None:
-        """Set ``mode`` with a verify callback that keeps OpenSSL's verdict, and the alerts hook."""
-        ctx.set_verify(mode, self._on_verify)
-        ctx.set_info_callback(self._on_info)
-
-    def _on_verify(
-        self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
-    ) -> bool:
-        # OpenSSL's verdict stands; this only remembers it for the log line.
-        try:
-            subject = cert.to_cryptography().subject.rfc4514_string()
-            if depth == 0:
-                self._leaf[conn] = subject
-            if not ok and conn not in self._verify:
-                self._verify[conn] = (errno, depth, subject)
-        except Exception:  # noqa: S110 - nothing may escape an OpenSSL callback
-            pass
-        return bool(ok)
-
-    def _on_info(self, conn: SSL.Connection, where: int, ret: int) -> None:
-        try:
-            if where & SSL.SSL_CB_HANDSHAKE_DONE:
-                self._done.add(conn)
-                return
-            if not where & SSL.SSL_CB_ALERT or (ret >> 8) != _FATAL or conn in self._done:
-                return
-            failure = self._failure(conn, ret & 0xFF, sent=bool(where & SSL.SSL_CB_WRITE))
-            self._done.add(conn)  # one report per connection
-            self.report(failure)
-        except Exception:  # noqa: S110 - nothing may escape an OpenSSL callback
-            pass
-
-    def _failure(self, conn: SSL.Connection, alert: int, *, sent: bool) -> HandshakeFailure:
-        peer = "-"
-        protocol = conn.get_app_data()
-        transport = getattr(protocol, "transport", None)
-        if transport is not None:
-            address = transport.getPeer()
-            peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
-        subject = self._leaf.get(conn)
-        label, text = _ALERTS.get(alert, ("alert", f"TLS alert {alert}"))
-        if not sent:
-            return HandshakeFailure(
-                peer, "client-refused", f"the client broke off the handshake ({text})", subject
-            )
-        verified = self._verify.get(conn)
-        if verified is not None:
-            errno, depth, which = verified
-            label = _VERIFY_LABELS.get(errno, "untrusted-certificate")
-            what = "client certificate" if depth == 0 else f"client certificate's CA {which}"
-            if errno == 10:
-                text = f"{what} has expired"
-            elif errno in _VERIFY_LABELS:
-                text = f"{what}: {_x509_error(errno)}"
-            else:
-                text = f"{what} not trusted ({_x509_error(errno)})"
-        elif alert in (40, 116) and subject is None and conn.get_peer_certificate() is None:
-            # TLS 1.2 says handshake_failure, TLS 1.3 certificate_required.
-            label, text = "no-client-certificate", "no client certificate"
-        return HandshakeFailure(peer, label, text, subject)
 
 
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
@@ -513,7 +302,7 @@ class _ClientConnectionCreator:
                 subject = cert.to_cryptography().subject.rfc4514_string()
                 raise TlsVerificationError(
                     f"server certificate chain for {self._host} refused at depth {depth} "
-                    f"({subject}): {_x509_error(errno)}"
+                    f"({subject}): {x509_error(errno)}"
                 )
             if depth != 0:
                 return True
@@ -522,11 +311,11 @@ class _ClientConnectionCreator:
                 verify_certificate_ip_address(leaf, self._ip)
             else:
                 verify_certificate_hostname(leaf, self._host)
-            if self._pin is not None and _fingerprint(leaf) not in self._pin:
+            if self._pin is not None and fingerprint(leaf) not in self._pin:
                 expected = " or ".join(sorted(p.hex() for p in self._pin))
                 raise TlsVerificationError(
                     f"server certificate for {self._host} is not the one in the CPA "
-                    f"(SHA-256 {_fingerprint(leaf).hex()}, expected {expected})"
+                    f"(SHA-256 {fingerprint(leaf).hex()}, expected {expected})"
                 )
             if self._leaf_check is not None:
                 # Revocation and key usage: OpenSSL has no CRLs here (docs/security.md).
@@ -546,26 +335,6 @@ def _fail_verification(conn: SSL.Connection, exc: Exception) -> None:
     if isinstance(protocol, TLSMemoryBIOProtocol):
         # Both are untyped in Twisted; failVerification aborts the connection.
         protocol.failVerification(Failure(exc))  # type: ignore[no-untyped-call]
-
-
-#: The X.509 verification errors a misconfigured partner typically causes
-#: (OpenSSL's X509_V_ERR_* numbers), to make refusals readable in the log.
-_X509_ERRORS = {
-    2: "unable to get issuer certificate",
-    9: "certificate is not yet valid",
-    10: "certificate has expired",
-    12: "CRL is not yet valid",
-    23: "certificate revoked",
-    18: "self-signed certificate",
-    19: "self-signed certificate in chain",
-    20: "unable to get local issuer certificate",
-    21: "unable to verify the first certificate",
-    26: "unsupported certificate purpose",
-}
-
-
-def _x509_error(errno: int) -> str:
-    return _X509_ERRORS.get(errno, f"X509 verify error {errno}")
 
 
 @implementer(IPolicyForHTTPS)
@@ -604,7 +373,7 @@ class ClientTlsPolicy:
         replaces any earlier one; this policy itself is not changed.
         """
         pinned = copy.copy(self)  # the context is shared: it is immutable once used
-        pinned._pin = frozenset(_fingerprint(c) for c in (server_certificate, *also))
+        pinned._pin = frozenset(fingerprint(c) for c in (server_certificate, *also))
         return pinned
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:

@@ -927,17 +927,14 @@ def _refusal_text(exc: SendError, cpa_id: str) -> str:
 def upload_handler(args: Any, session: Any) -> Callable[[str, bytes], Accepted | Rejected]:
     """The per-file handler of ``dkgw upload``: send each message through the relay."""
     from gateway.config import load_config
+    from gateway.material.load import load_message_security
 
     if getattr(args, "config", None) is None:
         raise ValueError("dkgw upload needs --config (the gateway's [stuf] section)")
     config = load_config(args.config)
     if not config.stuf.role:
         raise ValueError(f"{args.config}: [stuf] role is not set")
-    security = MessageSecurity.load(
-        config.security,
-        default_anchors=(config.tls.trust_anchors,),
-        default_intermediates=(config.tls.chain,) if config.tls.chain else (),
-    )
+    security = load_message_security(config)
     relay = Relay(
         session.db,
         CpaRegistry(session.db),

@@ -76,4 +76,8 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
         "dkgw --config /etc/dkgw/dkgw.toml status --json",
     ),
     ("upload",): ("dkgw --config /etc/dkgw/dkgw.toml upload aanlevering.zip",),
+    ("config", "reference"): (
+        "dkgw config reference > dkgw-reference.toml",
+        "dkgw config reference --markdown > docs/configuration.md",
+    ),
 }

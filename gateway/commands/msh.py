@@ -21,6 +21,7 @@ from gateway.commands.common import config_of, fail, open_store
 from gateway.config import ConfigError, load_config
 from gateway.errors import StartupError, describe
 from gateway.logfmt import configure_logging
+from gateway.material.load import load_message_security
 from gateway.monitor.pinger import ping_failure
 from gateway.msh.answers import Outcome
 from gateway.msh.plan import Payload
@@ -209,12 +210,7 @@ def _sending_setup(args: argparse.Namespace) -> tuple[Database, MessageSecurity 
     config = config_of(args)
     if config is None:
         return open_store(args), None
-    security = MessageSecurity.load(
-        config.security,
-        default_anchors=(config.tls.trust_anchors,),
-        default_intermediates=(config.tls.chain,) if config.tls.chain else (),
-    )
-    return open_store(args), security
+    return open_store(args), load_message_security(config)
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from gateway.settings.options import POSITIVE, at_least, option
 from gateway.store.database import Cursor, Database, Row
 from gateway.store.timeutil import from_db, to_db
 
@@ -61,20 +62,41 @@ KINDS = (
 )
 
 
+_POSITIVE_DAYS = "[retention] messages_days, webhook_days, filedrop_days: positive"
+_POSITIVE_BATCH = "[retention] batch_size and interval must be positive"
+
+
 @dataclass(frozen=True)
 class RetentionSettings:
     """How long finished data is kept (``[retention]`` in the config)."""
 
-    messages_days: float = 30.0
-    """ebMS messages and signals with everything attached, after their final state."""
-    webhook_days: float = 7.0
-    """Webhook deliveries after they were done or failed."""
-    filedrop_days: float = 30.0
-    """File-drop history rows after the file was sent or refused."""
-    batch_size: int = 500
-    """Messages looked at per transaction."""
-    interval: float = 3600.0
-    """Seconds between the purges ``dkgw serve`` runs."""
+    messages_days: float = option(
+        30.0,
+        "ebMS messages and signals with everything attached: days after their final state.",
+        bound=POSITIVE,
+        refusal=_POSITIVE_DAYS,
+    )
+    webhook_days: float = option(
+        7.0,
+        "Webhook deliveries: days after they were done or failed.",
+        bound=POSITIVE,
+        refusal=_POSITIVE_DAYS,
+    )
+    filedrop_days: float = option(
+        30.0,
+        "File-drop history rows: days after the file was sent or refused.",
+        bound=POSITIVE,
+        refusal=_POSITIVE_DAYS,
+    )
+    batch_size: int = option(
+        500, "Messages looked at per transaction.", bound=at_least(1), refusal=_POSITIVE_BATCH
+    )
+    interval: float = option(
+        3600.0,
+        "Seconds between the purges dkgw serve runs.",
+        bound=POSITIVE,
+        refusal=_POSITIVE_BATCH,
+    )
 
 
 @dataclass(frozen=True)
