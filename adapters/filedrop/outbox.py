@@ -32,14 +32,7 @@ from typing import Protocol
 import psycopg
 
 from adapters.filedrop.files import ensure_folder, fsync_folder, move_no_clobber
-from cpa.model import Cpa, Service, parse_party
-from cpa.registry import CpaNotFound, CpaRegistry
-from gateway.config import FileDropConfig
-from gateway.logfmt import log_event
-from gateway.msh.outbound import Payload, SendError, queue_message
-from gateway.msh.security import MessageSecurity
-from gateway.store.database import Cursor, Database, IntegrityConflict, StoreError
-from gateway.store.filedrop import (
+from adapters.filedrop.store import (
     FileDropItem,
     ItemState,
     claim_item,
@@ -47,6 +40,13 @@ from gateway.store.filedrop import (
     set_item_message,
     settle_items,
 )
+from cpa.model import Cpa, Service, parse_party
+from cpa.registry import CpaNotFound, CpaRegistry
+from gateway.config import FileDropConfig
+from gateway.logfmt import log_event
+from gateway.msh.outbound import Payload, SendError, queue_message
+from gateway.msh.security import MessageSecurity
+from gateway.store.database import Cursor, Database, IntegrityConflict, StoreError
 from gateway.store.messages import CHUNK_BYTES, SpooledPayload
 from gateway.store.timeutil import to_db, utcnow
 

@@ -53,6 +53,18 @@ from adapters.stuf.envelope import (
 )
 from adapters.stuf.fo01 import FO01_ROOT, fo01_for, parse_fo01
 from adapters.stuf.rules import Role, Settings, Verdict, check
+from adapters.stuf.store import (
+    LogEntry,
+    PurgeCounts,
+    StufDirection,
+    StufStatus,
+    mark_by_ebms_id,
+    purge,
+    query_log,
+    record_message,
+    reference_used,
+    update_status,
+)
 from adapters.upload import Accepted, Rejected
 from cpa.model import Cpa, PartyId, Service, parse_party
 from cpa.registry import CpaNotFound, CpaRegistry
@@ -70,18 +82,6 @@ from gateway.store.messages import (
     fail_received,
     find_message,
     load_attachments,
-)
-from gateway.store.stuf import (
-    LogEntry,
-    PurgeCounts,
-    StufDirection,
-    StufStatus,
-    mark_by_ebms_id,
-    purge,
-    query_log,
-    record_message,
-    reference_used,
-    update_status,
 )
 from gateway.store.timeutil import to_db, utcnow
 
