@@ -33,13 +33,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from cpa.registry import CpaNotFound
 from gateway.ebms.envelope import MAX_ENVELOPE_BYTES
 from gateway.ebms.mime import OutgoingPart, build_swa, parse_content_type
 from gateway.ebms.model import EB_NS, SOAP_NS
 from gateway.http.failures import describe_failure, describe_http
 from gateway.logfmt import log_event
 from gateway.msh.inbound import AckCheck, accept_sync_reply
+from gateway.store.cpas import CpaNotFound
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
     EventType,

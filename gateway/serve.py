@@ -35,7 +35,6 @@ from adapters.filedrop import FileDrop
 from adapters.stuf.relay import Relay
 from adapters.stuf.service import RelayService
 from adapters.webhooks import WebhookDispatcher
-from cpa.registry import CpaRegistry
 from gateway import xmlschemas
 from gateway.config import AdminConfig, ApiConfig, GatewayConfig
 from gateway.crl import CrlRefresher
@@ -54,6 +53,7 @@ from gateway.monitor.status import Snapshot, snapshot, status_document
 from gateway.msh.inbound import InboundProcessor
 from gateway.msh.outbound import Queued, send_message, send_ping
 from gateway.msh.security import AckVerifier, MessageSecurity
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import StoredMessage
 from gateway.store.migrate import apply_migrations

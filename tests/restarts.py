@@ -30,9 +30,9 @@ from pathlib import Path
 
 from cpa.generate import ActionSpec, CpaSpec, make_cpa
 from cpa.model import PartyId, Service
-from cpa.registry import CpaRegistry
 from gateway.commands.demo import MUNICIPALITY, NODE, example_party
 from gateway.msh.outbound import Payload, send_message
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.gateways import tls_toml

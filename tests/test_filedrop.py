@@ -39,8 +39,8 @@ from adapters.filedrop.inbox import Inbox
 from adapters.filedrop.outbox import Outbox
 from adapters.filedrop.store import ItemState, claim_item, list_items
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
 from gateway.config import FileDropConfig, load_config
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database, IntegrityConflict
 from gateway.store.messages import (
     CHUNK_BYTES,

@@ -33,10 +33,10 @@ from pathlib import Path
 import pytest
 
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
 from gateway.ebms.envelope import MAX_ENVELOPE_BYTES, EnvelopeError, parse_envelope
 from gateway.ebms.mime import MimeError, MimeLimits, OutgoingPart, build_swa
 from gateway.http.server import SoapPartTooLarge, split_package
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from gateway.xmlsafe import UnsafeXmlError, parse_xml

@@ -13,12 +13,12 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.stuf.store import purge as stuf_purge
-from cpa.registry import CpaRegistry
 from gateway.cli import main
 from gateway.config import ConfigError, load_config
 from gateway.ebms.envelope import parse_envelope
 from gateway.msh.inbound import InboundProcessor, InboundRequest
 from gateway.store.backoffice import process_message
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.messages import (
     CHUNK_BYTES,

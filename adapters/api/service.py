@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any
 
 from cpa.model import MSH_SERVICE, Cpa, PartyId, PartyInfo, Service, parse_party
-from cpa.registry import CpaExists, CpaInUse, CpaInvalid, CpaNotFound, CpaRegistry
 from gateway.logfmt import log_event
 from gateway.msh.outbound import (
     Payload,
@@ -50,6 +49,7 @@ from gateway.store.backoffice import (
     unprocessed_events,
     unprocessed_message_ids,
 )
+from gateway.store.cpas import CpaExists, CpaInUse, CpaInvalid, CpaNotFound, CpaRegistry
 from gateway.store.database import Cursor, Database, IntegrityConflict
 from gateway.store.identifiers import check_identifier, xml_safe
 from gateway.store.messages import (

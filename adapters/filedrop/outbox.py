@@ -41,11 +41,11 @@ from adapters.filedrop.store import (
     settle_items,
 )
 from cpa.model import Cpa, Service, parse_party
-from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
 from gateway.msh.outbound import Payload, SendError, queue_message
 from gateway.msh.security import MessageSecurity
+from gateway.store.cpas import CpaNotFound, CpaRegistry
 from gateway.store.database import Cursor, Database, IntegrityConflict, StoreError
 from gateway.store.messages import CHUNK_BYTES, SpooledPayload
 from gateway.store.timeutil import to_db, utcnow

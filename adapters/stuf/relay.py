@@ -67,12 +67,12 @@ from adapters.stuf.store import (
 )
 from adapters.upload import Accepted, Rejected
 from cpa.model import Cpa, PartyId, Service, parse_party
-from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.config import StufConfig
 from gateway.logfmt import log_event
 from gateway.msh.outbound import Payload, SendError, queue_message
 from gateway.msh.security import MessageSecurity
 from gateway.store.backoffice import process_message
+from gateway.store.cpas import CpaNotFound, CpaRegistry
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
     Direction,

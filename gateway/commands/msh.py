@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from cpa.model import Service
-from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.commands.common import config_of, fail, open_store
 from gateway.config import ConfigError, load_config
 from gateway.errors import StartupError, describe
@@ -24,6 +23,7 @@ from gateway.logfmt import configure_logging
 from gateway.monitor.pinger import ping_failure
 from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
 from gateway.msh.security import MessageSecurity
+from gateway.store.cpas import CpaNotFound, CpaRegistry
 from gateway.store.database import Cursor, Database, Row
 from gateway.store.messages import Direction, find_message, task_for_message
 

@@ -22,12 +22,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cpa.model import MSH_SERVICE, PartyId, Service, parse_party
-from cpa.registry import CpaRegistry
 from cpa.resolve import ResolutionError, Route, resolve
 from gateway.ebms.envelope import Envelope, build_envelope
 from gateway.ebms.model import AckRequested, ManifestReference, MessageHeader, SyncReply
 from gateway.ebms.signals import new_message_id, ping, status_request
 from gateway.msh.security import MessageSecurity, SecurityUnavailable, protect_outbound
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
     AttachmentRecord,
