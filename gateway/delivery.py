@@ -59,7 +59,7 @@ from gateway.store.messages import (
 )
 from gateway.store.timeutil import utcnow
 from gateway.store.urlmap import check_url, resolve_url
-from gateway.xmlsafe import parse_xml
+from xmlsafe import parse_xml
 
 log = logging.getLogger("dkgw.delivery")
 

@@ -35,7 +35,6 @@ from adapters.filedrop import FileDrop
 from adapters.stuf.relay import Relay
 from adapters.stuf.service import RelayService
 from adapters.webhooks import WebhookDispatcher
-from gateway import xmlschemas
 from gateway.config import AdminConfig, ApiConfig, GatewayConfig
 from gateway.crl import CrlRefresher
 from gateway.delivery import DeliveryWorker
@@ -68,6 +67,7 @@ from gateway.tls import (
     load_trust_anchors,
     server_context_factory,
 )
+from xmlsafe import schemas as xmlschemas
 
 log = logging.getLogger("dkgw.serve")
 

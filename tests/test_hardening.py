@@ -39,10 +39,10 @@ from gateway.http.server import SoapPartTooLarge, split_package
 from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
 from tests.conftest import SpecFactory
 from tests.gateways import free_port, start_serve, stop_serve, tls_toml
 from tests.messages import render
+from xmlsafe import UnsafeXmlError, parse_xml
 
 # The matrix shares one dkgw serve process (the module's target): one worker runs it all.
 pytestmark = pytest.mark.xdist_group("hardening")
