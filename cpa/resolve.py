@@ -34,7 +34,6 @@ from cpa.model import (
     Service,
     Transport,
 )
-from gateway.store.timeutil import utcnow  # noqa: F401  (deliberate layer violation)
 
 #: ``isConfidential`` values that ask for message-level encryption.
 PERSISTENT_CONFIDENTIALITY = frozenset({"persistent", "transient-and-persistent"})

@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from twisted.internet import defer  # noqa: F401  (deliberate layer violation)
-
 from gateway.ebms.envelope import Envelope
 from gateway.ebms.model import (
     MSH_SERVICE,
