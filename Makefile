@@ -28,9 +28,12 @@ demo: $(STAMP)
 pki: $(STAMP)
 	$(BIN)/python certs-example/make-pki
 
+# lint-imports checks the layers (xmlsafe/wsdl < cpa < gateway < adapters, the protocol
+# core free of store, edges, config and Twisted): the contracts in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

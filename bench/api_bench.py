@@ -65,8 +65,8 @@ from msh_bench import (  # the benchmark next to this one (run as bench/api_benc
 )
 
 from cpa.generate import ActionSpec, CpaSpec, make_cpa
-from cpa.registry import CpaRegistry
 from gateway.commands.demo import AGB, GEMEENTECODE, MUNICIPALITY, NODE, SERVICE, example_party
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 

@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cpa.generate import ActionSpec, CpaSpec, make_cpa  # noqa: E402
-from cpa.registry import CpaRegistry  # noqa: E402
 from gateway.commands.demo import MUNICIPALITY, NODE, SERVICE, DemoGateway, example_party  # noqa: E402
+from gateway.store.cpas import CpaRegistry  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
 from gateway.store.migrate import apply_migrations  # noqa: E402
 

@@ -53,12 +53,12 @@ from twisted.internet.threads import deferToThreadPool
 
 from cpa.generate import ActionSpec, CpaSpec, make_cpa
 from cpa.model import PartyId, Service
-from cpa.registry import CpaRegistry
 from gateway.commands.demo import MUNICIPALITY, NODE, example_party
 from gateway.config import DeliveryConfig, GatewayConfig, HttpConfig, TlsConfig
 from gateway.http.client import EbmsClient
 from gateway.msh.outbound import Payload
 from gateway.serve import Gateway
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from gateway.tls import ClientTlsPolicy, TlsIdentity, load_trust_anchors, server_context_factory

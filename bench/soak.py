@@ -71,8 +71,8 @@ from ebms_adapter_client import (
 from msh_bench import cpu_model, free_port, git_revision, say
 
 from cpa.generate import ActionSpec, CpaSpec, make_cpa
-from cpa.registry import CpaRegistry
 from gateway.commands.demo import MUNICIPALITY, NODE, SERVICE, example_party
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 

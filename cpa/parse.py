@@ -38,9 +38,9 @@ from cpa.model import (
     TransportSecurity,
 )
 from cpa.xsdtypes import parse_datetime, parse_duration
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
-from gateway.xmlschemas import Schema
 from wsdl import XSD_DIR
+from xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe.schemas import Schema
 
 _T = TypeVar("_T")
 
@@ -82,7 +82,7 @@ def _load_cpa_schema() -> etree._ElementTree:
 
 
 #: The CPPA 2.0 schema, from the local copy (never the network), compiled once
-#: and shared (gateway/xmlschemas.py).
+#: and shared (xmlsafe/schemas.py).
 CPA_SCHEMA = Schema(SCHEMA_PATH.name, _load_cpa_schema)
 
 

@@ -20,7 +20,6 @@ import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from gateway import xmlschemas
 from gateway.commands import api as api_commands
 from gateway.commands import check as check_commands
 from gateway.commands import config as config_commands
@@ -35,6 +34,7 @@ from gateway.commands import urlmap as urlmap_commands
 from gateway.commands.common import version
 from gateway.commands.examples import EXAMPLES
 from gateway.errors import describe
+from xmlsafe import schemas as xmlschemas
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # libxml2's XSD types are built here, in the main thread, before any
-        # command starts threads that compile schemas (gateway/xmlschemas.py).
+        # command starts threads that compile schemas (xmlsafe/schemas.py).
         xmlschemas.initialise()
         result: int = args.handler(args)
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ Each section is declared once, as a frozen dataclass in the package it
 configures (gateway/settings/options.py): the gateway's own in
 :mod:`gateway.settings.sections` and :mod:`gateway.settings.security`, the
 back-office API's in ``adapters/api/config.py``, the webhooks' in
-``adapters/webhooks_config.py``, the file drops' in ``adapters/filedrop/config.py``
+``adapters/webhooks/config.py``, the file drops' in ``adapters/filedrop/config.py``
 and the StUF relay's in ``adapters/stuf/config.py``.  ``dkgw config reference``
 prints every option with its default, and docs/configuration.md holds that
 text; ``deploy/example.toml`` explains each option (tests/test_settings.py keeps
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from adapters.api.config import ApiConfig
     from adapters.filedrop.config import FileDropConfig
     from adapters.stuf.config import STUF_ROLES, StufConfig, StufMunicipality
-    from adapters.webhooks_config import EVENT_TYPES, WebhookConfig
+    from adapters.webhooks.config import EVENT_TYPES, WebhookConfig
 
 __all__ = [
     "EVENT_TYPES",
@@ -77,8 +77,8 @@ _MOVED = {
     "StufConfig": "adapters.stuf.config",
     "StufMunicipality": "adapters.stuf.config",
     "STUF_ROLES": "adapters.stuf.config",
-    "WebhookConfig": "adapters.webhooks_config",
-    "EVENT_TYPES": "adapters.webhooks_config",
+    "WebhookConfig": "adapters.webhooks.config",
+    "EVENT_TYPES": "adapters.webhooks.config",
 }
 
 

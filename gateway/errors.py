@@ -14,6 +14,8 @@ import sqlite3
 
 import psycopg
 
+from xmlsafe.schemas import SchemaCompileError
+
 
 class OperatorError(Exception):
     """A problem the operator can fix (configuration, files, store); the text says which."""
@@ -31,7 +33,9 @@ def describe(exc: BaseException) -> str | None:
     they are described too; anything else is a programming error and keeps its
     traceback.
     """
-    if isinstance(exc, OperatorError):
+    # A schema that does not compile is the installation's problem, worded for the
+    # operator where it is raised (xmlsafe sits below the gateway, so not an OperatorError).
+    if isinstance(exc, (OperatorError, SchemaCompileError)):
         return str(exc)
     if isinstance(exc, sqlite3.Error):
         return f"store (SQLite): {_first_line(exc)}"

@@ -268,8 +268,8 @@ def check_schema(applied: Iterable[int], known: Iterable[int]) -> list[Finding]:
 
 def _store_findings(config: GatewayConfig) -> tuple[list[Finding], list[Cpa]]:
     """Open the store without changing it: schema version and the CPAs in it."""
-    from cpa.registry import CpaRegistry, select_all
     from gateway.errors import describe
+    from gateway.store.cpas import CpaRegistry, select_all
     from gateway.store.database import Database
     from gateway.store.migrate import load_migrations
 

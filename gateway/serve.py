@@ -1,7 +1,7 @@
 """One gateway process: the HTTPS endpoint, the delivery worker and the store.
 
 Startup order matters.  Every XML Schema is compiled first, in the main
-thread, before any other thread exists (gateway/xmlschemas.py: libxml2's
+thread, before any other thread exists (xmlsafe/schemas.py: libxml2's
 lazily built schema types are not thread-safe).  Then, for "persist before
 acting", the store (and its migrations), then the worker, so tasks left by
 a previous run are picked up, then the listener.  Shutdown is the reverse: stop accepting, let
@@ -35,8 +35,6 @@ from adapters.filedrop import FileDrop
 from adapters.stuf.relay import Relay
 from adapters.stuf.service import RelayService
 from adapters.webhooks import WebhookDispatcher
-from cpa.registry import CpaRegistry
-from gateway import xmlschemas
 from gateway.config import AdminConfig, ApiConfig, GatewayConfig
 from gateway.crl import CrlRefresher
 from gateway.delivery import DeliveryWorker
@@ -55,6 +53,7 @@ from gateway.monitor.status import Snapshot, snapshot, status_document
 from gateway.msh.inbound import InboundProcessor
 from gateway.msh.security import AckVerifier, MessageSecurity
 from gateway.msh.service import Queued, send_message, send_ping
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import StoredMessage
 from gateway.store.migrate import apply_migrations
@@ -67,6 +66,7 @@ from gateway.tls import (
     api_server_context_factory,
     server_context_factory,
 )
+from xmlsafe import schemas as xmlschemas
 
 log = logging.getLogger("dkgw.serve")
 
@@ -112,7 +112,7 @@ def compile_schemas() -> list[str]:
 
     Importing the modules that own them registers them: the CPA, the ebMS
     envelope, the SOAP services' WSDLs and the StUF relay's XSDs.  Raises
-    :class:`~gateway.xmlschemas.SchemaCompileError` (a :class:`StartupError`).
+    :class:`~xmlsafe.schemas.SchemaCompileError`.
     """
     for module in SCHEMA_MODULES:
         importlib.import_module(module)

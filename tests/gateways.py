@@ -25,7 +25,6 @@ from twisted.internet import reactor, task
 
 from cpa.generate import make_cpa
 from cpa.model import PartyId, Service
-from cpa.registry import CpaRegistry
 from cpa.validate import ValidationOptions
 from gateway.config import (
     AdminConfig,
@@ -41,6 +40,7 @@ from gateway.config import (
 )
 from gateway.msh.outbound import Payload, Queued
 from gateway.serve import Gateway
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.trust import TrustSettings
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, PG_DSN, SpecFactory

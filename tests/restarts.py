@@ -30,9 +30,9 @@ from pathlib import Path
 
 from cpa.generate import ActionSpec, CpaSpec, make_cpa
 from cpa.model import PartyId, Service
-from cpa.registry import CpaRegistry
 from gateway.commands.demo import MUNICIPALITY, NODE, example_party
 from gateway.msh.outbound import Payload, send_message
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.gateways import tls_toml
@@ -42,7 +42,7 @@ NODE_PARTY = PartyId(NODE[2], "urn:osb:oin")
 SERVICE = Service("GGK:iWmo:3.2", "urn:osb:services")
 CPA_ID = "restart-storm"
 
-#: What a broken start logs (gateway/delivery.py, gateway/xmlschemas.py).
+#: What a broken start logs (gateway/delivery.py, xmlsafe/schemas.py).
 BROKEN_SIGNS = ("claiming tasks failed", "event=xml-schema-failed", "Traceback")
 
 _LISTENING = re.compile(r"event=(api|admin)-listening listen=127\.0\.0\.1:(\d+)")

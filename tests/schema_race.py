@@ -7,7 +7,7 @@ schema and the schema of ``wsdl/ebms.wsdl`` from two threads released at the
 same moment, then one more schema.  The last line printed is
 ``runs=N failed=M`` followed by the first failure seen.
 
-MODE ``module`` compiles through :mod:`gateway.xmlschemas` (what the gateway
+MODE ``module`` compiles through :mod:`xmlsafe.schemas` (what the gateway
 does); ``raw`` calls ``lxml.etree.XMLSchema`` directly, as the gateway did
 before, and fails about twice in a thousand runs.
 """
@@ -23,7 +23,7 @@ from lxml import etree
 
 from adapters.api.soap_http import WSDL_DIR, wsdl_schema
 from cpa.parse import CPA_SCHEMA, _load_cpa_schema
-from gateway.xmlschemas import Schema
+from xmlsafe.schemas import Schema
 
 _PROBE = b"""<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">
   <xs:element name="p" type="xs:dateTime"/></xs:schema>"""

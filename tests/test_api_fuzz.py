@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, SpecFactory

@@ -30,8 +30,8 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
 from gateway.config import ApiConfig
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from gateway.store.retention import RetentionSettings, purge

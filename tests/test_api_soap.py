@@ -30,8 +30,8 @@ from zeep.exceptions import Fault
 from adapters.api.service import PartnerUnavailable
 from adapters.api.soap_http import SOAP_NS, WSDL_DIR, WsdlDescription
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
 from gateway.config import ApiConfig
+from gateway.store.cpas import CpaRegistry
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, load_cert
 from tests.gateways import Pair, Side, gateway_config, store_url
 

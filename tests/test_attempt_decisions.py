@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cpa.registry import CpaNotFound
 from gateway.msh.attempt import (
     UNDELIVERABLE_CODE,
     classify,
@@ -37,6 +36,7 @@ from gateway.msh.attempt_facts import (
     Unreached,
 )
 from gateway.msh.attempt_prepare import Undeliverable, refusal_reason
+from gateway.store.cpas import CpaNotFound
 from gateway.store.messages import EventType, OutboundStatus, TaskOutcome
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -10,13 +10,13 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
 from gateway.store.certmap import (
     delete_mapping,
     list_mappings,
     resolve_certificate,
     set_mapping,
 )
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database, IntegrityConflict
 from gateway.store.migrate import apply_migrations, load_migrations
 from tests.conftest import SpecFactory, load_cert

@@ -207,7 +207,7 @@ def test_json_log_lines_carry_the_correlation_id_to_the_ack(
     """``--log-format json``: one object per line with ids, parties, service/action,
     outcome and duration; the back office's correlation id on the message and its ack."""
     from cpa.generate import make_cpa
-    from cpa.registry import CpaRegistry
+    from gateway.store.cpas import CpaRegistry
     from gateway.store.database import Database
     from gateway.store.migrate import apply_migrations
 

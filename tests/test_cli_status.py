@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cpa.registry import CpaRegistry
 from gateway.commands.common import version
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.messages import Direction, MessageRecord, insert_message, set_status
 from gateway.store.migrate import apply_migrations

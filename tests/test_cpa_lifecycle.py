@@ -13,8 +13,8 @@ import pytest
 
 from adapters.api.service import BackOffice, Conflict
 from cpa.model import Service
-from cpa.registry import CpaInUse, CpaNotFound, CpaRegistry
 from gateway.msh.outbound import Queued, parse_party, send_message, send_ping
+from gateway.store.cpas import CpaInUse, CpaNotFound, CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.conftest import GEMEENTE_OIN, NODE_OIN

@@ -22,7 +22,6 @@ from twisted.internet.error import ConnectionRefusedError as TxConnectionRefused
 from twisted.internet.task import Clock
 
 from cpa.model import Service
-from cpa.registry import CpaRegistry
 from gateway.delivery import DeliveryWorker, HttpResult, classify
 from gateway.ebms.envelope import Envelope, build_envelope, parse_envelope
 from gateway.ebms.mime import SwaParser
@@ -30,6 +29,7 @@ from gateway.ebms.model import EbmsError, ErrorCode, Severity
 from gateway.ebms.signals import acknowledgment, message_error
 from gateway.msh.inbound import correlate_acknowledgment
 from gateway.msh.outbound import Payload, Queued, parse_party, send_message, send_ping
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database, StoreUnavailable
 from gateway.store.messages import (
     CHUNK_BYTES,

@@ -22,11 +22,11 @@ from twisted.internet import defer, protocol, reactor
 
 from cpa.generate import make_cpa
 from cpa.parse import parse_cpa
-from cpa.registry import CpaRegistry, insert_row
 from gateway.delivery import HttpResult
 from gateway.ebms.envelope import parse_envelope
 from gateway.ebms.mime import OutgoingPart, build_swa
 from gateway.http.client import EbmsClient
+from gateway.store.cpas import CpaRegistry, insert_row
 from gateway.tls import ClientTlsPolicy, TlsIdentity, load_trust_anchors
 from tests.gateways import Side, gateway_config, store_url
 from tests.messages import ERROR_MATRIX, render

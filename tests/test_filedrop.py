@@ -37,11 +37,11 @@ import adapters.filedrop.outbox as outbox_module
 from adapters.filedrop.files import move_no_clobber, numbered, safe_name
 from adapters.filedrop.inbox import Inbox
 from adapters.filedrop.outbox import Outbox
+from adapters.filedrop.store import ItemState, claim_item, list_items
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
 from gateway.config import FileDropConfig, load_config
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database, IntegrityConflict
-from gateway.store.filedrop import ItemState, claim_item, list_items
 from gateway.store.messages import (
     CHUNK_BYTES,
     AttachmentRecord,

@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from adapters.api.service import BackOffice, BadRequest
 from adapters.stuf.bare import read_bare, wrap_bare
 from adapters.stuf.envelope import unwrap, wrap
-from cpa.registry import CpaRegistry
 from cpa.validate import validate_cpa
 from cpa.xsdtypes import parse_datetime
 from gateway.ebms.checks import MAX_IDENTIFIER_LENGTH, MAX_PARTY_IDS
@@ -65,6 +64,7 @@ from gateway.msh.inbound import (
     accept_sync_reply,
 )
 from gateway.msh.security import MessageSecurity
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.messages import AttachmentRecord, TaskOutcome, claim_due_tasks, finish_attempt
 from gateway.store.migrate import apply_migrations

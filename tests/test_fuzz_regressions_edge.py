@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from cpa.generate import make_cpa
-from cpa.registry import PARSED_CPAS, CpaRegistry
+from gateway.store.cpas import PARSED_CPAS, CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.conftest import GEMEENTE_OIN, SpecFactory

@@ -33,16 +33,16 @@ from pathlib import Path
 import pytest
 
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
 from gateway.ebms.envelope import MAX_ENVELOPE_BYTES, EnvelopeError, parse_envelope
 from gateway.ebms.mime import MimeError, MimeLimits, OutgoingPart, build_swa
 from gateway.http.server import SoapPartTooLarge, split_package
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
 from tests.conftest import SpecFactory
 from tests.gateways import free_port, start_serve, stop_serve, tls_toml
 from tests.messages import render
+from xmlsafe import UnsafeXmlError, parse_xml
 
 # The matrix shares one dkgw serve process (the module's target): one worker runs it all.
 pytestmark = pytest.mark.xdist_group("hardening")

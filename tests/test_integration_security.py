@@ -28,7 +28,6 @@ from lxml import etree
 from twisted.internet.threads import deferToThread
 
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
 from cpa.validate import ValidationOptions
 from gateway.delivery import wire_body
 from gateway.ebms.envelope import parse_envelope
@@ -38,6 +37,7 @@ from gateway.ebms.xmldsig import EBMS_XPATH, SigningKey
 from gateway.ebms.xmlenc import AES256_CBC, encrypt_part, looks_encrypted
 from gateway.msh.outbound import Payload, SendError, send_message
 from gateway.msh.security import AckVerifier, MessageSecurity
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.messages import Direction, StoredMessage, find_message, load_attachments
 from gateway.store.migrate import apply_migrations

@@ -19,9 +19,9 @@ from twisted.internet.error import ConnectionRefusedError as TxConnectionRefused
 from twisted.internet.threads import deferToThread
 
 from adapters.api.service import BackOffice
-from cpa.registry import CpaRegistry
 from gateway.config import ApiConfig
 from gateway.delivery import HttpResult
+from gateway.store.cpas import CpaRegistry
 from gateway.store.messages import Direction
 from gateway.store.queries import (
     MessageQuery,

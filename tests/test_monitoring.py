@@ -26,12 +26,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cpa.model import PartyId
 from cpa.parse import parse_cpa
-from cpa.registry import CpaRegistry
 from gateway.commands.check import CRITICAL, OK, UNKNOWN, WARNING, judge, overall
 from gateway.config import MonitoringConfig
 from gateway.monitor.links import links_for
 from gateway.monitor.pinger import LinkPlanner, PingSettings, run_tick
 from gateway.monitor.status import snapshot, status_document
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.messages import Direction, MessageRecord, insert_message
 from gateway.store.migrate import apply_migrations

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cpa.registry import CpaRegistry
 from gateway.ebms.envelope import Envelope, build_envelope, parse_envelope
 from gateway.ebms.model import ErrorCode, MessageHeader, PartyId, Service
 from gateway.ebms.signals import acknowledgment, message_error
 from gateway.msh.inbound import InboundProcessor, InboundRequest
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.messages import (
     AttachmentRecord,

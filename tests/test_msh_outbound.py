@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from cpa.model import Service
-from cpa.registry import CpaRegistry
 from gateway.ebms.envelope import parse_envelope
 from gateway.msh.inbound import InboundProcessor, InboundRequest
 from gateway.msh.outbound import Payload, SendError, parse_party, send_message, send_ping
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.messages import Direction, find_message, load_attachments
 from gateway.store.migrate import apply_migrations

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cpa.registry import CpaRegistry
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.gateways import free_port, store_url, tls_toml

@@ -12,7 +12,7 @@ from lxml import etree
 from cpa.generate import format_duration
 from cpa.validate import validate_cpa
 from cpa.xsdtypes import format_datetime, parse_datetime, parse_duration
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe import UnsafeXmlError, parse_xml
 
 
 @given(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=3000)))

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from cpa.registry import CpaExists, CpaInvalid, CpaNotFound, CpaRegistry
 from cpa.validate import ValidationOptions
+from gateway.store.cpas import CpaExists, CpaInvalid, CpaNotFound, CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 

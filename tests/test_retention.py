@@ -12,12 +12,13 @@ import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 
-from cpa.registry import CpaRegistry
+from adapters.stuf.store import purge as stuf_purge
 from gateway.cli import main
 from gateway.config import ConfigError, load_config
 from gateway.ebms.envelope import parse_envelope
 from gateway.msh.inbound import InboundProcessor, InboundRequest
 from gateway.store.backoffice import process_message
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.messages import (
     CHUNK_BYTES,
@@ -37,7 +38,6 @@ from gateway.store.messages import (
 )
 from gateway.store.migrate import apply_migrations
 from gateway.store.retention import RetentionSettings, purge, reclaim_space, store_bytes
-from gateway.store.stuf import purge as stuf_purge
 from gateway.store.timeutil import to_db, utcnow
 from tests.conftest import load_cert
 from tests.gateways import Side, gateway_config, store_url, wait_until

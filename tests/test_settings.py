@@ -83,7 +83,7 @@ def test_each_package_declares_its_own_section() -> None:
     assert owners["api"] == "adapters.api.config"
     assert owners["stuf"] == "adapters.stuf.config"
     assert owners["filedrop"] == "adapters.filedrop.config"
-    assert owners["webhook"] == "adapters.webhooks_config"
+    assert owners["webhook"] == "adapters.webhooks.config"
     assert owners["retention"] == "gateway.store.retention"
     assert all(m.startswith("gateway.settings.") for n, m in owners.items() if n in ("http", "tls"))
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
 from gateway.config import ConfigError, load_config
 from gateway.ebms.mime import OutgoingPart, build_swa
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.conftest import SpecFactory

@@ -20,14 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.upload import FileResult, Handler, Rejected, UploadSession
-from gateway.cli import build_parser, main
-from gateway.commands import stuf as stuf_commands
-from gateway.commands.common import STORE_FILE
-from gateway.commands.stuf import cmd_upload, parse_duration, parse_when, refusal_entry
-from gateway.store.database import Database
-from gateway.store.migrate import apply_migrations
-from gateway.store.stuf import (
+from adapters.stuf.store import (
     LogEntry,
     StufDirection,
     StufStatus,
@@ -36,6 +29,13 @@ from gateway.store.stuf import (
     record_message,
     update_status,
 )
+from adapters.upload import FileResult, Handler, Rejected, UploadSession
+from gateway.cli import build_parser, main
+from gateway.commands import stuf as stuf_commands
+from gateway.commands.common import STORE_FILE
+from gateway.commands.stuf import cmd_upload, parse_duration, parse_when, refusal_entry
+from gateway.store.database import Database
+from gateway.store.migrate import apply_migrations
 from gateway.store.timeutil import utcnow
 from tests.test_upload import HeenValidator, Parsed, heen_message, hundred_files, make_zip
 

@@ -27,8 +27,8 @@ from adapters.stuf.relay import NODE_SYSTEEM, Refused, Relay
 from adapters.stuf.service import RelayService
 from cpa.generate import ActionSpec, make_cpa
 from cpa.model import PartyId
-from cpa.registry import CpaRegistry
 from gateway.config import StufConfig, StufMunicipality
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database, StoreError
 from gateway.store.messages import (
     AttachmentRecord,

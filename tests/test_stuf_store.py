@@ -1,4 +1,4 @@
-"""The StUF message log (gateway.store.stuf) on both dialects: duplicates, queries, retention.
+"""The StUF message log (adapters.stuf.store) on both dialects: duplicates, queries, retention.
 
 Retention runs on a fake clock: every timestamp is written and purged with an explicit
 ``now``, so "169 hours later" takes no time.
@@ -12,9 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.store.database import Database
-from gateway.store.migrate import apply_migrations, load_migrations
-from gateway.store.stuf import (
+from adapters.stuf.store import (
     BatchSource,
     LogEntry,
     PurgeCounts,
@@ -33,6 +31,8 @@ from gateway.store.stuf import (
     split_parties,
     update_status,
 )
+from gateway.store.database import Database
+from gateway.store.migrate import apply_migrations, load_migrations
 from tests.conftest import StoreFactory
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

@@ -17,7 +17,7 @@ from pathlib import Path
 from adapters.stuf.bare import read_bare, wrap_bare
 from adapters.stuf.envelope import Parameters, Stuurgegevens, wrap
 from cpa.generate import make_cpa
-from cpa.registry import CpaRegistry
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.conftest import SpecFactory

@@ -2,7 +2,7 @@
 
 The zips are built here with :mod:`zipfile`.  The handler used for the 100-message upload
 is a real (small) validator, :class:`HeenValidator`: it parses each file with
-gateway.xmlsafe and checks the StUF-GGk Di01 envelope, so every rejection comes from
+xmlsafe and checks the StUF-GGk Di01 envelope, so every rejection comes from
 actually reading the file.  tests/test_stuf_cli.py reuses it with the store behind it.
 """
 
@@ -27,7 +27,7 @@ from adapters.upload import (
     process_upload,
     read_upload,
 )
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe import UnsafeXmlError, parse_xml
 
 GGK = "http://www.stufstandaarden.nl/koppelvlak/ggk0210"
 STUF = "http://www.egem.nl/StUF/StUF0301"

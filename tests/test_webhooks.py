@@ -1,6 +1,6 @@
 """Webhooks (event push): the store's queue, the dispatcher, and two real gateways.
 
-The store tests drive :mod:`gateway.store.webhooks` with a fake clock.  The
+The store tests drive :mod:`adapters.webhooks.store` with a fake clock.  The
 dispatcher tests run :class:`~adapters.webhooks.WebhookDispatcher` on the test
 reactor against a small twisted.web receiver on 127.0.0.1; the integration
 tests start a municipality and a node gateway over mutual TLS, each with a
@@ -27,8 +27,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from adapters.webhooks import WebhookDispatcher, event_body, signature
+from adapters.webhooks import store as wh
 from gateway.config import WebhookConfig
-from gateway.store import webhooks as wh
 from gateway.store.database import Database
 from gateway.store.messages import (
     Direction,

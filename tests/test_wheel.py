@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from cpa.generate import make_cpa
+from gateway.store.migrate import load_migrations, migration_directories
 from tests.conftest import GEMEENTE_OIN, NODE_OIN, REPO, SpecFactory
 from tests.gateways import free_port, start_serve, stop_serve, tls_toml
 
@@ -68,6 +69,33 @@ def test_the_install_runs_its_own_copy(installed: Path, tmp_path: Path) -> None:
         p.relative_to(REPO / "wsdl" / "xsd") for p in (REPO / "wsdl" / "xsd").rglob("*.xsd")
     }
     assert wheel_xsds == repo_xsds
+
+
+_LIST_MIGRATIONS = """
+from gateway.store.migrate import load_migrations, migration_directories
+for directory in migration_directories():
+    print("dir", directory)
+for dialect in ("sqlite", "postgresql"):
+    for m in load_migrations(dialect):
+        print(dialect, m.version, m.name, m.filename, m.checksum)
+"""
+
+
+def test_the_install_carries_every_package_s_migrations(installed: Path, tmp_path: Path) -> None:
+    # Each package's migrations/ is package data and declared by an entry point; a
+    # wheel without them would start on a store without the file drop's or StUF's tables.
+    listed = _run(installed / "python", "-c", _LIST_MIGRATIONS, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    directories = [Path(line.removeprefix("dir ")) for line in lines if line.startswith("dir ")]
+    assert len(directories) == len(migration_directories()) == 4
+    assert all(d.is_relative_to(installed.parent) for d in directories)
+    expected = [
+        f"{dialect} {m.version} {m.name} {m.filename} {m.checksum}"
+        for dialect in ("sqlite", "postgresql")
+        for m in load_migrations(dialect)  # type: ignore[arg-type]
+    ]
+    assert [line for line in lines if not line.startswith("dir ")] == expected
 
 
 def _config(base: Path, pki: Path, slug: str, port: int, api_port: int) -> Path:

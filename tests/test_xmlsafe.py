@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe import UnsafeXmlError, parse_xml
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""gateway/xmlschemas.py: one lock for every compilation, shared schemas, honest failures.
+"""xmlsafe/schemas.py: one lock for every compilation, shared schemas, honest failures.
 
 libxml2 builds its XSD built-in types on the first compilation in a process,
 and two compilations overlapping then can break schema compilation for good
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from lxml import etree
 
-from gateway.xmlschemas import Schema
 from tests.gateways import free_port, tls_toml
+from xmlsafe.schemas import Schema
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,7 +118,7 @@ def test_a_schema_that_does_not_compile_stops_serve_with_one_line(
         import sys
         from lxml import etree
         from gateway import cli
-        from gateway.xmlschemas import Schema
+        from xmlsafe.schemas import Schema
 
         # One more schema the gateway needs, as a module would register it.
         Schema("broken.xsd", lambda: etree.fromstring({BROKEN!r}.encode()))
@@ -141,7 +141,7 @@ def test_a_later_failure_is_reported_and_the_engine_still_works(tmp_path: Path) 
     done = run_python(
         f"""
         from lxml import etree
-        from gateway import xmlschemas
+        from xmlsafe import schemas as xmlschemas
         from gateway.serve import compile_schemas
 
         names = compile_schemas()
@@ -183,14 +183,14 @@ def test_health_fails_when_schema_compilation_is_broken() -> None:
 
 
 def test_no_module_compiles_a_schema_of_its_own() -> None:
-    # Every compilation must take the process-wide lock: only gateway/xmlschemas.py
+    # Every compilation must take the process-wide lock: only xmlsafe/schemas.py
     # may call lxml's XMLSchema (or its relatives that compile schemas).
     compilers = ("XMLSchema(", "RelaxNG(", "Schematron(")
     offenders = [
         f"{path.relative_to(REPO)}: {word}"
-        for package in ("gateway", "cpa", "adapters", "wsdl")
+        for package in ("gateway", "cpa", "adapters", "wsdl", "xmlsafe")
         for path in (REPO / package).rglob("*.py")
-        if path != REPO / "gateway" / "xmlschemas.py"
+        if path != REPO / "xmlsafe" / "schemas.py"
         for word in compilers
         if word in path.read_text()
     ]

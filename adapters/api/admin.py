@@ -15,9 +15,9 @@ from datetime import datetime
 
 from adapters.api.errors import BadRequest, Conflict, NotFound
 from adapters.api.model import decode_base64
-from cpa.registry import CpaExists, CpaInUse, CpaInvalid, CpaNotFound, CpaRegistry
 from gateway.logfmt import log_event
 from gateway.store import certmap, urlmap
+from gateway.store.cpas import CpaExists, CpaInUse, CpaInvalid, CpaNotFound, CpaRegistry
 from gateway.store.database import Database
 
 log = logging.getLogger("dkgw.api")

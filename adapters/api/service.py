@@ -43,10 +43,10 @@ from adapters.api.model import (
     properties_of,
     request_digest,
 )
-from cpa.registry import CpaRegistry
 from gateway.msh.security import MessageSecurity
 from gateway.msh.service import MshService
 from gateway.store.backoffice import MessageFilter
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.timeutil import utcnow
 

@@ -38,7 +38,7 @@ from adapters.api.soap_stuf import StufSoapResource, stuf_operations
 __all__ = ["WSDLS", "soap_resources"]
 
 #: The WSDL of every service below; their schemas are registered now, so
-#: ``dkgw serve`` compiles them at its start (gateway/xmlschemas.py).
+#: ``dkgw serve`` compiles them at its start (xmlsafe/schemas.py).
 WSDLS = ("cpa.wsdl", "urlMapping.wsdl", "certificateMapping.wsdl", "ebms.wsdl", "stuf.wsdl")
 for _name in WSDLS:
     wsdl_schema(WSDL_DIR / _name)

@@ -37,9 +37,9 @@ from adapters.api.service import ApiError, PartnerUnavailable
 from adapters.api.text import plain
 from gateway.config import ApiConfig
 from gateway.logfmt import log_event
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
-from gateway.xmlschemas import Schema
 from wsdl import WSDL_DIR
+from xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe.schemas import Schema
 
 log = logging.getLogger("dkgw.api")
 
@@ -112,7 +112,7 @@ class WsdlDescription:
         )
         _embedded_schema(self.tree, path)
         #: The request and response schema, compiled once per process and
-        #: shared by the threads (gateway/xmlschemas.py).
+        #: shared by the threads (xmlsafe/schemas.py).
         self.schema = wsdl_schema(path)
 
     def with_address(self, location: str) -> bytes:
@@ -176,7 +176,7 @@ class SoapResource(resource.Resource):
         self.fault_element = fault_element
         self.run_in_thread = run_in_thread
         # The listener already cuts a body off at [api] max_request_bytes while
-        # it arrives; this bound is the parser's own (gateway.xmlsafe).
+        # it arrives; this bound is the parser's own (xmlsafe).
         self.max_bytes = max_bytes
 
     # -- HTTP ------------------------------------------------------------------------

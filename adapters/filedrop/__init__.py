@@ -21,10 +21,10 @@ from twisted.internet.defer import Deferred
 
 from adapters.filedrop.inbox import Inbox
 from adapters.filedrop.outbox import Outbox, OutboxSender
-from cpa.registry import CpaRegistry
 from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
 from gateway.msh.security import MessageSecurity
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 
 __all__ = ["FileDrop"]

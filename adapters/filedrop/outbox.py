@@ -32,15 +32,7 @@ from typing import Protocol
 import psycopg
 
 from adapters.filedrop.files import ensure_folder, fsync_folder, move_no_clobber
-from cpa.model import parse_party
-from cpa.registry import CpaNotFound, CpaRegistry
-from gateway.config import FileDropConfig
-from gateway.logfmt import log_event
-from gateway.msh.security import MessageSecurity
-from gateway.msh.service import Addressing, Payload, SendError
-from gateway.msh.service import queue as queue_message
-from gateway.store.database import Cursor, Database, IntegrityConflict, StoreError
-from gateway.store.filedrop import (
+from adapters.filedrop.store import (
     FileDropItem,
     ItemState,
     claim_item,
@@ -48,6 +40,14 @@ from gateway.store.filedrop import (
     set_item_message,
     settle_items,
 )
+from cpa.model import parse_party
+from gateway.config import FileDropConfig
+from gateway.logfmt import log_event
+from gateway.msh.security import MessageSecurity
+from gateway.msh.service import Addressing, Payload, SendError
+from gateway.msh.service import queue as queue_message
+from gateway.store.cpas import CpaNotFound, CpaRegistry
+from gateway.store.database import Cursor, Database, IntegrityConflict, StoreError
 from gateway.store.messages import CHUNK_BYTES, SpooledPayload
 from gateway.store.timeutil import to_db, utcnow
 

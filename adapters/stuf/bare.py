@@ -15,7 +15,7 @@ what the envelope needs from the payload's ``Header`` and wraps it
   crossRefnummer is the referentienummer of the Di01 it answers (looked up by
   the caller: only the message log knows it).
 
-No I/O; parsing goes through :mod:`gateway.xmlsafe`.
+No I/O; parsing goes through :mod:`xmlsafe`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from lxml import etree
 from adapters.stuf.catalogue import MessageType, Party, message_type, payload_id
 from adapters.stuf.codes import Rejection
 from adapters.stuf.envelope import Envelope, Systeem
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe import UnsafeXmlError, parse_xml
 
 __all__ = ["GGK_APPLICATIE", "BareError", "BareMessage", "read_bare", "wrap_bare"]
 

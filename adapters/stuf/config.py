@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from adapters.stuf.store import DEFAULT_MAX_AGE, DEFAULT_READ_AFTER
 from gateway.settings.options import (
     PAIRS,
     PATH,
@@ -29,7 +30,6 @@ from gateway.settings.options import (
     refuse_unknown,
 )
 from gateway.settings.registry import Section, register
-from gateway.store.stuf import DEFAULT_MAX_AGE, DEFAULT_READ_AFTER
 
 STUF_ROLES = ("gemeente", "node")
 

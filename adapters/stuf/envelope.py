@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lxml import etree
 
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe import UnsafeXmlError, parse_xml
 
 GGK_NS = "http://www.stufstandaarden.nl/koppelvlak/ggk0210"
 STUF_NS = "http://www.egem.nl/StUF/StUF0301"

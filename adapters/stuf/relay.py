@@ -53,25 +53,7 @@ from adapters.stuf.envelope import (
 )
 from adapters.stuf.fo01 import FO01_ROOT, fo01_for, parse_fo01
 from adapters.stuf.rules import Role, Settings, Verdict, check
-from adapters.upload import Accepted, Rejected
-from cpa.model import PartyId, parse_party
-from cpa.registry import CpaNotFound, CpaRegistry
-from gateway.config import StufConfig
-from gateway.logfmt import log_event
-from gateway.msh.security import MessageSecurity
-from gateway.msh.service import Addressing, Payload, Refusal, SendError, queue
-from gateway.store.backoffice import process_message
-from gateway.store.database import Cursor, Database
-from gateway.store.messages import (
-    Direction,
-    EventType,
-    StoredMessage,
-    add_event,
-    fail_received,
-    find_message,
-    load_attachments,
-)
-from gateway.store.stuf import (
+from adapters.stuf.store import (
     LogEntry,
     PurgeCounts,
     StufDirection,
@@ -82,6 +64,24 @@ from gateway.store.stuf import (
     record_message,
     reference_used,
     update_status,
+)
+from adapters.upload import Accepted, Rejected
+from cpa.model import PartyId, parse_party
+from gateway.config import StufConfig
+from gateway.logfmt import log_event
+from gateway.msh.security import MessageSecurity
+from gateway.msh.service import Addressing, Payload, Refusal, SendError, queue
+from gateway.store.backoffice import process_message
+from gateway.store.cpas import CpaNotFound, CpaRegistry
+from gateway.store.database import Cursor, Database
+from gateway.store.messages import (
+    Direction,
+    EventType,
+    StoredMessage,
+    add_event,
+    fail_received,
+    find_message,
+    load_attachments,
 )
 from gateway.store.timeutil import to_db, utcnow
 

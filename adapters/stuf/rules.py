@@ -32,7 +32,7 @@ from adapters.stuf.schemas import (
     validate_envelope,
     validate_payload_tree,
 )
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe import UnsafeXmlError, parse_xml
 
 MB = 1024 * 1024
 #: The chain's limit for the whole envelope incl. base64 [GGk21 §2.2; FC18 IB007].

@@ -2,7 +2,7 @@
 
 Schemas are copies in ``wsdl/xsd/stuf`` and ``wsdl/xsd/istandaarden`` (each
 folder's README.md names the public source).  Each is a
-:class:`gateway.xmlschemas.Schema`: compiled once under the process-wide lock
+:class:`xmlsafe.schemas.Schema`: compiled once under the process-wide lock
 (``dkgw serve`` compiles them all at its start) and shared.  Imports and
 includes resolve from those folders only: a ``schemaLocation`` pointing
 anywhere else (network or elsewhere on disk) fails the compilation instead
@@ -20,9 +20,9 @@ from typing import Any
 from lxml import etree
 
 from adapters.stuf.catalogue import payload_id
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
-from gateway.xmlschemas import Schema
 from wsdl import XSD_DIR
+from xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe.schemas import Schema
 
 XSD_ROOT = XSD_DIR
 ENVELOPE_XSD = XSD_ROOT / "stuf/ggk0210/ggk0210/ggkberichten/ggk0210_msg_ggkberichten.xsd"
@@ -189,6 +189,6 @@ def available() -> list[tuple[str, str, str]]:
 
 
 # Registered now, so ``dkgw serve`` compiles every schema of the relay at its
-# start, in its main thread (gateway/xmlschemas.py); about 0.2 s for all.
+# start, in its main thread (xmlsafe/schemas.py); about 0.2 s for all.
 for _path in (ENVELOPE_XSD, STUF_XSD, *(message_xsd(*key) for key in available())):
     _schema(_path)

@@ -22,10 +22,10 @@ from cpa.generate import (
 )
 from cpa.model import Cpa, PartyInfo
 from cpa.parse import CpaReadError, parse_cpa
-from cpa.registry import CpaExists, CpaInUse, CpaInvalid, CpaNotFound, CpaRegistry, StoredCpa
 from cpa.validate import ValidationOptions, ValidationReport, validate_cpa
 from cpa.xsdtypes import parse_duration
 from gateway.commands.common import fail, load_party, open_store, read_input
+from gateway.store.cpas import CpaExists, CpaInUse, CpaInvalid, CpaNotFound, CpaRegistry, StoredCpa
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

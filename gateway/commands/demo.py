@@ -43,8 +43,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cpa.generate import ActionSpec, CpaSpec, PartySpec, make_cpa
-from cpa.registry import CpaRegistry
 from gateway.commands.common import default_data_dir, load_party
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 

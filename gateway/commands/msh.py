@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from cpa.model import Service, parse_party
-from cpa.registry import CpaRegistry
 from gateway.commands.common import config_of, fail, open_store
 from gateway.config import ConfigError, load_config
 from gateway.errors import StartupError, describe
@@ -28,6 +27,7 @@ from gateway.msh.plan import Payload
 from gateway.msh.security import MessageSecurity
 from gateway.msh.service import Addressing, MshService, SendError
 from gateway.msh.waiting import wait
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Cursor, Database, Row
 from gateway.store.messages import Direction, find_message
 

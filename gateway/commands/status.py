@@ -18,11 +18,11 @@ from typing import Any
 
 from cryptography import x509
 
-from cpa.registry import CpaRegistry
 from gateway.commands.common import config_of, open_store, version
 from gateway.config import GatewayConfig
 from gateway.monitor.overview import Expiry, RecentFailure, expiries, recent_failures
 from gateway.monitor.status import Snapshot, snapshot, status_document
+from gateway.store.cpas import CpaRegistry
 from gateway.store.timeutil import to_db, utcnow
 
 FAILURE_WINDOW = timedelta(hours=24)

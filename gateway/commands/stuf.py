@@ -1,7 +1,7 @@
 """``dkgw log``, ``dkgw report``, ``dkgw purge`` and ``dkgw upload``: the StUF message log.
 
 ``log``, ``report`` and ``purge`` read and clean the message log of
-:mod:`gateway.store.stuf` (see docs/node.md).  ``upload FILE.zip`` is the portal's
+:mod:`adapters.stuf.store` (see docs/node.md).  ``upload FILE.zip`` is the portal's
 "aanleveren": :func:`adapters.upload.read_upload` checks the zip as a whole, then every
 file goes to a *handler*, and the processing report is printed.
 
@@ -22,7 +22,7 @@ node.  The handler gets each file's name and bytes and:
   functie=..., berichtcode=..., sender_org=..., receiver_org=...)`` (the envelope
   fields it could read) and writes nothing: this command logs the refusal in the batch;
 * when it is right, in ONE transaction on ``session.db``: calls
-  :func:`gateway.store.stuf.record_message` with ``batch_id=session.batch_id``,
+  :func:`adapters.stuf.store.record_message` with ``batch_id=session.batch_id``,
   ``file_name=name``, ``size=len(data)``, direction ``out`` and status ``sent`` (with the
   ebMS MessageId and CPA id) or ``accepted``; if that returns ``None`` the reference is a
   duplicate: queue nothing and return ``Rejected("duplicate", ...)``; otherwise queue
@@ -49,21 +49,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from adapters.upload import (
-    FileResult,
-    Handler,
-    Rejected,
-    UploadRefused,
-    UploadSession,
-    format_report,
-    process_upload,
-    read_upload,
-)
-from gateway.commands import ops as ops_commands
-from gateway.commands.common import config_of, fail, open_store
-from gateway.config import ConfigError
-from gateway.store.database import Database
-from gateway.store.stuf import (
+from adapters.stuf.store import (
     DEFAULT_MAX_AGE,
     DEFAULT_READ_AFTER,
     BatchReport,
@@ -81,6 +67,20 @@ from gateway.store.stuf import (
     record_message,
     split_parties,
 )
+from adapters.upload import (
+    FileResult,
+    Handler,
+    Rejected,
+    UploadRefused,
+    UploadSession,
+    format_report,
+    process_upload,
+    read_upload,
+)
+from gateway.commands import ops as ops_commands
+from gateway.commands.common import config_of, fail, open_store
+from gateway.config import ConfigError
+from gateway.store.database import Database
 from gateway.store.timeutil import utcnow
 
 RELAY_MODULE = "adapters.stuf.relay"

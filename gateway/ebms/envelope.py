@@ -45,9 +45,9 @@ from gateway.ebms.model import (
     StatusResponse,
     SyncReply,
 )
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
-from gateway.xmlschemas import Schema
 from wsdl import XSD_DIR
+from xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe.schemas import Schema
 
 #: The SOAP part of an ebMS message is headers only: payloads travel as MIME
 #: parts.  1 MiB is generous (a signed envelope with a dozen references is a
@@ -94,7 +94,7 @@ def _load_schema() -> etree._Element:
     return etree.fromstring(wrapper.encode(), parser)
 
 
-#: Compiled once and shared by the threads that parse envelopes (gateway/xmlschemas.py).
+#: Compiled once and shared by the threads that parse envelopes (xmlsafe/schemas.py).
 ENVELOPE_SCHEMA = Schema("envelope.xsd + msg-header-2_0.xsd", _load_schema)
 
 

@@ -64,7 +64,7 @@ from gateway.ebms.model import (
     EbmsError,
     ErrorCode,
 )
-from gateway.xmlsafe import UnsafeXmlError, parse_xml
+from xmlsafe import UnsafeXmlError, parse_xml
 
 __all__ = [
     "C14N_EXCLUSIVE",

@@ -23,8 +23,8 @@ ciphertext while the parser reads it: no second copy of the base64 text or of
 the ciphertext is made, so the peak is the input plus the plaintext (twice for
 a moment at the end, when it is handed over as ``bytes``).
 
-Parsing follows the rules of :mod:`gateway.xmlsafe` (no DTD, no entities, no
-network, bounded size) but cannot call :func:`gateway.xmlsafe.parse_xml`: with
+Parsing follows the rules of :mod:`xmlsafe` (no DTD, no entities, no
+network, bounded size) but cannot call :func:`xmlsafe.parse_xml`: with
 ``huge_tree`` off libxml2 refuses a text node above 10 MB, and the base64 text of
 a 20 MiB Digikoppeling payload (Koppelvlakstandaard ebMS2) is larger than that.  An lxml
 parser *target* receives the text in pieces instead of building a tree, which
@@ -539,7 +539,7 @@ def decrypt_part(
     """
     if len(data) > max_bytes:
         raise DecryptionError(f"encrypted part is {len(data)} bytes, the limit is {max_bytes}")
-    # gateway.xmlsafe's rule: a document with a DTD is refused, not parsed
+    # xmlsafe's rule: a document with a DTD is refused, not parsed
     # carefully.  Base64 and the EncryptedData vocabulary never contain "<!".
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise DecryptionError("a DOCTYPE is not allowed")

@@ -73,7 +73,7 @@ class _Health(resource.Resource):
 
     ``broken`` names damage the process cannot recover from (a 503 then, so a
     supervisor restarts it), such as XML Schema compilation that stopped
-    working (gateway/xmlschemas.py).
+    working (xmlsafe/schemas.py).
     """
 
     isLeaf = True

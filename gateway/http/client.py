@@ -33,10 +33,10 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 
 from cpa.model import PartyId
-from cpa.registry import CpaRegistry
 from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult, Pin, Undeliverable
 from gateway.http.failures import NoResponse
 from gateway.store.certmap import resolve_certificate
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Cursor
 from gateway.store.messages import StoredMessage
 from gateway.store.timeutil import utcnow

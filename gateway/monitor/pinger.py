@@ -28,10 +28,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from cpa.model import PartyId, in_force, parse_party
-from cpa.registry import CpaNotFound, CpaRegistry, select_all
 from gateway.logfmt import log_event
 from gateway.monitor.links import links_for
 from gateway.msh.service import SendError, queue_ping
+from gateway.store.cpas import CpaNotFound, CpaRegistry, select_all
 from gateway.store.database import Cursor, Database
 from gateway.store.pings import (
     LinkKey,

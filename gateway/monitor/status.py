@@ -13,7 +13,7 @@ from typing import Any
 
 from cpa.certificates import facts, load_der
 from cpa.model import in_force
-from cpa.registry import CpaNotFound, CpaRegistry, select_all
+from gateway.store.cpas import CpaNotFound, CpaRegistry, select_all
 from gateway.store.database import Cursor
 from gateway.store.pings import LinkStatus, link_statuses
 from gateway.store.retention import store_bytes

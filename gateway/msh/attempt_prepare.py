@@ -18,15 +18,15 @@ from typing import IO
 
 from cryptography import x509
 
-from cpa.registry import CpaNotFound
 from gateway.ebms.envelope import MAX_ENVELOPE_BYTES
 from gateway.ebms.mime import OutgoingPart, build_swa, parse_content_type
 from gateway.ebms.model import EB_NS, SOAP_NS
 from gateway.msh.attempt_facts import Claimed, MessageFacts, TaskFacts
+from gateway.store.cpas import CpaNotFound
 from gateway.store.database import Cursor
 from gateway.store.messages import StoredMessage, Task, load_attachments, message_by_pk
 from gateway.store.urlmap import check_url, resolve_url
-from gateway.xmlsafe import parse_xml
+from xmlsafe import parse_xml
 
 __all__ = [
     "Body",

@@ -27,7 +27,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cpa.model import MSH_SERVICE, Cpa, PartyId, Service
-from cpa.registry import CpaNotFound, CpaRegistry
 from cpa.resolve import ResolutionError, Route, resolve
 from gateway.ebms.checks import (
     ECHOED_LOCATIONS,
@@ -57,6 +56,7 @@ from gateway.msh.security import (
     sign_acknowledgment,
 )
 from gateway.store.certmap import resolve_certificate
+from gateway.store.cpas import CpaNotFound, CpaRegistry
 from gateway.store.database import Cursor, Database, IntegrityConflict
 from gateway.store.messages import (
     AttachmentRecord,

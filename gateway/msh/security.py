@@ -36,7 +36,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cpa.model import MSH_SERVICE, Certificate, Cpa, NonRepudiation, PartyId, Service
-from cpa.registry import CpaRegistry
 from cpa.resolve import ResolutionError, Route, resolve
 from gateway.config import SecurityConfig
 from gateway.ebms.checks import CheckFailed
@@ -70,6 +69,7 @@ from gateway.ebms.xmlenc import (
     looks_encrypted,
 )
 from gateway.store.certmap import resolve_certificate
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Cursor
 from gateway.store.messages import AttachmentRecord, StoredMessage, fingerprint
 from gateway.trust import CertificateRejected, TrustStore

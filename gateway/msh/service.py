@@ -26,7 +26,6 @@ from datetime import datetime
 from typing import Any
 
 from cpa.model import MSH_SERVICE, Cpa, PartyId, Service, parse_party
-from cpa.registry import CpaNotFound, CpaRegistry
 from gateway.ebms.envelope import EnvelopeError, parse_envelope
 from gateway.ebms.model import StatusResponse
 from gateway.ebms.signals import ping, status_request
@@ -37,6 +36,7 @@ from gateway.msh.plan import Payload
 from gateway.msh.security import MessageSecurity
 from gateway.store import idempotency
 from gateway.store.backoffice import find_answer
+from gateway.store.cpas import CpaNotFound, CpaRegistry
 from gateway.store.database import Cursor, Database, IntegrityConflict
 from gateway.store.messages import (
     AttachmentRecord,

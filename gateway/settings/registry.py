@@ -23,7 +23,7 @@ SECTION_MODULES = (
     "gateway.settings.sections",
     "gateway.settings.security",
     "adapters.api.config",
-    "adapters.webhooks_config",
+    "adapters.webhooks.config",
     "adapters.filedrop.config",
     "adapters.stuf.config",
 )

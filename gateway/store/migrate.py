@@ -1,6 +1,12 @@
 """Versioned SQL migrations, applied when the gateway starts.
 
-Migrations are the ``.sql`` files in the ``migrations/`` directory next to this module:
+Each package that owns tables keeps its migrations in a ``migrations/`` directory next to
+its store module and declares that directory as a :class:`Traversable` named
+``MIGRATIONS`` in the entry-point group ``dkgw.migrations`` (``pyproject.toml``):
+``gateway.store`` (this module: the CPA registry, ebMS messages, monitoring, mappings,
+idempotency), ``adapters.webhooks``, ``adapters.filedrop`` and ``adapters.stuf``. The
+store reads the declarations, so it imports no package above it, and the directories ship
+in the wheel as package data. In a directory:
 
 * ``NNNN_description.sql`` holds SQL common to both dialects;
 * ``NNNN_description.sqlite.sql`` / ``NNNN_description.postgresql.sql`` replace it on
@@ -12,23 +18,46 @@ rule is the whole parser: no ``;`` at a line end inside a string literal, no pro
 blocks. ``?`` and ``%`` should not appear either (they pass through the placeholder
 rewrite on PostgreSQL, see :func:`~gateway.store.database.qmark_to_format`).
 
-Applied migrations are recorded in ``schema_migration`` with a checksum of the file. A
-shipped migration must never be edited, so a changed checksum stops the gateway, as does
-a version in the database this code does not know (a newer gateway wrote it).
+Versions are one sequence across all packages, and a version belongs to one package: a
+new migration takes the next number above the highest in *any* package (the 0008 to 0010
+of the adapters sit between the store's 0007 and 0011), and two packages with one
+version are refused when the migrations are loaded. Migrations apply in version order
+whatever package they come from, so one may rely on any table of a lower version.
+
+Applied migrations are recorded in one ``schema_migration`` table with the name and a
+checksum of the file; the directory a file lies in is recorded nowhere, so moving a
+file unchanged to another package changes nothing for a database. A shipped migration
+must never be edited, so a changed checksum stops the gateway, as does a version in the
+database this code does not know (a newer gateway wrote it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 from gateway.store.database import Cursor, Database, Dialect, StoreError
 from gateway.store.timeutil import to_db, utcnow
 
-__all__ = ["Migration", "apply_migrations", "load_migrations"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "MIGRATIONS",
+    "Migration",
+    "apply_migrations",
+    "load_migrations",
+    "migration_directories",
+]
+
+#: The store's own migrations (the tables of ``gateway.store``).
+MIGRATIONS: Traversable = files("gateway.store").joinpath("migrations")
+
+#: Where a package declares its ``migrations/`` directory (``pyproject.toml``).
+ENTRY_POINT_GROUP = "dkgw.migrations"
 
 # Key for pg_advisory_xact_lock(): any fixed 64-bit number works as long as nothing else
 # uses it. These are the ASCII bytes of "dkgwmigr".
@@ -75,16 +104,76 @@ class Migration:
         ]
 
 
-def load_migrations(dialect: Dialect, directory: Traversable | None = None) -> list[Migration]:
+def migration_directories() -> list[Traversable]:
+    """The ``migrations/`` directory of every package that declares one, by entry-point name.
+
+    Raises :class:`StoreError` when none is declared (the package metadata is missing:
+    dkgw was not installed) or a declaration does not name a directory.
+    """
+    declared = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name)
+    if not declared:
+        raise StoreError(
+            f"no migrations are declared (entry points {ENTRY_POINT_GROUP!r}): "
+            "the dkgw package metadata is missing; install dkgw (pip install -e . in a checkout)"
+        )
+    directories = []
+    for point in declared:
+        directory = point.load()
+        if not isinstance(directory, Traversable):
+            raise StoreError(f"{point.value} (entry point {point.name!r}) is not a directory")
+        directories.append(directory)
+    return directories
+
+
+def load_migrations(
+    dialect: Dialect, directory: Traversable | Sequence[Traversable] | None = None
+) -> list[Migration]:
     """Read the migrations for *dialect*, in version order.
 
-    *directory* defaults to the ``migrations`` directory shipped in this package. Raises
-    :class:`StoreError` for a file name that does not follow the rules, two descriptions
-    for one version, or a version without a file for *dialect*.
+    *directory* is one ``migrations`` directory or several (one per package); it defaults
+    to every declared one (:func:`migration_directories`). Raises :class:`StoreError` for
+    a file name that does not follow the rules, two descriptions for one version, one
+    version in two directories, a directory without migrations, or a version without a
+    file for *dialect*.
     """
-    root: Traversable = files("gateway.store").joinpath("migrations")
-    if directory is not None:
-        root = directory
+    if directory is None:
+        roots = migration_directories()
+    elif isinstance(directory, Sequence):
+        roots = list(directory)
+    else:
+        roots = [directory]
+    names: dict[int, str] = {}
+    chosen: dict[int, Traversable | None] = {}
+    owner: dict[int, Traversable] = {}
+    for root in roots:
+        for version, (name, entry) in _read_directory(root, dialect).items():
+            if version in owner:
+                raise StoreError(
+                    f"migration version {version:04d} is taken twice: {names[version]} in "
+                    f"{owner[version]} and {name} in {root}; a version belongs to one package, "
+                    "so give the newer migration the next free number"
+                )
+            names[version], chosen[version], owner[version] = name, entry, root
+
+    migrations = []
+    for version in sorted(names):
+        entry = chosen[version]
+        if entry is None:
+            name = names[version]
+            raise StoreError(
+                f"migration {name} has no file for {dialect}: "
+                f"add {name}.sql or {name}.{dialect}.sql"
+            )
+        # Normalised so that a checkout with CRLF line endings has the same checksum.
+        sql = entry.read_bytes().decode("utf-8").replace("\r\n", "\n")
+        migrations.append(Migration(version, names[version], entry.name, sql))
+    return migrations
+
+
+def _read_directory(
+    root: Traversable, dialect: Dialect
+) -> dict[int, tuple[str, Traversable | None]]:
+    """One directory's migrations: version -> (name, the file for *dialect* or None)."""
     names: dict[int, str] = {}
     common: dict[int, Traversable] = {}
     specific: dict[int, Traversable] = {}
@@ -107,26 +196,21 @@ def load_migrations(dialect: Dialect, directory: Traversable | None = None) -> l
         elif match["dialect"] == dialect:
             specific[version] = entry
     if not names:
-        # The package always ships migrations; none means the data files were not installed.
+        # A package that declares a directory ships migrations in it; none means the data
+        # files were not installed.
         raise StoreError(f"no migrations found in {root}")
-
-    migrations = []
-    for version in sorted(names):
-        chosen = specific.get(version) or common.get(version)
-        if chosen is None:
-            name = names[version]
-            raise StoreError(
-                f"migration {name} has no file for {dialect}: "
-                f"add {name}.sql or {name}.{dialect}.sql"
-            )
-        # Normalised so that a checkout with CRLF line endings has the same checksum.
-        sql = chosen.read_bytes().decode("utf-8").replace("\r\n", "\n")
-        migrations.append(Migration(version, names[version], chosen.name, sql))
-    return migrations
+    return {
+        version: (name, specific.get(version) or common.get(version))
+        for version, name in names.items()
+    }
 
 
-def apply_migrations(db: Database, directory: Traversable | None = None) -> list[str]:
+def apply_migrations(
+    db: Database, directory: Traversable | Sequence[Traversable] | None = None
+) -> list[str]:
     """Bring *db* up to date and return the names of the migrations applied (may be none).
+
+    *directory* is as for :func:`load_migrations`: every declared package's by default.
 
     Each migration runs in its own transaction together with its bookkeeping row, so a
     failure leaves the database at the previous version. Several gateway nodes may call

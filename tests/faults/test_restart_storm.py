@@ -6,7 +6,7 @@ reactor compiled the SOAP services' WSDL schemas, libxml2's lazily built
 schema types were damaged by the overlap, and from then on every schema
 compilation in the process failed -- the API listener not open, ``claiming
 tasks failed`` five times a second, inbound messages answered 500 -- while
-``/health`` said ok.  gateway/xmlschemas.py compiles every schema at the
+``/health`` said ok.  xmlsafe/schemas.py compiles every schema at the
 start, in the main thread, under one lock.
 
 Each checked start must come up healthy (tests/restarts.py: API listener

@@ -44,7 +44,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "mime": ("gateway.ebms.mime",),
     "edge": ("gateway.ebms.mime", "gateway.http.server"),
     "envelope": ("gateway.ebms.envelope",),
-    "xmldsig": ("gateway.ebms.xmldsig", "gateway.xmlsafe"),
+    "xmldsig": ("gateway.ebms.xmldsig", "xmlsafe"),
     "xmlenc": ("gateway.ebms.xmlenc",),
     "cpa": ("cpa.parse", "cpa.validate", "cpa.model", "cpa.certificates"),
     "stuf_envelope": ("adapters.stuf.envelope",),

@@ -436,11 +436,11 @@ def _upload_seeds() -> Iterable[bytes]:
 @functools.cache
 def _inbound() -> Any:
     """The node's InboundProcessor on a SQLite store in the scratch directory."""
-    from cpa.registry import CpaRegistry
     from gateway.commands.demo import NODE
     from gateway.config import SecurityConfig
     from gateway.msh.inbound import InboundProcessor
     from gateway.msh.security import MessageSecurity
+    from gateway.store.cpas import CpaRegistry
     from gateway.store.database import Database
     from gateway.store.migrate import apply_migrations
 

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from cpa.registry import CpaRegistry
 from gateway.commands.demo import MUNICIPALITY, NODE
+from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
 from tests.fuzz import known, material

@@ -32,6 +32,9 @@ still pending or inside their duplicate-elimination window
 
 Every function takes a :class:`~gateway.store.database.Cursor` and runs inside the
 caller's transaction.
+
+The tables are this package's: ``migrations/`` next to this module creates them
+(0010_stuf), declared as :data:`MIGRATIONS` for :mod:`gateway.store.migrate`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import re
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 from gateway.store.database import Cursor, Row
 from gateway.store.retention import purge_copies
@@ -48,6 +53,7 @@ from gateway.store.timeutil import from_db, to_db, utcnow
 __all__ = [
     "DEFAULT_MAX_AGE",
     "DEFAULT_READ_AFTER",
+    "MIGRATIONS",
     "TRANSITIONS",
     "Batch",
     "BatchReport",
@@ -70,6 +76,9 @@ __all__ = [
     "split_parties",
     "update_status",
 ]
+
+#: This package's migrations directory, declared in pyproject.toml for gateway.store.migrate.
+MIGRATIONS: Traversable = files("adapters.stuf").joinpath("migrations")
 
 DEFAULT_READ_AFTER = timedelta(hours=168)
 """How long a delivered item is kept after it was read."""

@@ -33,8 +33,6 @@ from typing import Any
 
 from lxml import etree
 
-from gateway.errors import StartupError
-
 log = logging.getLogger("dkgw.xmlschemas")
 
 #: What a schema is compiled from: a function parsing its document (tree or root).
@@ -56,8 +54,12 @@ _PROBE = b"""<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">
 </xs:schema>"""
 
 
-class SchemaCompileError(StartupError):
-    """An XML Schema could not be compiled; the text names it and libxml2's reason."""
+class SchemaCompileError(Exception):
+    """An XML Schema could not be compiled; the text names it and libxml2's reason.
+
+    The text is for the operator: :func:`gateway.errors.describe` shows it as one line,
+    and ``dkgw serve`` stops its start with it.
+    """
 
 
 def _one_line(text: str) -> str:
@@ -121,7 +123,7 @@ def _compile_locked(name: str, load: Loader, log_failure: bool) -> etree.XMLSche
         return etree.XMLSchema(document)
     except (etree.Error, OSError, ValueError) as exc:
         # etree.Error: libxml2 refused the schema or its document; OSError: a
-        # file is missing; ValueError: gateway.xmlsafe refused the document.
+        # file is missing; ValueError: xmlsafe refused the document.
         reason = _one_line(str(exc)) or type(exc).__name__
         _failures.setdefault(name, reason)
         if log_failure:

@@ -33,6 +33,9 @@ stamped could still be missed; the gateway's transactions take milliseconds.
 
 Delivery is at least once: a POST whose answer is lost (timeout, crash, an
 expired lease) is repeated, so receivers deduplicate by ``event_id``.
+
+The tables are this package's: ``migrations/`` next to this module creates them
+(0008_webhooks), declared as :data:`MIGRATIONS` for :mod:`gateway.store.migrate`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Literal
 
 from gateway.store.database import Cursor, Row
@@ -48,6 +53,7 @@ from gateway.store.timeutil import from_db, to_db
 __all__ = [
     "BACKOFF_JITTER",
     "LATE_COMMIT_WINDOW",
+    "MIGRATIONS",
     "Backoff",
     "Delivery",
     "Finished",
@@ -61,6 +67,9 @@ __all__ = [
     "release_node",
     "retry_delay",
 ]
+
+#: This package's migrations directory, declared in pyproject.toml for gateway.store.migrate.
+MIGRATIONS: Traversable = files("adapters.webhooks").joinpath("migrations")
 
 DeliveryState = Literal["pending", "sending", "done", "failed"]
 Outcome = Literal["done", "retry"]

@@ -1,6 +1,6 @@
 """Event push: POST message events to back-office URLs (``[[webhook]]``).
 
-The dispatcher is the Twisted edge of :mod:`gateway.store.webhooks`.  A pass
+The dispatcher is the Twisted edge of :mod:`adapters.webhooks.store`.  A pass
 runs every ``poll_interval`` seconds and whenever the gateway calls
 :meth:`WebhookDispatcher.wake` (after every inbound request and delivery
 attempt); wakes coalesce, so at most one pass runs and a wake during a pass
@@ -54,9 +54,9 @@ from twisted.web.iweb import IPolicyForHTTPS, IResponse
 # zope.interface ships no type information; ``implementer`` only registers interfaces.
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from adapters.webhooks import store
 from gateway.config import WebhookConfig
 from gateway.logfmt import log_event
-from gateway.store import webhooks as store
 from gateway.store.database import Database
 from gateway.store.timeutil import to_db, utcnow
 

@@ -1,4 +1,4 @@
-"""The CPA registry: validated agreements kept in the gateway's store.
+"""The CPA registry: validated agreements kept in the gateway's store (table ``cpa``).
 
 The original XML is stored byte-exact (it is a signed-off agreement; the
 gateway must be able to hand back exactly what was imported).  A small JSON
@@ -6,7 +6,8 @@ summary is stored next to it so listing does not reparse every CPA.
 
 Row functions take a store cursor so they can run inside any transaction (the
 CLI's, or a Twisted thread-pool interaction later); :class:`CpaRegistry` wraps
-them for callers that just want to do one thing.
+them for callers that just want to do one thing.  The agreements themselves (model,
+parser, validation) are :mod:`cpa`'s, which knows nothing of the store.
 """
 
 from __future__ import annotations

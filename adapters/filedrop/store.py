@@ -11,6 +11,9 @@ the file.
 
 Every function takes a :class:`~gateway.store.database.Cursor` and runs inside
 the caller's transaction.
+
+The tables are this package's: ``migrations/`` next to this module creates them
+(0009_filedrop), declared as :data:`MIGRATIONS` for :mod:`gateway.store.migrate`.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 from gateway.store.database import Cursor, Row
 from gateway.store.messages import OutboundStatus, task_for_message
 from gateway.store.timeutil import from_db, to_db
 
 __all__ = [
+    "MIGRATIONS",
     "FileDropItem",
     "ItemState",
     "claim_item",
@@ -33,6 +39,9 @@ __all__ = [
     "set_item_message",
     "settle_items",
 ]
+
+#: This package's migrations directory, declared in pyproject.toml for gateway.store.migrate.
+MIGRATIONS: Traversable = files("adapters.filedrop").joinpath("migrations")
 
 #: Tokens per ``IN (...)`` list: well below every driver's parameter limit.
 _BATCH = 500

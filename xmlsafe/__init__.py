@@ -5,6 +5,10 @@ office, an operator's file).  Digikoppeling never needs a DTD, so any document
 that carries one is refused outright instead of being parsed "safely": that
 closes billion-laughs, external entities (XXE) and DTD-based attribute defaults
 in one rule (docs/msh.md, Hostile input).
+
+This package is the bottom layer that :mod:`cpa`, :mod:`gateway` and :mod:`adapters`
+all read XML through, with the schema registry in :mod:`xmlsafe.schemas`; it imports
+lxml and nothing of the gateway (docs/decisions.md, "Where the XML foundations live").
 """
 
 from __future__ import annotations
