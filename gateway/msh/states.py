@@ -390,10 +390,13 @@ EVENT_ON_ENTRY: Mapping[OutboundStatus | InboundStatus, EventType] = {
     _Out.DELIVERED: EventType.DELIVERED,
     _Out.DELIVERY_FAILED: EventType.FAILED,
     _Out.EXPIRED: EventType.EXPIRED,
-    _In.RECEIVED: EventType.RECEIVED,
     _In.FAILED: EventType.FAILED,
 }
-"""The back-office event a message raises when it enters a status (ebms-core)."""
+"""The back-office event a move into a status raises (ebms-core's message events).
+
+A received message announces itself with RECEIVED when it is stored (no move);
+a retried one (CREATED again) and a processed one raise none.
+"""
 
 STATUS_RESPONSE: Mapping[InboundStatus, MessageStatus] = {
     _In.RECEIVED: MessageStatus.RECEIVED,
