@@ -83,7 +83,7 @@ WEBHOOK_MOVES = {
     ("sending", "released"): "pending",
 }
 
-MACHINES: list[tuple[StateMachine, type[StrEnum], dict[tuple[str, str], str]]] = [  # type: ignore[type-arg]
+MACHINES: list[tuple[StateMachine, type[StrEnum], dict[tuple[str, str], str]]] = [
     (OUTBOUND, MessageEvent, OUTBOUND_MOVES),
     (INBOUND, MessageEvent, INBOUND_MOVES),
     (TASK, TaskEvent, TASK_MOVES),
@@ -91,7 +91,7 @@ MACHINES: list[tuple[StateMachine, type[StrEnum], dict[tuple[str, str], str]]] =
 ]
 
 
-def _cases() -> list[tuple[StateMachine, StrEnum, StrEnum, str | None]]:  # type: ignore[type-arg]
+def _cases() -> list[tuple[StateMachine, StrEnum, StrEnum, str | None]]:
     out = []
     for machine, events, moves in MACHINES:
         for state, event in itertools.product(machine.states, events):
@@ -111,7 +111,7 @@ def test_every_transition_is_allowed_or_refused_as_listed(
     machine: StateMachine,
     state: StrEnum,
     event: StrEnum,
-    expected: str | None,  # type: ignore[type-arg]
+    expected: str | None,
 ) -> None:
     assert machine.allows(state, event) is (expected is not None)
     assert machine.allows(state.value, event) is (expected is not None)
