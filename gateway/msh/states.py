@@ -9,8 +9,8 @@ Four things in the store have a lifecycle, and each is a table here:
 
 The enum values are the literals stored in those columns, so rows written before
 these tables existed read back unchanged.  Signals (acknowledgments, errors, Pong,
-StatusResponse) are stored without a status: they have a delivery task, not a
-message lifecycle.
+StatusResponse) are stored without a status: those we send have a delivery task,
+none has a message lifecycle.
 
 The tables follow h11's ``_state.py``: ``state -> {event: next state}``, and a
 transition not in the table is refused (:class:`TransitionRefused`).  Every event
@@ -21,11 +21,14 @@ finds the row outside its sources changes nothing; that is how races resolve
 (an acknowledgment and an expiry for the same message: the first one wins).
 
 Sources.  ebMS 2.0 §6 (reliable messaging): a message is persisted before it
-is sent (§6.4.1), retried until acknowledged or its retries are used up
-(§6.4.3-§6.4.4, §6.5.3), a duplicate's answer is sent again (§6.5.4), and a
-MessageError with severity Error ends it (§4.2.3).  The status names and their
-meaning are ebms-core's (docs/msh.md, "Statuses and events"); ebMS 2.0 §7.3.2
-maps the inbound ones onto a StatusResponse (:data:`STATUS_RESPONSE`).
+is sent and its MessageId remembered for duplicate elimination (§6.4.1), sent
+again at the RetryInterval up to Retries times within its TimeToLive (§6.4),
+until an Acknowledgment arrives (§6.3.2); the answer to a duplicate is sent
+again (§6.5); a MessageError with severity Error ends it (§4.2.3).  ebMS 2.0 §7
+(message status service): a StatusResponse reports a received message as
+Received or Processed (``messageStatus``, §7.3; :data:`STATUS_RESPONSE`).  The
+status names and their meaning are ebms-core's (docs/msh.md, "Statuses and
+events").
 """
 
 from __future__ import annotations
@@ -402,7 +405,7 @@ STATUS_RESPONSE: Mapping[InboundStatus, MessageStatus] = {
     _In.RECEIVED: MessageStatus.RECEIVED,
     _In.PROCESSED: MessageStatus.PROCESSED,
 }
-"""ebMS 2.0 §7.3.2: what a StatusResponse says about a received message in a status.
+"""ebMS 2.0 §7.3: what a StatusResponse says about a received message in a status.
 
 A status not listed (FAILED) is answered NotRecognized, as ebms-core does.
 """
