@@ -13,7 +13,8 @@ still has to push is persisted here before anything is POSTed:
   the unique key makes a second copy of an event impossible anyway.
 * :func:`claim_due` leases due deliveries to one node, skipping rows other
   nodes hold (``FOR UPDATE SKIP LOCKED`` on PostgreSQL).  An expired lease
-  (a node died mid-POST) makes the delivery due again.
+  (a node died mid-POST) makes the delivery due again.  The lease is the one
+  delivery tasks have too (:mod:`gateway.store.leases`).
 * :func:`finish` records an attempt: done, or a retry after an exponential
   backoff, or failed once ``max_age`` has passed since the delivery was queued.
 
@@ -47,7 +48,10 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Literal
 
+from gateway.msh.states import WEBHOOK, TaskEvent, WebhookState
+from gateway.store import leases
 from gateway.store.database import Cursor, Row
+from gateway.store.leases import WEBHOOK_DELIVERIES
 from gateway.store.timeutil import from_db, to_db
 
 __all__ = [
@@ -71,7 +75,8 @@ __all__ = [
 #: This package's migrations directory, declared in pyproject.toml for gateway.store.migrate.
 MIGRATIONS: Traversable = files("adapters.webhooks").joinpath("migrations")
 
-DeliveryState = Literal["pending", "sending", "done", "failed"]
+DeliveryState = WebhookState
+"""A webhook delivery's state (the table :data:`gateway.msh.states.WEBHOOK`)."""
 Outcome = Literal["done", "retry"]
 
 LATE_COMMIT_WINDOW = timedelta(minutes=5)
@@ -292,15 +297,16 @@ def claim_due(
     """
     if limit <= 0 or not webhooks:
         return []
-    skip_locked = " FOR UPDATE SKIP LOCKED" if cur.dialect == "postgresql" else ""
-    rows = cur.execute(
-        "UPDATE webhook_delivery SET state = 'sending', locked_by = ?, lease_until = ?, "
-        "attempts = attempts + 1, updated_at = ? WHERE id IN ("
-        f"SELECT id FROM webhook_delivery WHERE webhook IN {_in(webhooks)} AND "
-        "((state = 'pending' AND next_attempt_at <= ?) OR (state = 'sending' AND lease_until < ?)) "
-        f"ORDER BY next_attempt_at, id LIMIT ?{skip_locked}) RETURNING id",
-        (node, to_db(now + lease), to_db(now), *webhooks, to_db(now), to_db(now), limit),
-    ).fetchall()
+    rows = leases.claim(
+        cur,
+        WEBHOOK_DELIVERIES,
+        node=node,
+        now=now,
+        lease=lease,
+        limit=limit,
+        where=f"webhook IN {_in(webhooks)}",
+        params=webhooks,
+    )
     if not rows:
         return []
     ids = sorted(int(r[0]) for r in rows)
@@ -363,42 +369,33 @@ def finish(
     delivery for good.  None means this node's lease ran out and another node
     took the delivery over: nothing is changed.
     """
-    row = cur.execute(
-        "SELECT attempts, created_at FROM webhook_delivery "
-        "WHERE id = ? AND locked_by = ? AND state = 'sending'",
-        (delivery_id, node),
-    ).fetchone()
+    row = leases.held(
+        cur, WEBHOOK_DELIVERIES, delivery_id, node=node, columns="attempts, created_at"
+    )
     if row is None:
         return None
     attempts, created_at = int(row[0]), from_db(row[1])
     next_attempt_at: datetime | None = None
-    state: DeliveryState
-    if outcome == "done":
-        state = "done"
-    else:
+    event = TaskEvent.DELIVERED
+    if outcome != "done":
         deadline = created_at + backoff.max_age
         if now >= deadline:
-            state = "failed"
+            event = TaskEvent.FAILED
         else:
-            state = "pending"
+            event = TaskEvent.RETRY_DUE
             next_attempt_at = min(now + retry_delay(attempts, backoff, jitter), deadline)
-    cur.execute(
-        "UPDATE webhook_delivery SET state = ?, next_attempt_at = ?, locked_by = NULL, "
-        "lease_until = NULL, last_status = ?, last_error = ?, updated_at = ? "
-        "WHERE id = ? AND locked_by = ? AND state = 'sending'",
-        (
-            state,
-            to_db(next_attempt_at or now),
-            status,
-            None if outcome == "done" else error,
-            to_db(now),
-            delivery_id,
-            node,
-        ),
-    )
-    if cur.rowcount != 1:
+    if not leases.complete(
+        cur,
+        WEBHOOK_DELIVERIES,
+        delivery_id,
+        event,
+        node=node,
+        now=now,
+        sets="next_attempt_at = ?, last_status = ?, last_error = ?",
+        params=(to_db(next_attempt_at or now), status, None if outcome == "done" else error),
+    ):
         return None
-    return Finished(state, attempts, next_attempt_at)
+    return Finished(WEBHOOK.target(event), attempts, next_attempt_at)
 
 
 def fail(cur: Cursor, delivery_id: int, *, node: str, now: datetime, error: str) -> bool:
@@ -406,14 +403,16 @@ def fail(cur: Cursor, delivery_id: int, *, node: str, now: datetime, error: str)
 
     Returns False when the delivery is no longer ``node``'s claim (nothing changed).
     """
-    stamp = to_db(now)
-    cur.execute(
-        "UPDATE webhook_delivery SET state = 'failed', next_attempt_at = ?, locked_by = NULL, "
-        "lease_until = NULL, last_status = NULL, last_error = ?, updated_at = ? "
-        "WHERE id = ? AND locked_by = ? AND state = 'sending'",
-        (stamp, error[:500], stamp, delivery_id, node),
+    return leases.complete(
+        cur,
+        WEBHOOK_DELIVERIES,
+        delivery_id,
+        TaskEvent.FAILED,
+        node=node,
+        now=now,
+        sets="next_attempt_at = ?, last_status = NULL, last_error = ?",
+        params=(to_db(now), error[:500]),
     )
-    return cur.rowcount == 1
 
 
 def release(
@@ -427,15 +426,16 @@ def release(
     """
     if not delivery_ids:
         return 0
-    undo = " - 1" if not attempted else ""
-    cur.execute(
-        f"UPDATE webhook_delivery SET state = 'pending', attempts = attempts{undo}, "
-        "next_attempt_at = ?, locked_by = NULL, lease_until = NULL, updated_at = ? "
-        f"WHERE id IN {_in(delivery_ids)} AND locked_by = ? "
-        "AND state = 'sending'",
-        (to_db(now), to_db(now), *delivery_ids, node),
+    return leases.release(
+        cur,
+        WEBHOOK_DELIVERIES,
+        TaskEvent.RELEASED if attempted else TaskEvent.UNCLAIMED,
+        node=node,
+        now=now,
+        ids=delivery_ids,
+        sets="next_attempt_at = ?" if attempted else "attempts = attempts - 1, next_attempt_at = ?",
+        params=(to_db(now),),
     )
-    return max(cur.rowcount, 0)
 
 
 def release_node(cur: Cursor, *, node: str, now: datetime) -> int:
@@ -444,9 +444,12 @@ def release_node(cur: Cursor, *, node: str, now: datetime) -> int:
     Called when the node's dispatcher starts; node ids are unique among the
     nodes sharing a store.  The cut-off attempts stay counted.
     """
-    cur.execute(
-        "UPDATE webhook_delivery SET state = 'pending', next_attempt_at = ?, locked_by = NULL, "
-        "lease_until = NULL, updated_at = ? WHERE locked_by = ? AND state = 'sending'",
-        (to_db(now), to_db(now), node),
+    return leases.release(
+        cur,
+        WEBHOOK_DELIVERIES,
+        TaskEvent.RELEASED,
+        node=node,
+        now=now,
+        sets="next_attempt_at = ?",
+        params=(to_db(now),),
     )
-    return max(cur.rowcount, 0)

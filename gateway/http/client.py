@@ -32,7 +32,6 @@ from twisted.web.client import (
 )
 from twisted.web.http_headers import Headers
 
-from cpa.model import PartyId
 from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult, Pin, Undeliverable
 from gateway.http.failures import NoResponse
 from gateway.store.certmap import resolve_certificate
@@ -110,11 +109,7 @@ def server_pin(registry: CpaRegistry, cur: Cursor, message: StoredMessage, url: 
             f"CPA {cpa.cpa_id} is not in force (status {cpa.status}, valid "
             f"{cpa.start.isoformat()} to {cpa.end.isoformat()})."
         )
-    ids = []
-    for key in message.to_party.split(","):
-        type_, _, value = key.rpartition(":")
-        ids.append(PartyId(value, type_ or None))
-    party = cpa.party_by_ids(ids)
+    party = cpa.party_by_ids(message.to_ids)
     if party is None:
         return None
     for transport in party.transports.values():

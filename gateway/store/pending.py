@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from gateway.msh.states import TASK, MessageEvent, TaskEvent
 from gateway.store.database import Cursor
-from gateway.store.messages import EventType, OutboundStatus, add_event, set_status
+from gateway.store.guards import in_states, literal
+from gateway.store.messages import Direction, move_status
 from gateway.store.timeutil import to_db
 
 __all__ = ["CPA_DELETED", "DELIVERY_FAILURE", "fail_pending", "pending_count"]
@@ -27,9 +29,13 @@ CPA_DELETED = "CPA deleted by operator."
 #: The event's error code: ebMS 2.0 §4.2.3.4.1 DeliveryFailure.
 DELIVERY_FAILURE = "DeliveryFailure"
 
+# Pending: the states a task whose CPA goes is cancelled from (TaskEvent.CANCELLED),
+# those of a task with an attempt or the final wait still to come.
+_CANCELLABLE = TASK.sources(TaskEvent.CANCELLED)
+
 _PENDING = (
     "FROM delivery_task t JOIN ebms_message m ON m.id = t.message_pk "
-    "WHERE m.cpa_id = ? AND m.direction = 'out' AND t.state IN ('pending', 'sending')"
+    f"WHERE m.cpa_id = ? AND m.direction = 'out' AND {in_states('t.state', _CANCELLABLE)}"
 )
 
 
@@ -48,26 +54,22 @@ def fail_pending(cur: Cursor, cpa_id: str, *, now: datetime, reason: str = CPA_D
     rows = cur.execute(
         f"SELECT t.id, m.id, m.message_id, m.status {_PENDING} ORDER BY t.id", (cpa_id,)
     ).fetchall()
+    cancelled = literal(TASK.target(TaskEvent.CANCELLED))
     for task_id, message_pk, message_id, status in rows:
         cur.execute(
-            "UPDATE delivery_task SET state = 'failed', locked_by = NULL, lease_until = NULL, "
-            "last_error = ?, updated_at = ? WHERE id = ?",
+            f"UPDATE delivery_task SET state = {cancelled}, locked_by = NULL, lease_until = NULL, "
+            f"last_error = ?, updated_at = ? WHERE id = ? AND {in_states('state', _CANCELLABLE)}",
             (reason, to_db(now), task_id),
         )
-        if status is not None and set_status(
-            cur,
-            int(message_pk),
-            OutboundStatus.DELIVERY_FAILED.value,
-            now=now,
-            reason=reason,
-            only_from=(OutboundStatus.CREATED.value,),
-        ):
-            add_event(
+        if status is not None:
+            move_status(
                 cur,
                 int(message_pk),
-                str(message_id),
-                EventType.FAILED,
+                MessageEvent.FAILED,
+                message_id=str(message_id),
+                direction=Direction.OUT,
                 now=now,
+                reason=reason,
                 error_code=DELIVERY_FAILURE,
                 error_text=reason,
             )

@@ -17,8 +17,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway.msh.states import (
+    OUTBOUND,
+    TASK,
+    TASK_BUSY,
+    MessageEvent,
+    OutboundStatus,
+    TaskEvent,
+    TaskState,
+)
+from gateway.store import parties
 from gateway.store.database import Cursor, Row
-from gateway.store.messages import Direction, EventType, OutboundStatus, add_event, set_status
+from gateway.store.guards import in_states, literal
+from gateway.store.messages import Direction, move_status
 from gateway.store.timeutil import from_db, to_db
 
 __all__ = [
@@ -92,7 +103,7 @@ class MessageSummary:
     @property
     def attempts_left(self) -> int:
         """Attempts still to come while the task is pending (0 once it ended)."""
-        if self.task_state not in ("pending", "sending"):
+        if self.task_state not in TASK_BUSY:
             return 0
         return max(self.max_attempts - self.attempts, 0)
 
@@ -157,15 +168,10 @@ def _summary(row: Row) -> MessageSummary:
         task_state=state,
         attempts=int(row[12]),
         max_attempts=int(row[13]),
-        next_attempt_at=_opt(row[14]) if state == "pending" else None,
+        next_attempt_at=_opt(row[14]) if state == TaskState.PENDING else None,
         expires_at=_opt(row[15]),
         last_error=row[16],
     )
-
-
-def _party_keys(party: str) -> tuple[str, str]:
-    """LIKE patterns for a PartyId among a stored comma-separated list."""
-    return f"%{party}", f"%{party},%"
 
 
 def list_messages(cur: Cursor, query: MessageQuery) -> list[MessageSummary]:
@@ -189,7 +195,7 @@ def list_messages(cur: Cursor, query: MessageQuery) -> list[MessageSummary]:
             params.append(value)
     if query.party is not None:
         # Stored as type:value[,type:value]: match a whole id (with or without its type).
-        end, middle = _party_keys(query.party)
+        end, middle = parties.like_patterns(query.party)
         where.append(
             "(m.from_party LIKE ? OR m.from_party LIKE ? OR m.to_party LIKE ? OR m.to_party LIKE ?)"
         )
@@ -262,8 +268,10 @@ def retry_refusal(
         return f"message {message_id} is a signal or has no delivery task; nothing to retry"
     if status == OutboundStatus.DELIVERED:
         return f"message {message_id} is delivered already"
-    if task_state == "sending":
+    if task_state == TaskState.SENDING:
         return f"message {message_id} is being sent right now"
+    if not TASK.allows(task_state, TaskEvent.RETRIED):
+        return f"message {message_id} has a {task_state} delivery task; nothing to retry"
     if last_error is not None and last_error.startswith(SUPERSEDED):
         return f"message {message_id} was {last_error}; retry that one"
     if expires_at is not None and now >= expires_at:
@@ -293,26 +301,25 @@ def retry_message(cur: Cursor, message_id: str, *, now: datetime) -> MessageSumm
     if refusal is not None:
         raise RetryRefused(refusal)
     # At least one attempt left, so the claim sends rather than only ending the wait.
+    retried = TaskEvent.RETRIED
     cur.execute(
-        "UPDATE delivery_task SET state = 'pending', next_attempt_at = ?, max_attempts = ?, "
-        "updated_at = ? WHERE message_pk = ? AND state = ?",
+        f"UPDATE delivery_task SET state = {literal(TASK.target(retried))}, next_attempt_at = ?, "
+        "max_attempts = ?, updated_at = ? WHERE message_pk = ? AND state = ? AND "
+        + in_states("state", TASK.sources(retried)),
         (to_db(now), max(int(max_attempts), int(attempts) + 1), to_db(now), pk, state),
     )
     if cur.rowcount != 1:
         raise RetryRefused(f"message {message_id} changed meanwhile; try again")
-    if status != OutboundStatus.CREATED:
-        cur.execute(
-            "UPDATE ebms_message SET status = ?, status_at = ? WHERE id = ?",
-            (OutboundStatus.CREATED.value, to_db(now), pk),
-        )
-        cur.execute(
-            "INSERT INTO status_history (message_pk, status, at, reason) VALUES (?, ?, ?, ?)",
-            (
-                pk,
-                OutboundStatus.CREATED.value,
-                to_db(now),
-                f"retried by the operator after {status}",
-            ),
+    # A pending message is CREATED still: only its task moves.
+    if OUTBOUND.allows(status, MessageEvent.RETRIED):
+        move_status(
+            cur,
+            pk,
+            MessageEvent.RETRIED,
+            message_id=message_id,
+            direction=Direction.OUT,
+            now=now,
+            reason=f"retried by the operator after {status}",
         )
     (detail,) = message_detail(cur, message_id, Direction.OUT)
     return detail.summary
@@ -334,29 +341,36 @@ def supersede(cur: Cursor, message_pk: int, message_id: str, new_id: str, *, now
         "LEFT JOIN delivery_task t ON t.message_pk = m.id WHERE m.id = ?",
         (message_pk,),
     ).fetchone()
-    if row is None or row[0] != OutboundStatus.CREATED or row[1] != "pending":
-        if row is not None and row[1] == "sending":
+    superseded = TaskEvent.SUPERSEDED
+    if (
+        row is None
+        or not OUTBOUND.allows(row[0], MessageEvent.FAILED)
+        or not TASK.allows(row[1], superseded)
+    ):
+        if row is not None and row[1] == TaskState.SENDING:
             raise RetryRefused(f"message {message_id} is being sent right now; resend it later")
         return False
     reason = f"{SUPERSEDED} {new_id}"
     # Guarded by the state: a worker that claimed the task meanwhile wins, and
     # the resend is refused rather than sent beside it.
     cur.execute(
-        "UPDATE delivery_task SET state = 'failed', locked_by = NULL, lease_until = NULL, "
-        "last_error = ?, updated_at = ? WHERE message_pk = ? AND state = 'pending'",
+        f"UPDATE delivery_task SET state = {literal(TASK.target(superseded))}, locked_by = NULL, "
+        "lease_until = NULL, last_error = ?, updated_at = ? WHERE message_pk = ? AND "
+        + in_states("state", TASK.sources(superseded)),
         (reason, to_db(now), message_pk),
     )
     if cur.rowcount != 1:
         raise RetryRefused(f"message {message_id} is being sent right now; resend it later")
-    if set_status(
+    move_status(
         cur,
         message_pk,
-        OutboundStatus.DELIVERY_FAILED.value,
+        MessageEvent.FAILED,
+        message_id=message_id,
+        direction=Direction.OUT,
         now=now,
         reason=reason,
-        only_from=(OutboundStatus.CREATED.value,),
-    ):
-        add_event(cur, message_pk, message_id, EventType.FAILED, now=now, error_text=reason)
+        error_text=reason,
+    )
     return True
 
 

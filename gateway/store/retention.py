@@ -29,8 +29,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from gateway.msh.states import INBOUND, OUTBOUND, TASK_BUSY, WEBHOOK, OutboundStatus
 from gateway.settings.options import POSITIVE, at_least, option
 from gateway.store.database import Cursor, Database, Row
+from gateway.store.guards import in_states
 from gateway.store.timeutil import from_db, to_db
 
 __all__ = [
@@ -44,10 +46,11 @@ __all__ = [
     "store_bytes",
 ]
 
-#: Final states, after which a message only waits for its retention period to end.
-FINAL_OUT = frozenset({"DELIVERED", "DELIVERY_FAILED", "EXPIRED"})
-FINAL_IN = frozenset({"PROCESSED", "FAILED"})
-_BUSY_TASK = frozenset({"pending", "sending"})
+#: Final states, after which a message only waits for its retention period to end
+#: (an operator's retry of a failed or expired message aside: gateway/msh/states.py).
+FINAL_OUT = frozenset(OutboundStatus) - OUTBOUND.initial
+FINAL_IN = INBOUND.final
+_BUSY_TASK = TASK_BUSY
 
 #: The kinds of rows a purge reports, in report order.
 KINDS = (
@@ -342,7 +345,7 @@ def purge(
         report,
         kind="webhook_deliveries",
         table="webhook_delivery",
-        where="state IN ('done', 'failed')",
+        where=in_states("state", WEBHOOK.final),
         cutoff=now - timedelta(days=settings.webhook_days),
         batch_size=settings.batch_size,
     )
