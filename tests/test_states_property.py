@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.webhooks import store as webhooks
 from gateway.msh.states import (
     INBOUND,
     OUTBOUND,
@@ -37,7 +38,6 @@ from gateway.msh.states import (
     TaskState,
     WebhookState,
 )
-from gateway.store import webhooks
 from gateway.store.backoffice import process_message
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
