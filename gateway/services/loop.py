@@ -29,7 +29,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.base import DelayedCall
 from twisted.python.failure import Failure
 
 __all__ = ["LoopService", "Tick"]
@@ -65,7 +65,7 @@ class LoopService(Service):
         """Ticks that ended well."""
         self._busy = False
         self._again = False
-        self._timer: IDelayedCall | None = None
+        self._timer: DelayedCall | None = None
         self._last_end = float("-inf")
         self._idle: list[Deferred[None]] = []
 
@@ -73,7 +73,7 @@ class LoopService(Service):
 
     def startService(self) -> None:
         """Start ticking; the first tick runs now (unless one is still ending)."""
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self._busy:
             self._again = True  # restarted while the last tick of before was ending
         else:
@@ -81,7 +81,7 @@ class LoopService(Service):
 
     def stopService(self) -> Deferred[None]:
         """Stop ticking; fires when the tick in progress, if any, has ended."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self._cancel_timer()
         self._again = False
         if not self._busy:
