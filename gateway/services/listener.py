@@ -54,23 +54,24 @@ class ListenerService(Service):
         self._listen = listen
         self.on_listening = on_listening
         self.after_stop = after_stop
-        self.port: IListeningPort | None = None
+        self.port: Any = None
+        """The bound ``IListeningPort``; None until started."""
 
     @property
     def bound_port(self) -> int:
         """The TCP port actually bound (useful when the configuration says 0); 0 when not."""
-        return int(self.port.getHost().port) if self.port is not None else 0  # type: ignore[attr-defined]
+        return int(self.port.getHost().port) if self.port is not None else 0
 
     def startService(self) -> None:
         """Bind; raises :class:`~gateway.errors.StartupError` when the port cannot be."""
         self.port = listening(self.host, self.configured_port, self._listen)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self.on_listening is not None:
             self.on_listening()
 
     def stopService(self) -> Deferred[None]:
         """Stop accepting connections, then run ``after_stop``."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:

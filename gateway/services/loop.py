@@ -28,8 +28,8 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
 from twisted.internet.base import DelayedCall
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 __all__ = ["LoopService", "Tick"]

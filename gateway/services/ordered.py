@@ -32,9 +32,16 @@ class OrderedServices(MultiService):
     therefore be harmless when it never started.
     """
 
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    def add(self, service: Service) -> None:
+        """Add ``service``: it starts after, and stops before, those added so far."""
+        self.addService(service)  # type: ignore[no-untyped-call]
+
     def stopService(self) -> Deferred[None]:
         """Stop the children in reverse order, each after the one started after it."""
-        Service.stopService(self)
+        Service.stopService(self)  # type: ignore[no-untyped-call]
         return defer.ensureDeferred(self._stop_children())
 
     async def _stop_children(self) -> None:
@@ -57,5 +64,5 @@ class OnStop(Service):
 
     def stopService(self) -> Deferred[Any]:
         """Release the resource; harmless when the service never started."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return defer.maybeDeferred(self._stop)
