@@ -274,8 +274,10 @@ class EbmsResource(resource.Resource):
             self.on_queued()
         if self.on_event is not None:
             self.on_event({"event": "inbound", "status": str(reply.status), **reply.log})
-        headers = [(b"Content-Type", reply.content_type.encode("latin-1"))]
-        reply_to.send(reply.status, reply.body, headers if reply.content_type else ())
+        headers = []
+        if reply.content_type:
+            headers.append((b"Content-Type", reply.content_type.encode("latin-1")))
+        reply_to.send(reply.status, reply.body, headers)
 
     @staticmethod
     def _crash(failure: Any, reply_to: PendingReply) -> None:
