@@ -5,20 +5,16 @@ is open and the key and TLS material is loaded.  The order of the services is
 the start order; the stop order is its reverse
 (:class:`~gateway.services.ordered.OrderedServices`):
 
-=====================  ===============================================================
-start                  why there
-=====================  ===============================================================
-client connections     closed last on stop: attempts in flight need them
-endpoint connections   closed once the worker is done (they would outlive the store)
-delivery worker        picks up the tasks a previous run left before anything new comes
-ebMS listener          the partners' requests
-admin listener         ``/metrics``, ``/status``, ``/health``, ``/ready``
-webhooks               pushes events; stopped after the API, before the listeners
-API listener           the back office's requests (its connections close on stop)
-StUF relay, file drops feed messages in: the first to stop
-CRL refresh, Pings,    background upkeep
-retention
-=====================  ===============================================================
+1. the client's connections: closed last on stop, attempts in flight need them;
+2. the endpoint's kept-alive connections: closed once the worker is done (they
+   would otherwise outlive the store they need);
+3. the CRL refresh: its first round at once (a stop does not wait for a fetch);
+4. the delivery worker: picks up what a previous run left before anything new comes;
+5. the ebMS listener, then the admin listener;
+6. the webhooks: stopped after the API listener, before the other listeners;
+7. the API listener (its kept-alive connections close as it stops);
+8. the StUF relay and the file drops, which feed messages in;
+9. the Ping schedule and retention: background upkeep, the first to stop.
 """
 
 from __future__ import annotations
@@ -187,6 +183,17 @@ def build(gateway: Gateway, db: Database, loaded: Material) -> Parts:
     services.add(OnStop(client.close))
     if isinstance(site, TrackingSite):
         services.add(OnStop(site.close_connections))
+    if crl_refresher is not None:
+        # A fetch in progress when the gateway stops completes on its own.
+        services.add(
+            LoopService(
+                crl_refresher.refresh,
+                reactor=reactor,
+                interval=crl_refresher.interval,
+                on_failure=lambda f: log.error("CRL refresh failed: %s", f.getErrorMessage()),
+                wait_on_stop=False,
+            )
+        )
     services.add(worker)
     services.add(ebms)
 
@@ -274,15 +281,6 @@ def build(gateway: Gateway, db: Database, loaded: Material) -> Parts:
         )
         services.add(drop)
         filedrops.append(drop)
-    if crl_refresher is not None:
-        services.add(
-            LoopService(
-                crl_refresher.refresh,
-                reactor=reactor,
-                interval=crl_refresher.interval,
-                on_failure=lambda f: log.error("CRL refresh failed: %s", f.getErrorMessage()),
-            )
-        )
     pinger = None
     monitoring = config.monitoring
     if monitoring.pings:

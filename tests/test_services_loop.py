@@ -165,6 +165,18 @@ def test_stop_waits_for_the_running_tick_and_ticks_no_more() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_a_loop_that_need_not_be_waited_for_stops_at_once() -> None:
+    clock, ticks = Clock(), Ticks()
+    loop = LoopService(
+        ticks, reactor=clock, interval=1.0, on_failure=lambda _: None, wait_on_stop=False
+    )
+    loop.startService()
+    assert loop.stopService().called  # the tick in progress ends on its own
+    ticks.end()
+    clock.advance(10)
+    assert ticks.started == 1 and loop.ticks == 1
+
+
 def test_restarted_while_the_last_tick_ends_ticks_again_once_it_has() -> None:
     clock, ticks = Clock(), Ticks()
     loop = make_loop(ticks, clock)

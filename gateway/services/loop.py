@@ -18,7 +18,9 @@ driver alone owns the timing:
   loop whose ticks stop ending (a store that hangs) stops beating, which
   ``/ready`` reports (:mod:`gateway.monitor.heartbeat`);
 - :meth:`stopService` cancels the timer and fires once the tick in progress,
-  if any, has ended; nothing is cut off.
+  if any, has ended; nothing is cut off.  With ``wait_on_stop=False`` it fires
+  at once and the tick in progress ends on its own (a download that may take
+  its full timeout need not hold up a shutdown).
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ class LoopService(Service):
         on_failure: Callable[[Failure], None],
         heartbeat: Callable[[], None] | None = None,
         min_gap: float = 0.0,
+        wait_on_stop: bool = True,
     ) -> None:
         self._tick = tick
+        self.wait_on_stop = wait_on_stop
         self.reactor = reactor
         self.interval = interval
         self.on_failure = on_failure
@@ -84,7 +88,7 @@ class LoopService(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         self._cancel_timer()
         self._again = False
-        if not self._busy:
+        if not self._busy or not self.wait_on_stop:
             return defer.succeed(None)
         waiter: Deferred[None] = Deferred()
         self._idle.append(waiter)
