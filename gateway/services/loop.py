@@ -108,14 +108,11 @@ class LoopService(Service):
         if self._busy:
             self._again = True
             return
-        gap = self._last_end + self.min_gap - self.reactor.seconds()
+        now = self.reactor.seconds()
+        gap = self._last_end + self.min_gap - now
         if gap > 0:
             timer = self._timer
-            if (
-                timer is None
-                or not timer.active()
-                or timer.getTime() > self.reactor.seconds() + gap
-            ):
+            if timer is None or not timer.active() or timer.getTime() > now + gap:
                 self._schedule(gap)
             return
         self._run()
