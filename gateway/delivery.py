@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
+from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -61,6 +62,7 @@ from gateway.msh.attempt_prepare import (
     wire_body,
 )
 from gateway.msh.inbound import AckCheck, accept_sync_reply
+from gateway.services.loop import LoopService
 from gateway.store.attempts import message_head
 from gateway.store.database import Cursor, Database
 from gateway.store.messages import (
@@ -126,8 +128,13 @@ class Poster(Protocol):
 RunInThread = Callable[..., Deferred[Any]]
 
 
-class DeliveryWorker:
-    """Poll the store for due tasks and deliver them, a few at a time."""
+class DeliveryWorker(Service):
+    """Poll the store for due tasks and deliver them, a few at a time.
+
+    A ``twisted.application`` service: its :attr:`loop`
+    (:class:`~gateway.services.loop.LoopService`) ticks one claim at a time;
+    the attempts a claim starts run on past the tick, up to ``concurrency``.
+    """
 
     def __init__(
         self,
@@ -158,39 +165,55 @@ class DeliveryWorker:
         self.concurrency = concurrency
         self.lease = lease
         self.clock = clock
-        self._loop: task.LoopingCall | None = None
         self._in_flight: set[Deferred[None]] = set()
-        self._claiming: Deferred[Any] | None = None
-        self._again = False
-        self._running = False
+        self._more = False  # all slots were taken: claim again when an attempt ends
         self._first_claim = True
-        self.heartbeat: Callable[[], None] | None = None  # called as the loop ticks (/ready)
+        #: One claim per tick; a claim that fails is logged and the next tick tries again.
+        self.loop = LoopService(
+            self._poll_once,
+            reactor=reactor,
+            interval=poll_interval,
+            on_failure=lambda f: log.error("claiming tasks failed: %s", f.getErrorMessage()),
+        )
+
+    @property
+    def heartbeat(self) -> Callable[[], None] | None:
+        """Called as the loop ticks (/ready; gateway.monitor.heartbeat)."""
+        return self.loop.heartbeat
+
+    @heartbeat.setter
+    def heartbeat(self, beat: Callable[[], None] | None) -> None:
+        self.loop.heartbeat = beat
+
+    @property
+    def _running(self) -> bool:
+        return bool(self.loop.running)
 
     # -- lifecycle -----------------------------------------------------------------
 
+    def startService(self) -> None:
+        """Start polling; the first poll runs at once."""
+        super().startService()  # type: ignore[no-untyped-call]
+        self._first_claim = True
+        self.loop.startService()
+
     def start(self) -> None:
         """Start polling; the first poll runs at once."""
-        self._running = True
-        self._first_claim = True
-        loop = task.LoopingCall(self.poll)
-        loop.clock = self.reactor
-        self._loop = loop
-        loop.start(self.poll_interval, now=True).addErrback(
-            lambda f: log.error("delivery loop stopped: %s", f.getErrorMessage())
-        )
+        self.startService()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop polling and wait for the claim and the attempts in flight to finish."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        self._running = False
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        if self._claiming is not None:
-            # A claim in progress: its tasks are handed back (see _dispatch).
-            await self._claiming
+        # A claim in progress is waited for: its tasks are handed back (see _dispatch).
+        await self.loop.stopService()
         await defer.DeferredList(list(self._in_flight), consumeErrors=True)
 
     def stop(self) -> Deferred[None]:
         """Stop polling and wait for the claim and the attempts in flight to finish."""
-        return defer.ensureDeferred(self._stop())
+        return self.stopService()
 
     # -- one poll ------------------------------------------------------------------
 
@@ -199,35 +222,24 @@ class DeliveryWorker:
 
         Tasks queued by other processes or nodes are found by the regular poll.
         """
-        if self._running:
-            self.poll()
+        self.loop.wake()
 
     def poll(self) -> None:
-        """Claim what is due (up to the free capacity) and start delivering it."""
-        if not self._running:
-            return
-        if self._claiming is not None:
-            # A claim is running; whatever became due meanwhile is claimed right after.
-            self._again = True
-            return
-        if self.heartbeat is not None:  # ticking, and the last claim has finished
-            self.heartbeat()
+        """Claim what is due (up to the free capacity) and start delivering it.
+
+        A claim in progress is followed by another right after it ends.
+        """
+        self.loop.wake()
+
+    def _poll_once(self) -> Deferred[Any] | None:
+        """The loop's tick: claim up to the free capacity and start the attempts."""
         free = self.concurrency - len(self._in_flight)
         if free <= 0:
-            self._again = True  # claimed when an attempt in flight ends
-            return
-        self._again = False
+            self._more = True  # claimed when an attempt in flight ends
+            return None
         d: Deferred[Any] = self.run(self._claim, free)
         d.addCallback(self._dispatch)
-        d.addErrback(lambda f: log.error("claiming tasks failed: %s", f.getErrorMessage()))
-        self._claiming = d
-
-        def done(_: object) -> None:
-            self._claiming = None
-            if self._again:
-                self.poll()
-
-        d.addBoth(done)
+        return d
 
     def _dispatch(
         self, claimed: tuple[list[Outgoing], list[dict[str, str]]]
@@ -237,7 +249,7 @@ class DeliveryWorker:
             log_event(log, logging.WARNING, fields)
             if self.on_event is not None:
                 self.on_event(fields)
-        if not self._running:
+        if not self.loop.running:
             # Stopped while claiming: hand the tasks back instead of starting
             # attempts that could not be recorded.
             return self.run(self._unclaim, [o.task for o in batch]) if batch else None
@@ -248,7 +260,7 @@ class DeliveryWorker:
             attempt.addBoth(self._attempt_done, attempt)
         if batch and len(self._in_flight) >= self.concurrency:
             # Full: more may be due; claim again as soon as a slot frees up.
-            self._again = True
+            self._more = True
         return None
 
     @staticmethod
@@ -262,7 +274,8 @@ class DeliveryWorker:
 
     def _attempt_done(self, result: object, attempt: Deferred[None]) -> None:
         self._in_flight.discard(attempt)
-        if self._again:
+        if self._more:
+            self._more = False
             self.poll()
 
     def _unclaim(self, tasks: list[Task]) -> None:

@@ -44,6 +44,7 @@ from adapters.api.service import (
     MessageStatusInfo,
     NotFound,
 )
+from gateway.http.reply import PendingReply
 from gateway.logfmt import log_event
 from gateway.store.backoffice import MessageFilter
 from gateway.store.messages import Direction
@@ -659,6 +660,7 @@ class RestApi(resource.Resource):
 
     def render(self, request: server.Request) -> Any:
         started = time.monotonic()
+        reply_to = PendingReply(request)
         method = request.method.decode("latin-1")
         path = _split_path(request)
         try:
@@ -668,14 +670,14 @@ class RestApi(resource.Resource):
         if route is None:
             if allowed:
                 request.setHeader(b"Allow", ", ".join(allowed).encode())
-                self._finish(request, Reply(405), started, "?")
+                self._finish(reply_to, Reply(405), started, "?")
             else:
                 not_found = Reply(404, b"not found\n", "text/plain; charset=utf-8")
-                self._finish(request, not_found, started, "?")
+                self._finish(reply_to, not_found, started, "?")
             return server.NOT_DONE_YET
         d = defer.ensureDeferred(self._run(route, params, request))
-        d.addCallback(lambda reply: self._finish(request, reply, started, route.operation_id))
-        d.addErrback(self._crash, request, started, route.operation_id)
+        d.addCallback(lambda reply: self._finish(reply_to, reply, started, route.operation_id))
+        d.addErrback(self._crash, reply_to, started, route.operation_id)
         return server.NOT_DONE_YET
 
     async def _run(self, route: Route, params: dict[str, str], request: server.Request) -> Reply:
@@ -700,12 +702,13 @@ class RestApi(resource.Resource):
         except ApiError as exc:
             return Reply(exc.status, f"{exc}\n".encode(), "text/plain; charset=utf-8")
 
-    def _crash(self, failure: Any, request: server.Request, started: float, op: str) -> None:
+    def _crash(self, failure: Any, reply_to: PendingReply, started: float, op: str) -> None:
         log.error("event=api-error operation=%s reason=%s", op, failure.getErrorMessage())
-        self._finish(request, Reply(500, b"internal error\n", "text/plain"), started, op)
+        self._finish(reply_to, Reply(500, b"internal error\n", "text/plain"), started, op)
 
     @staticmethod
-    def _finish(request: server.Request, reply: Reply, started: float, op: str) -> bytes:
+    def _finish(reply_to: PendingReply, reply: Reply, started: float, op: str) -> bytes:
+        request = reply_to.request
         fields = {
             "event": "api",
             "operation": op,
@@ -717,17 +720,8 @@ class RestApi(resource.Resource):
         if reply.status >= 400 and reply.body:
             fields["reason"] = reply.body.decode("utf-8", "replace").strip()[:200]
         log_event(log, logging.INFO if reply.status < 500 else logging.ERROR, fields)
-        if request._disconnected:
-            return b""
-        request.setResponseCode(reply.status)
-        request.setHeader(b"Cache-Control", b"no-store")
+        headers = [(b"Cache-Control", b"no-store")]
         if reply.content_type:
-            request.setHeader(b"Content-Type", reply.content_type.encode("latin-1"))
-        request.setHeader(b"Content-Length", str(len(reply.body)).encode())
-        if request.startedWriting:
-            return b""
-        if request.finished:
-            return b""
-        request.write(reply.body)
-        request.finish()
+            headers.append((b"Content-Type", reply.content_type.encode("latin-1")))
+        reply_to.send(reply.status, reply.body, headers)
         return b""

@@ -22,6 +22,7 @@ from adapters.api.text import plain
 from gateway.config import ApiConfig
 from gateway.http.connections import TrackingSite
 from gateway.http.deadlines import Deadlines, OnEvent, guard_site
+from gateway.http.reply import PendingReply
 from gateway.http.server import EbmsChannel, limited_request_factory
 from gateway.tls import peer_certificate
 
@@ -69,27 +70,24 @@ class AuthGuard(resource.Resource):
         credentials = parse_basic(request.getHeader(b"authorization"))
         if credentials is None:
             return self._challenge(request)
+        reply_to = PendingReply(request)
         d = self.run_in_thread(self.users.check, *credentials)
 
         def decided(ok: bool) -> None:
-            if request._disconnected:
+            if not reply_to.writable:
                 return
             if not ok:
                 log.warning("event=api-refused reason=bad-credentials user=%r", credentials[0])
-                body = self._challenge(request)
-                request.write(body)
-                request.finish()
+                reply_to.finish(self._challenge(request))
                 return
             result = self._forward(request)
             if result is not server.NOT_DONE_YET:
-                request.write(result)
-                request.finish()
+                reply_to.finish(result)
 
         def crash(failure: Any) -> None:
             log.error("event=api-error reason=%s", failure.getErrorMessage())
-            if not request._disconnected:
-                request.write(plain(request, 500, "internal error"))
-                request.finish()
+            if reply_to.writable:
+                reply_to.finish(plain(request, 500, "internal error"))
 
         d.addCallbacks(decided, crash)
         return server.NOT_DONE_YET

@@ -36,6 +36,7 @@ from twisted.web import resource, server
 from adapters.api.service import ApiError, PartnerUnavailable
 from adapters.api.text import plain
 from gateway.config import ApiConfig
+from gateway.http.reply import PendingReply
 from gateway.logfmt import log_event
 from wsdl import WSDL_DIR
 from xmlsafe import UnsafeXmlError, parse_xml
@@ -221,7 +222,8 @@ class SoapResource(resource.Resource):
         # The body now belongs to the worker thread, which closes it (as
         # gateway.http.server does): twisted.web may close it on a hang-up.
         body, request.content = request.content, None
-        answering = Deferred.fromCoroutine(self._answer(request, body, action))
+        reply_to = PendingReply(request)
+        answering = Deferred.fromCoroutine(self._answer(reply_to, body, action))
         answering.addErrback(
             lambda failure: log.error(
                 "event=soap-error service=%s reason=%s",
@@ -231,7 +233,8 @@ class SoapResource(resource.Resource):
         )
         return server.NOT_DONE_YET
 
-    async def _answer(self, request: server.Request, body: Any, action: bytes | None) -> None:
+    async def _answer(self, reply_to: PendingReply, body: Any, action: bytes | None) -> None:
+        request = reply_to.request
         started = time.monotonic()
         operation = "-"
         status, outcome, reason = 200, "ok", ""
@@ -253,13 +256,7 @@ class SoapResource(resource.Resource):
             status, outcome, reason = 500, "error", "internal error"
             payload = self.fault_envelope(SoapFault("Server", "internal error"))
         self._log(request, operation, status, outcome, reason, started)
-        if request._disconnected:
-            return
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", _CONTENT_TYPE)
-        request.setHeader(b"Content-Length", str(len(payload)).encode())
-        request.write(payload)
-        request.finish()
+        reply_to.send(status, payload, [(b"Content-Type", _CONTENT_TYPE)])
 
     def _log(
         self,

@@ -15,8 +15,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 
 from adapters.filedrop.inbox import Inbox
@@ -24,6 +22,7 @@ from adapters.filedrop.outbox import Outbox, OutboxSender
 from gateway.config import FileDropConfig
 from gateway.logfmt import log_event
 from gateway.msh.security import MessageSecurity
+from gateway.services.loop import LoopService
 from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 
@@ -32,15 +31,12 @@ __all__ = ["FileDrop"]
 log = logging.getLogger("dkgw.filedrop")
 
 
-class FileDrop:
-    """One exchange's outbox and inbox folders."""
+class FileDrop(LoopService):
+    """One exchange's outbox and inbox folders.
 
-    #: Called when a pass ran to its end (gateway.monitor.heartbeat; the gateway sets it).
-    heartbeat: Callable[[], None] | None = None
-
-    def _beat(self, _: object) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat()
+    A :class:`~gateway.services.loop.LoopService`: a pass (its tick) runs in
+    the thread pool every ``poll_interval`` seconds after the previous one ended.
+    """
 
     def __init__(
         self,
@@ -55,19 +51,21 @@ class FileDrop:
         wake: Callable[[], None] = lambda: None,
         sender: OutboxSender | None = None,
     ) -> None:
-        self.reactor = reactor
+        super().__init__(
+            lambda: run_in_thread(self._one_pass),
+            reactor=reactor,
+            interval=exchange.poll_interval,
+            on_failure=self._failed,
+        )
         self.db = db
         self.registry = registry
         self.run_in_thread = run_in_thread
         self.exchange = exchange
         self.node_id = node_id
         self.security = security
-        self.wake = wake
+        self.wake_delivery = wake
         self._stopping = threading.Event()
-        self._running = False
         self._prepared = False
-        self._call: DelayedCall | None = None
-        self._pass: Deferred[None] | None = None
         self.outbox = (
             Outbox(
                 db,
@@ -87,49 +85,26 @@ class FileDrop:
 
     def start(self) -> None:
         """Begin watching the folders: the first pass runs at once."""
-        self._running = True
+        self.startService()
+
+    def startService(self) -> None:
+        """Begin watching the folders: the first pass runs at once."""
         self._stopping.clear()
-        self._schedule(0.0)
+        super().startService()
 
     def stop(self) -> Deferred[None]:
         """Stop watching; a file being sent is finished first."""
-        return defer.ensureDeferred(self._stop())
+        return self.stopService()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop watching; fires once the pass in progress (its file being sent) is done."""
+        self._stopping.set()
+        return super().stopService()
 
     def poll(self) -> None:
         """Run a pass now, unless one is running (tests and operators' impatience)."""
-        if self._running and self._pass is None:
-            if self._call is not None and self._call.active():
-                self._call.cancel()
-            self._call = None
-            self._run()
-
-    async def _stop(self) -> None:
-        self._running = False
-        self._stopping.set()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        if self._pass is not None:
-            await self._pass
-
-    def _schedule(self, delay: float) -> None:
-        if self._running:
-            self._call = self.reactor.callLater(delay, self._run)
-
-    def _run(self) -> None:
-        self._call = None
-        if not self._running:
-            return
-        d: Deferred[None] = self.run_in_thread(self._one_pass)
-        # Reached only when the pass ran to its end (gateway.monitor.heartbeat).
-        d.addCallback(self._beat)
-        d.addErrback(self._failed)
-        self._pass = d
-        d.addBoth(self._done)
-
-    def _done(self, _: object) -> None:
-        self._pass = None
-        self._schedule(self.exchange.poll_interval)
+        if not self.ticking:
+            self.wake()
 
     def _failed(self, failure: Any) -> None:
         log_event(
@@ -145,7 +120,7 @@ class FileDrop:
 
     def _queued(self) -> None:
         """Called in the worker thread for every message queued: wake the delivery worker."""
-        self.reactor.callFromThread(self.wake)
+        self.reactor.callFromThread(self.wake_delivery)
 
     def _one_pass(self) -> None:
         """One pass over the folders (in a worker thread)."""

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from adapters.filedrop import FileDrop
 from adapters.stuf.relay import Relay
 from gateway.config import FileDropConfig
+from gateway.services.loop import LoopService
 from gateway.store.database import Database
 
 log = logging.getLogger("dkgw.stuf")
@@ -30,15 +31,12 @@ __all__ = ["RelayService"]
 PURGE_EVERY = 3600.0
 
 
-class RelayService:
-    """Runs a :class:`Relay` on the reactor's timer."""
+class RelayService(LoopService):
+    """Runs a :class:`Relay` on the reactor's timer.
 
-    #: Called when a pass ran to its end (gateway.monitor.heartbeat; the gateway sets it).
-    heartbeat: Callable[[], None] | None = None
-
-    def _beat(self, _: object) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat()
+    A :class:`~gateway.services.loop.LoopService` whose tick is one pass in the
+    thread pool; a pass with a failed step is logged and does not beat.
+    """
 
     def __init__(
         self,
@@ -50,14 +48,15 @@ class RelayService:
         node_id: str,
         wake_delivery: Callable[[], None] = lambda: None,
     ) -> None:
-        self.reactor = reactor
+        super().__init__(
+            lambda: run_in_thread(self._one_pass),
+            reactor=reactor,
+            interval=relay.config.poll_interval,
+            on_failure=lambda f: log.error("event=stuf-pass-failed reason=%s", f.getErrorMessage()),
+        )
         self.run_in_thread = run_in_thread
         self.relay = relay
         self.wake_delivery = wake_delivery
-        self._call: Any = None
-        self._pass: Deferred[None] | None = None
-        self._again = False
-        self._running = False
         self._last_purge = 0.0
         config = relay.config
         folder = config.outbox if relay.gemeente else config.provider_inbox
@@ -85,37 +84,13 @@ class RelayService:
 
     def start(self) -> None:
         """Begin: the first pass runs at once."""
-        self._running = True
+        self.startService()
+
+    def startService(self) -> None:
+        """Begin: the folder's watch, and the first pass at once."""
         if self.folder is not None:
-            self.folder.start()
-        self._schedule(0.0)
-
-    def wake(self) -> None:
-        """Run a pass soon (a message may have arrived)."""
-        if not self._running:
-            return
-        if self._pass is not None:
-            self._again = True
-        elif self._call is not None and self._call.active():
-            self._call.reset(0)
-
-    def _schedule(self, delay: float) -> None:
-        if self._running:
-            self._call = self.reactor.callLater(delay, self._run)
-
-    def _run(self) -> None:
-        self._call = None
-        self._pass = self.run_in_thread(self._one_pass)
-        # Reached only when the pass ran to its end (gateway.monitor.heartbeat).
-        self._pass.addCallback(self._beat)
-        self._pass.addErrback(lambda f: log.error("event=stuf-pass-failed reason=%s",
-                                                  f.getErrorMessage()))  # fmt: skip
-        self._pass.addBoth(self._done)
-
-    def _done(self, result: object) -> None:
-        self._pass = None
-        again, self._again = self._again, False
-        self._schedule(0.0 if again else self.relay.config.poll_interval)
+            self.folder.startService()
+        super().startService()
 
     def _one_pass(self) -> None:
         """Each step runs even when an earlier one failed; the first failure is raised last.
@@ -147,14 +122,14 @@ class RelayService:
 
     def stop(self) -> Deferred[None]:
         """Stop the timer; a pass in progress is finished first."""
+        return self.stopService()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the timer and the folder's watch; fires once their passes are done."""
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        self._running = False
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        passing = super().stopService()
         if self.folder is not None:
-            await self.folder.stop()
-        if self._pass is not None:
-            await self._pass
+            await self.folder.stopService()
+        await passing

@@ -44,7 +44,6 @@ from twisted.internet import defer, task
 from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
@@ -56,7 +55,9 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from adapters.webhooks import store
 from gateway.config import WebhookConfig
+from gateway.http.body import read_body
 from gateway.logfmt import log_event
+from gateway.services.loop import LoopService
 from gateway.store.database import Database
 from gateway.store.timeutil import to_db, utcnow
 
@@ -152,29 +153,6 @@ class CaFilePolicy:
         return creator
 
 
-class _Drain(TwistedProtocol):
-    """Reads a response body up to a limit and drops it, so the connection can be reused."""
-
-    def __init__(self, done: Deferred[None], limit: int) -> None:
-        self.done = done
-        self.limit = limit
-        self.size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            self.abort()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.done.called:
-            self.done.callback(None)
-
-    def abort(self) -> None:
-        transport: Any = self.transport  # a zope interface type mypy cannot call through
-        if transport is not None:
-            transport.loseConnection()
-
-
 class HttpPoster:
     """POSTs with ``twisted.web.client.Agent``: one kept-alive pool, one agent per webhook."""
 
@@ -209,12 +187,16 @@ class HttpPoster:
         )
         # Only the status counts.  The body is read (and dropped) after it, so the
         # connection can be kept; one that is slow or breaks off changes nothing.
-        drain: _Drain | None = None
-        done: Deferred[None] = Deferred(lambda _: drain.abort() if drain else None)
-        drain = _Drain(done, MAX_RESPONSE_BYTES)
-        response.deliverBody(drain)  # type: ignore[call-arg,misc,no-untyped-call]
-        done.addTimeout(hook.timeout, self.reactor)
-        done.addErrback(lambda f: log.debug("webhook %s: body: %s", hook.name, f.value))
+        drained = read_body(
+            response,
+            self.reactor,
+            max_bytes=MAX_RESPONSE_BYTES,
+            timeout=hook.timeout,
+            too_large=lambda limit: ValueError(f"body over {limit} bytes"),
+            timed_out=lambda seconds: TimeoutError(f"body not read within {seconds:g} s"),
+            keep=False,
+        )
+        drained.addErrback(lambda f: log.debug("webhook %s: body: %s", hook.name, f.value))
         return int(response.code)
 
     def close(self) -> Deferred[None]:
@@ -230,15 +212,12 @@ class _Hook:
     backoff: store.Backoff
 
 
-class WebhookDispatcher:
-    """Pushes the store's message events to the configured webhooks."""
+class WebhookDispatcher(LoopService):
+    """Pushes the store's message events to the configured webhooks.
 
-    #: Called when a pass ran to its end (gateway.monitor.heartbeat; the gateway sets it).
-    heartbeat: Callable[[], None] | None = None
-
-    def _beat(self, _: object) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat()
+    A :class:`~gateway.services.loop.LoopService` whose tick is one pass: wakes
+    coalesce, and wakes closer together than ``min_pass_gap`` share one pass.
+    """
 
     def __init__(
         self,
@@ -257,7 +236,13 @@ class WebhookDispatcher:
         jitter: Callable[[], float] = random.random,
     ) -> None:
         """Secrets and CA files are read now: an unreadable one stops the gateway's start."""
-        self.reactor = reactor
+        super().__init__(
+            self._one_pass_deferred,
+            reactor=reactor,
+            interval=poll_interval,
+            on_failure=lambda failure: self._log_failure(failure, "webhook pass"),
+            min_gap=min_pass_gap,
+        )
         self.db = db
         self.run_in_thread = run_in_thread
         self.hooks = hooks
@@ -289,16 +274,10 @@ class WebhookDispatcher:
             self._http = HttpPoster(reactor, hooks, per_host=concurrency)
             post = self._http
         self.post: Poster = post
-        self._loop: task.LoopingCall | None = None
-        self._running = False
         self._stopping = False
         self._first_pass = True
-        self._pass: Deferred[None] | None = None
-        self._again = False
         self._more = False
-        self._soon: DelayedCall | None = None
         self._retry_timer: DelayedCall | None = None
-        self._last_pass_end = float("-inf")
         self._in_flight: set[Deferred[None]] = set()
         self._posts: set[Deferred[int]] = set()
 
@@ -306,46 +285,25 @@ class WebhookDispatcher:
 
     def start(self) -> None:
         """Begin pushing; the first pass runs at once."""
-        if not self._hooks:
-            return
-        self._running = True
-        self._first_pass = True
-        loop = task.LoopingCall(self.wake)
-        loop.clock = self.reactor
-        self._loop = loop
-        loop.start(self.poll_interval, now=True).addErrback(self._log_failure, "webhook loop")
+        self._stopping = False
+        self.startService()
 
-    def wake(self) -> None:
-        """Look for new events now (or right after the pass that is running)."""
-        if not self._running:
-            return
-        if self._pass is not None:
-            self._again = True
-            return
-        if self._soon is not None and self._soon.active():
-            return
-        gap = self._last_pass_end + self.min_pass_gap - self.reactor.seconds()
-        if gap > 0:
-            self._soon = self.reactor.callLater(gap, self.wake)
-            return
-        self._again = False
-        d = Deferred.fromCoroutine(self._one_pass())
-        self._pass = d
-        # Reached only when the pass ran to its end (gateway.monitor.heartbeat).
-        d.addCallback(self._beat)
-        d.addErrback(self._log_failure, "webhook pass")
-        d.addBoth(self._pass_done)
+    def startService(self) -> None:
+        """Begin pushing (nothing to do without webhooks)."""
+        if self._hooks:
+            self._first_pass = True
+            super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop; POSTs in flight are finished or abandoned (and retried later)."""
+        return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        self._running = False
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        for timer in (self._soon, self._retry_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        if self._pass is not None:
-            # Its claims are handed back (see _one_pass).
-            await self._pass
+        timer = self._retry_timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        # The pass in progress ends first; its claims are handed back (see _one_pass).
+        await super().stopService()
         if self._in_flight:
             waiting = defer.DeferredList(list(self._in_flight), consumeErrors=True)
             grace = self.reactor.callLater(self.stop_grace, self._cut_off)
@@ -357,7 +315,7 @@ class WebhookDispatcher:
 
     def stop(self) -> Deferred[None]:
         """Stop; POSTs in flight are finished or abandoned (and retried later)."""
-        return Deferred.fromCoroutine(self._stop())
+        return self.stopService()
 
     def _cut_off(self) -> None:
         """stop() waited long enough: cancel the POSTs; their deliveries are handed back."""
@@ -367,16 +325,13 @@ class WebhookDispatcher:
 
     # -- one pass ------------------------------------------------------------------
 
-    def _pass_done(self, _: object) -> None:
-        self._pass = None
-        self._last_pass_end = self.reactor.seconds()
-        if self._again:
-            self.wake()
+    def _one_pass_deferred(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._one_pass())
 
     async def _one_pass(self) -> None:
         free = max(self.concurrency - len(self._in_flight), 0)
         batch: list[store.Delivery] = await self.run_in_thread(self._enqueue_and_claim, free)
-        if not self._running:
+        if not self.running:
             if batch:
                 await self.run_in_thread(self._release, [d.id for d in batch], False)
             return
@@ -612,7 +567,7 @@ class WebhookDispatcher:
 
     def _wake_at(self, when: datetime) -> None:
         """Have a pass run when a retry falls due (one timer for all: the earliest)."""
-        if not self._running:
+        if not self.running:
             return
         delay = max((when - self.clock()).total_seconds(), 0.0)
         timer = self._retry_timer

@@ -19,6 +19,7 @@ from twisted.web import http, resource, server
 
 from gateway.http.channel import EbmsChannel
 from gateway.http.deadlines import Deadlines, OnEvent, guard_site
+from gateway.http.reply import PendingReply
 
 log = logging.getLogger("dkgw.admin")
 
@@ -36,24 +37,20 @@ class _Computed(resource.Resource):
         self.produce = produce
 
     def render_GET(self, request: server.Request) -> int:
+        reply_to = PendingReply(request)
         d = self.run(self.produce)
 
         def respond(result: tuple[str, bytes]) -> None:
-            if request._disconnected:
-                return
             content_type, body = result
-            request.setHeader(b"Content-Type", content_type.encode("latin-1"))
-            request.setHeader(b"Cache-Control", b"no-store")
-            request.setHeader(b"Content-Length", str(len(body)).encode())
-            request.write(body)
-            request.finish()
+            headers = [
+                (b"Content-Type", content_type.encode("latin-1")),
+                (b"Cache-Control", b"no-store"),
+            ]
+            reply_to.send(http.OK, body, headers)
 
         def crash(failure: Any) -> None:
             log.error("admin request %s failed: %s", request.path, failure.getErrorMessage())
-            if not request._disconnected:
-                request.setResponseCode(http.SERVICE_UNAVAILABLE)
-                request.setHeader(b"Content-Length", b"0")
-                request.finish()
+            reply_to.send(http.SERVICE_UNAVAILABLE)
 
         d.addCallbacks(respond, crash)
         return server.NOT_DONE_YET
@@ -62,10 +59,18 @@ class _Computed(resource.Resource):
 def _json(request: server.Request, code: int, document: dict[str, Any]) -> bytes:
     body = json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
     request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
+    for name, value in _JSON_HEADERS:
+        request.setHeader(name, value)
     request.setHeader(b"Content-Length", str(len(body)).encode())
     return body
+
+
+_JSON_HEADERS = ((b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store"))
+
+
+def _json_reply(reply_to: PendingReply, code: int, document: dict[str, Any]) -> None:
+    body = json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+    reply_to.send(code, body, _JSON_HEADERS)
 
 
 class _Health(resource.Resource):
@@ -101,19 +106,15 @@ class _Ready(resource.Resource):
         self.check = check
 
     def render_GET(self, request: server.Request) -> int:
+        reply_to = PendingReply(request)
         d = self.check()
 
         def respond(reasons: list[str]) -> None:
-            if request._disconnected:
-                return
             if reasons:
-                body = _json(
-                    request, http.SERVICE_UNAVAILABLE, {"status": "not ready", "reasons": reasons}
-                )
+                document = {"status": "not ready", "reasons": reasons}
+                _json_reply(reply_to, http.SERVICE_UNAVAILABLE, document)
             else:
-                body = _json(request, http.OK, {"status": "ready"})
-            request.write(body)
-            request.finish()
+                _json_reply(reply_to, http.OK, {"status": "ready"})
 
         def crash(failure: Any) -> list[str]:
             log.error("readiness check failed: %s", failure.getErrorMessage())

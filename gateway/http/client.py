@@ -17,22 +17,19 @@ import treq
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     FileBodyProducer,
     HTTPConnectionPool,
-    PotentialDataLoss,
     RequestGenerationFailed,
     RequestTransmissionFailed,
-    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
 
 from gateway.delivery import MAX_REPLY_BYTES, Body, HttpResult, Pin, Undeliverable
+from gateway.http.body import read_body
 from gateway.http.failures import NoResponse
 from gateway.store.certmap import resolve_certificate
 from gateway.store.cpas import CpaRegistry
@@ -44,51 +41,6 @@ from gateway.tls import ClientTlsPolicy
 
 class ReplyTooLarge(Exception):
     """The partner answered with more than a signal's worth of bytes."""
-
-
-class _ReplyReader(Protocol):
-    """Reads a reply body of at most MAX_REPLY_BYTES into ``done``; can give up on it."""
-
-    def __init__(self, done: Deferred[bytes]) -> None:
-        self.done: Deferred[bytes] | None = done
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.done is None:
-            return
-        self.size += len(data)
-        if self.size > MAX_REPLY_BYTES:
-            self._fail(ReplyTooLarge(f"reply over {MAX_REPLY_BYTES} bytes"))
-            return
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        done, self.done = self.done, None
-        if done is None:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            done.callback(b"".join(self.chunks))
-        else:
-            done.errback(reason)
-
-    def give_up(self, seconds: float) -> None:
-        """The body did not arrive in time: close the connection, fail with NoResponse."""
-        self._fail(NoResponse(seconds))
-
-    def _fail(self, exc: Exception) -> None:
-        done, self.done = self.done, None
-        # Abort rather than close: a TLS close waits for the partner's
-        # close_notify, which a stalled partner never sends.  The transport
-        # here is twisted.web's proxy; the connection is behind it.
-        transport = getattr(self.transport, "_producer", None) or self.transport
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        elif self.transport is not None:
-            self.transport.loseConnection()
-        if done is not None:
-            done.errback(Failure(exc))
 
 
 def server_pin(registry: CpaRegistry, cur: Cursor, message: StoredMessage, url: str) -> Pin:
@@ -217,21 +169,17 @@ class EbmsClient:
             headers=Headers({k: [v] for k, v in headers.items()}),
             timeout=self.read_timeout,
         )
-        body_done: Deferred[bytes] = Deferred()
-        reader = _ReplyReader(body_done)
-        if response.length == 0:
-            body_done.callback(b"")
-        else:
-            response.deliverBody(reader)
         # treq's timeout ends with the response headers: a partner that sends
         # them and then stalls in the body would hold this attempt, its
         # connection and a delivery slot for good.  The body gets the same time.
-        timer = self.reactor.callLater(self.read_timeout, reader.give_up, self.read_timeout)
-        try:
-            data = await body_done
-        finally:
-            if timer.active():
-                timer.cancel()
+        data = await read_body(
+            response,
+            self.reactor,
+            max_bytes=MAX_REPLY_BYTES,
+            timeout=self.read_timeout,
+            too_large=lambda limit: ReplyTooLarge(f"reply over {limit} bytes"),
+            timed_out=NoResponse,
+        )
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
         return HttpResult(response.code, content_type.decode("latin-1"), data)
 

@@ -28,6 +28,7 @@ from gateway.http.channel import EbmsChannel
 from gateway.http.channel import show as _show
 from gateway.http.connections import TrackingSite
 from gateway.http.deadlines import Deadlines, guard_site
+from gateway.http.reply import PendingReply
 from gateway.logfmt import log_event
 from gateway.msh.inbound import HttpReply, InboundProcessor, InboundRequest
 from gateway.store.messages import CHUNK_BYTES, AttachmentRecord
@@ -212,6 +213,7 @@ class EbmsResource(resource.Resource):
         # closes request.content when the client hangs up, and that may be while
         # the thread is still reading it.
         body, request.content = request.content, None
+        reply_to = PendingReply(request)
         d: Deferred[HttpReply] = self.run(
             self._process_and_close,
             content_type,
@@ -219,8 +221,8 @@ class EbmsResource(resource.Resource):
             body,
             cert,
         )
-        d.addCallback(self._respond, request)
-        d.addErrback(self._crash, request)
+        d.addCallback(self._respond, reply_to)
+        d.addErrback(self._crash, reply_to)
         return server.NOT_DONE_YET
 
     def _process_and_close(
@@ -264,7 +266,7 @@ class EbmsResource(resource.Resource):
         reply.log["parts"] = str(len(attachments))
         return reply
 
-    def _respond(self, reply: HttpReply, request: server.Request) -> None:
+    def _respond(self, reply: HttpReply, reply_to: PendingReply) -> None:
         # log_event quotes values: parser messages and header values come from
         # the peer and must not be able to break or forge a log line.
         log_event(log, logging.INFO, {"event": "inbound", "status": reply.status, **reply.log})
@@ -272,24 +274,16 @@ class EbmsResource(resource.Resource):
             self.on_queued()
         if self.on_event is not None:
             self.on_event({"event": "inbound", "status": str(reply.status), **reply.log})
-        if request._disconnected:
-            return
-        request.setResponseCode(reply.status)
+        headers = []
         if reply.content_type:
-            request.setHeader(b"Content-Type", reply.content_type.encode("latin-1"))
-        request.setHeader(b"Content-Length", str(len(reply.body)).encode())
-        if reply.body:
-            request.write(reply.body)
-        request.finish()
+            headers.append((b"Content-Type", reply.content_type.encode("latin-1")))
+        reply_to.send(reply.status, reply.body, headers)
 
     @staticmethod
-    def _crash(failure: Any, request: server.Request) -> None:
+    def _crash(failure: Any, reply_to: PendingReply) -> None:
         # Never a traceback to the peer: a bare 500, the details in our log.
         log.error("inbound request failed: %s", failure.getTraceback())
-        if not request._disconnected:
-            request.setResponseCode(500)
-            request.setHeader(b"Content-Length", b"0")
-            request.finish()
+        reply_to.send(500)
 
 
 def _not_found(request: server.Request) -> bytes:

@@ -4,9 +4,9 @@ Each loop (the delivery worker's poll, the Ping schedule's tick, and the passes
 of the webhooks, file drops and StUF relay) calls :meth:`Heartbeats.beat` when a
 tick ran to its end, whatever its tasks came to: one failed task is the task's
 affair, a tick that raised (the store unreachable, a bug) is the loop's.  The
-gateway hands each loop a ``heartbeat`` callable (:meth:`Heartbeats.beater`).
-A loop that has not ticked within three
-of its intervals is stuck (a store that hangs, a crashed ``LoopingCall``) and
+gateway hands each loop a ``heartbeat`` callable (:meth:`Heartbeats.beater`),
+which the loop driver (:mod:`gateway.services.loop`) calls.  A loop that has not
+ticked within three of its intervals is stuck (a store that hangs) and
 makes the gateway "not ready" (docs/operations.md, "Health and readiness").
 """
 

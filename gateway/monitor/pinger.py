@@ -25,12 +25,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 
 from cpa.model import PartyId, in_force, parse_party
 from gateway.logfmt import log_event
 from gateway.monitor.links import links_for
 from gateway.msh.service import SendError, queue_ping
+from gateway.services.loop import LoopService
 from gateway.store.cpas import CpaNotFound, CpaRegistry, select_all
 from gateway.store.database import Cursor, Database
 from gateway.store.pings import (
@@ -255,8 +255,12 @@ def run_tick(
     return report
 
 
-class PingScheduler:
-    """Runs :func:`run_tick` every :attr:`PingSettings.tick` seconds on a thread pool."""
+class PingScheduler(LoopService):
+    """Runs :func:`run_tick` every :attr:`PingSettings.tick` seconds on a thread pool.
+
+    A :class:`~gateway.services.loop.LoopService`: a tick that fails (a store
+    outage) is logged and the next one tries again.
+    """
 
     def __init__(
         self,
@@ -273,7 +277,12 @@ class PingScheduler:
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
     ) -> None:
-        self.reactor = reactor
+        super().__init__(
+            self._tick,
+            reactor=reactor,
+            interval=settings.tick,
+            on_failure=lambda f: log.error("ping tick failed: %s", f.getErrorMessage()),
+        )
         self.db = db
         self.registry = registry
         self.run = run_in_thread
@@ -283,31 +292,17 @@ class PingScheduler:
         self.on_report = on_report
         self.clock = clock
         self.rng = rng or random.SystemRandom()
-        self._loop: LoopingCall | None = None
-        self._busy = False
         self._last_purge: datetime | None = None
-        self.heartbeat: Callable[[], None] | None = None  # called as the loop ticks (/ready)
 
     def start(self) -> None:
         """Begin ticking (the first tick runs at once)."""
-        loop = LoopingCall(self._tick)
-        loop.clock = self.reactor
-        self._loop = loop
-        d = loop.start(self.settings.tick, now=True)
-        d.addErrback(lambda f: log.error("ping schedule stopped: %s", f.getErrorMessage()))
+        self.startService()
 
-    def stop(self) -> None:
-        """Stop ticking; a tick in flight finishes on its own."""
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+    def stop(self) -> Deferred[None]:
+        """Stop ticking; fires once a tick in flight has finished."""
+        return self.stopService()
 
-    def _tick(self) -> Deferred[Any] | None:
-        if self._busy:  # a slow store: skip rather than pile up transactions
-            return None
-        if self.heartbeat is not None:
-            self.heartbeat()
-        self._busy = True
+    def _tick(self) -> Deferred[None]:
         now = self.clock()
         purge = self._last_purge is None or now - self._last_purge > timedelta(hours=1)
         if purge:
@@ -326,16 +321,8 @@ class PingScheduler:
                     purge=purge,
                 )
 
-        d = self.run(work)
-        d.addCallback(self._report)
-        # A failing store must not stop the schedule; the next tick tries again.
-        d.addErrback(lambda f: log.error("ping tick failed: %s", f.getErrorMessage()))
-
-        def done(_: object) -> None:
-            self._busy = False
-
-        d.addBoth(done)
-        return None
+        d: Deferred[None] = self.run(work).addCallback(self._report)
+        return d
 
     def _report(self, report: TickReport) -> None:
         for verdict in report.verdicts:

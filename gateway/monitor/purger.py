@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 
 from gateway.logfmt import log_event
+from gateway.services.loop import LoopService
 from gateway.store.database import Database
 from gateway.store.retention import KINDS, PurgeReport, RetentionSettings, purge, reclaim_space
 from gateway.store.timeutil import utcnow
@@ -34,8 +34,12 @@ def purge_once(db: Database, settings: RetentionSettings, now: datetime) -> Purg
     return report
 
 
-class PurgeScheduler:
-    """Runs :func:`purge_once` every ``settings.interval`` seconds (the first at once)."""
+class PurgeScheduler(LoopService):
+    """Runs :func:`purge_once` every ``settings.interval`` seconds (the first at once).
+
+    A :class:`~gateway.services.loop.LoopService`: never two purges at once,
+    and a failed one is logged and tried again at the next interval.
+    """
 
     def __init__(
         self,
@@ -48,7 +52,12 @@ class PurgeScheduler:
         clock: Callable[[], datetime] = utcnow,
         on_report: Callable[[PurgeReport], None] | None = None,
     ) -> None:
-        self.reactor = reactor
+        super().__init__(
+            self._tick,
+            reactor=reactor,
+            interval=settings.interval,
+            on_failure=lambda f: log.error("purge failed: %s", f.getErrorMessage()),
+        )
         self.db = db
         self.run = run_in_thread
         self.settings = settings
@@ -57,36 +66,25 @@ class PurgeScheduler:
         self.on_report = on_report
         self.runs = 0
         """Purges finished, failed ones included (for tests and /status)."""
-        self._loop: LoopingCall | None = None
-        self._busy = False
 
     def start(self) -> None:
         """Begin the loop."""
-        loop = LoopingCall(self._tick)
-        loop.clock = self.reactor
-        self._loop = loop
-        d = loop.start(self.settings.interval, now=True)
-        d.addErrback(lambda f: log.error("purge schedule stopped: %s", f.getErrorMessage()))
+        self.startService()
 
-    def stop(self) -> None:
-        """Stop the loop; a purge in flight finishes its batch on its own."""
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+    def stop(self) -> Deferred[None]:
+        """Stop the loop; fires once a purge in flight has finished its batch."""
+        return self.stopService()
 
-    def _tick(self) -> None:
-        if self._busy:  # still purging: never two at once
-            return
-        self._busy = True
-        d = self.run(purge_once, self.db, self.settings, self.clock())
+    def _tick(self) -> Deferred[Any]:
+        d: Deferred[Any] = self.run(purge_once, self.db, self.settings, self.clock())
         d.addCallback(self._report)
-        d.addErrback(lambda f: log.error("purge failed: %s", f.getErrorMessage()))
 
-        def done(_: object) -> None:
-            self._busy = False
+        def counted(result: object) -> object:
             self.runs += 1
+            return result
 
-        d.addBoth(done)
+        d.addBoth(counted)
+        return d
 
     def _report(self, report: PurgeReport) -> None:
         if report.total_rows:
