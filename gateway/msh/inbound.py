@@ -42,6 +42,7 @@ from gateway.msh.keys import MessageSecurity
 from gateway.msh.read import AckCheck, read_inbound, read_reply
 from gateway.msh.receive import Received, Receiver, decide, screen
 from gateway.msh.receive import Request as InboundRequest
+from gateway.msh.replying import REPLY_ACTIONS, SIGNAL_ATTEMPTS, SIGNAL_RETRY_INTERVAL
 from gateway.msh.security import AckVerifier
 from gateway.store.database import Cursor, Database, IntegrityConflict
 from gateway.store.timeutil import utcnow
@@ -179,6 +180,9 @@ def _settle(cur: Cursor, settled: Settlement, now: datetime) -> str:
 
 
 __all__ = [
+    "REPLY_ACTIONS",
+    "SIGNAL_ATTEMPTS",
+    "SIGNAL_RETRY_INTERVAL",
     "AckCheck",
     "HttpReply",
     "InboundProcessor",

@@ -19,7 +19,7 @@ refusal is the row of the error matrix (docs/msh.md, "Error matrix"):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -337,7 +337,7 @@ def _check(
                 ),
             )
         refused = refuse(cpa, env, request, exc.error, now)
-        return Decision(refused.reply, refused.effects, refused.log, refused.queued, notes)
+        return replace(refused, notes=(*notes, *refused.notes))
     if header.is_signal:
         return _signal(cpa, env, request, route, facts, receiver.security, now)
     return _business(cpa, env, request, route, payloads, references, receiver, now)
