@@ -1,25 +1,28 @@
 """The inbound decision: one received request and its facts in, a :class:`Decision` out.
 
-Pure (no store, no network, no Twisted): :mod:`gateway.msh.inbound` reads the
-facts (:mod:`gateway.msh.read`), calls :func:`decide` and applies the result
+Pure (no store, no network, no Twisted): :mod:`gateway.msh.inbound` screens
+the request (:func:`gateway.msh.screen.screen`), reads the facts
+(:mod:`gateway.msh.read`), calls :func:`decide` and applies the result
 (:mod:`gateway.msh.apply`) in one transaction.  The steps follow docs/msh.md
 ("Receiving") and ebMS 2.0 §6.4 in ebms-core's order; the answer to every
-refusal is the row of the error matrix (docs/msh.md, "Error matrix"):
+refusal is a row of docs/msh.md's "Error matrix":
 
-1. :func:`screen`, before the store: SOAPAction (ebMS 2.0 §2.1.3), the
-   envelope (schema, ebMS 2.0 §2.1; bare refusal), identifiers a MessageError
-   would have to repeat (ebMS 2.0 §4.2.4.2; SOAP Fault), unknown
-   ``mustUnderstand`` headers (SOAP 1.1 §4.2.3; SOAP Fault).
-2. :func:`decide`: the CPA (SOAP Fault: no channel for an ebMS error), the TLS
-   client certificate against the CPA and the trust store (Digikoppeling
-   Koppelvlakstandaard ebMS2, two-way TLS; SOAP Fault), then duplicates (ebMS
-   2.0 §6.4.1) and the §6.4 checks, whose failures are MessageErrors.
+1. the CPA (SOAP Fault: without it there is no channel for an ebMS error,
+   ebMS 2.0 §4.2.4.2);
+2. the TLS client certificate against the CPA and the trust store (Digikoppeling
+   Koppelvlakstandaard ebMS2, two-way TLS; docs/security.md; SOAP Fault);
+3. duplicates (ebMS 2.0 §6.4.1; :mod:`gateway.msh.refusals`);
+4. the checks of ebMS 2.0 §6.4 (:func:`gateway.ebms.checks.check_message`), the
+   To party, RefToMessageId, the Manifest, decryption and the signature; a
+   failure is a MessageError (:func:`gateway.msh.refusals.refuse`);
+5. keep the message and answer it: an Acknowledgment (ebMS 2.0 §6.3.2), a Pong
+   (§8), a StatusResponse (§7), or settle our message (ebMS 2.0 §6.5.3, §4.2.3).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -27,37 +30,20 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from cpa.model import Cpa
 from cpa.resolve import Route
-from gateway.ebms.checks import (
-    ECHOED_LOCATIONS,
-    CheckFailed,
-    check_manifest,
-    check_message,
-    clip,
-    identifier_problem,
-)
-from gateway.ebms.envelope import Envelope, EnvelopeError, build_envelope, parse_envelope
-from gateway.ebms.faults import CLIENT, MUST_UNDERSTAND, soap_fault
+from gateway.ebms.checks import CheckFailed, check_manifest, check_message
+from gateway.ebms.envelope import Envelope, build_envelope
 from gateway.ebms.model import EbmsError, ErrorCode, SignalAction
-from gateway.ebms.signals import acknowledgment, message_error
+from gateway.ebms.signals import acknowledgment
 from gateway.ebms.xmldsig import SignatureError, signature_references
 from gateway.msh.ack_check import AckTrust, check_signed_ack
 from gateway.msh.correlate import settle_signal
-from gateway.msh.effects import (
-    AddEvent,
-    Decision,
-    FaultReply,
-    LogLine,
-    New,
-    NoContent,
-    Refusal,
-    ResendReply,
-    SignalReply,
-    StoreInbound,
-)
-from gateway.msh.facts import CertificateMap, Duplicate, InboundFacts
+from gateway.msh.effects import AddEvent, Decision, LogLine, New, NoContent, StoreInbound
+from gateway.msh.facts import CertificateMap, InboundFacts
 from gateway.msh.keys import MessageSecurity, SecurityUnavailable
-from gateway.msh.records import host, inbound_record, parties
-from gateway.msh.replying import SIGNAL_ATTEMPTS, answer, ping, sender_route, signal_route, status
+from gateway.msh.records import host, inbound_record
+from gateway.msh.refusals import duplicate, refuse
+from gateway.msh.replying import answer, ping, signal_route, status
+from gateway.msh.screen import Received, Request, fault, screen
 from gateway.msh.security import open_inbound, sign_acknowledgment
 from gateway.store.messages import (
     AttachmentRecord,
@@ -72,17 +58,6 @@ __all__ = ["Received", "Receiver", "Request", "decide", "persist_until", "screen
 
 
 @dataclass(frozen=True)
-class Request:
-    """One received HTTP request, as the edge saw it."""
-
-    soap_action: str | None
-    content_type: str
-    envelope: bytes
-    attachments: tuple[AttachmentRecord, ...] = ()
-    peer_certificate: x509.Certificate | None = None
-
-
-@dataclass(frozen=True)
 class Receiver:
     """How this gateway receives: its settings, never its store."""
 
@@ -90,23 +65,6 @@ class Receiver:
     own_parties: frozenset[str] = frozenset()
     """Party ids (``PartyId.key()``) this gateway answers for; empty: every party of a CPA."""
     security: MessageSecurity | None = None
-
-
-@dataclass(frozen=True)
-class Received:
-    """An envelope that passed :func:`screen`, with its log fields."""
-
-    env: Envelope
-    fields: Mapping[str, str] = field(default_factory=dict)
-    bad_identifier: EbmsError | None = None
-    notes: tuple[LogLine, ...] = ()
-    """Lines already due (an identifier refused), logged before the decision's own."""
-
-
-def _fault(
-    message: str, log: Mapping[str, str], code: str = CLIENT, notes: tuple[LogLine, ...] = ()
-) -> Decision:
-    return Decision(FaultReply(soap_fault(code, message)), log=log, notes=notes)
 
 
 def persist_until(timestamp: datetime, route: Route) -> datetime:
@@ -125,67 +83,6 @@ def persist_until(timestamp: datetime, route: Route) -> datetime:
         return timestamp + window
     except OverflowError:
         return datetime.max.replace(tzinfo=UTC)
-
-
-# -- step 1: before the store ------------------------------------------------------------
-
-
-def screen(request: Request) -> Received | Decision:
-    """The envelope to decide on, or the refusal that needs no store."""
-    action = (request.soap_action or "").strip()
-    if action.startswith('"') and action.endswith('"') and len(action) >= 2:
-        action = action[1:-1]
-    if action != "ebXML":
-        # ebMS 2.0 §2.1.3: lenient on the quotes only.
-        return _fault(
-            f"Unable to process message! SOAPAction={clip(request.soap_action or '')}",
-            {"outcome": "bad-soapaction"},
-        )
-    try:
-        env, _tree = parse_envelope(request.envelope)
-    except EnvelopeError as exc:
-        line = LogLine.warning(
-            "refused: not an ebMS envelope (%s), %d bytes", exc, len(request.envelope)
-        )
-        return Decision(
-            Refusal(), log={"outcome": "bad-envelope", "reason": str(exc)}, notes=(line,)
-        )
-    header = env.header
-    # Every value is the peer's: bounded and escaped before it reaches a log line.
-    fields = {
-        "message_id": clip(header.message_id),
-        "cpa_id": clip(header.cpa_id),
-        "from": clip(parties(header.from_ids), 1024),
-        "to": clip(parties(header.to_ids), 1024),
-        "service": clip(header.service.key()),
-        "action": clip(header.action),
-    }
-    if header.ref_to_message_id:
-        fields["ref_to"] = clip(header.ref_to_message_id)
-    bad = identifier_problem(env)
-    notes: tuple[LogLine, ...] = ()
-    if bad is not None:
-        notes = (
-            LogLine.warning(
-                "refused %s: %s at %s", fields["message_id"], bad.description, bad.location
-            ),
-        )
-        if bad.location in ECHOED_LOCATIONS:
-            # A MessageError would have to repeat the value (ebMS 2.0 §4.2.4.2):
-            # as with an unknown CPA, a SOAP Fault is the only answer left.
-            return _fault(
-                f"Invalid value at {bad.location}: {bad.description}",
-                {**fields, "outcome": "bad-identifier", "error": bad.location},
-                notes=notes,
-            )
-    if env.unknown_must_understand:
-        return _fault(
-            f"Header not understood: {env.unknown_must_understand[0]}",
-            {**fields, "outcome": "must-understand"},
-            code=MUST_UNDERSTAND,
-            notes=notes,
-        )
-    return Received(env, fields, bad, notes)
 
 
 # -- step 2: with the facts ----------------------------------------------------------------
@@ -211,19 +108,17 @@ def _decide(
     env, fields = received.env, received.fields
     cpa = facts.cpa
     if cpa is None:
-        return _fault(f"CPA {env.header.cpa_id} not found!", {**fields, "outcome": "no-cpa"})
+        return fault(f"CPA {env.header.cpa_id} not found!", {**fields, "outcome": "no-cpa"})
     if receiver.check_client_certificate and not certificate_matches(
         cpa, env, request.peer_certificate, facts.certificates
     ):
-        return _fault(
-            "Invalid SSL Client Certificate!", {**fields, "outcome": "client-certificate"}
-        )
+        return fault("Invalid SSL Client Certificate!", {**fields, "outcome": "client-certificate"})
     rejected = certificate_rejected(receiver.security, request.peer_certificate, now)
     if rejected is not None:
         line = LogLine.warning(
             "refused TLS client certificate of %s: %s", env.header.message_id, rejected
         )
-        return _fault(
+        return fault(
             "Invalid SSL Client Certificate!",
             {**fields, "outcome": "client-certificate-rejected", "reason": rejected},
             notes=(line,),
@@ -421,67 +316,3 @@ def _signal(
     if env.header.ref_to_message_id and facts.signal.correlation_id:
         log["correlation_id"] = facts.signal.correlation_id
     return Decision(NoContent(), (*kept, *settled.effects), log, notes=settled.notes)
-
-
-# -- duplicates and refusals ---------------------------------------------------------------
-
-
-def duplicate(cpa: Cpa, env: Envelope, known: Duplicate, now: datetime) -> Decision:
-    """ebMS 2.0 §6.4.1: never deliver twice; repeat the stored answer."""
-    if not known.identical:
-        error = EbmsError(
-            ErrorCode.INCONSISTENT,
-            "//Header/MessageHeader/MessageData/MessageId",
-            "MessageId already used for another message.",
-        )
-        reply = message_error(env, [error], now=now, host="localhost")
-        return Decision(SignalReply(build_envelope(reply)), log={"outcome": "messageid-reused"})
-    stored = known.reply
-    if stored is None:
-        return Decision(NoContent(), log={"outcome": "duplicate"})
-    log = {"outcome": "duplicate", "reply": stored.action}
-    route = sender_route(cpa, env)
-    if route is not None and route.sync_reply_mode == "none":
-        # Send the stored reply again in its own POST.
-        return Decision(NoContent(), (ResendReply(stored.pk, SIGNAL_ATTEMPTS),), log, queued=True)
-    return Decision(SignalReply(stored.envelope), log=log)
-
-
-def refuse(
-    cpa: Cpa,
-    env: Envelope,
-    request: Request,
-    error: EbmsError,
-    now: datetime,
-    *,
-    keep: bool = True,
-) -> Decision:
-    """Answer a message that failed validation with a MessageError (ebMS 2.0 §4.2.3).
-
-    The message is stored FAILED (with an event for the back office) unless
-    ``keep`` is false: one with an identifier the store should not hold.
-    """
-    fields = {"outcome": "refused", "error": f"{error.code.value} {error.location}"}
-    if env.header.is_signal and env.header.action in (
-        SignalAction.ACKNOWLEDGMENT.value,
-        SignalAction.MESSAGE_ERROR.value,
-    ):
-        # Never an error about an error or an ack: that is how loops start (ebMS 2.0 §4.2.4.2).
-        line = LogLine.warning(
-            "refused signal %s: %s", clip(env.header.message_id), fields["error"]
-        )
-        return Decision(Refusal(), log=fields, notes=(line,))
-    kept: tuple[StoreInbound | AddEvent, ...] = ()
-    if keep:
-        mid = env.header.message_id
-        record = inbound_record(
-            env, request.content_type, request.envelope, InboundStatus.FAILED.value
-        )
-        kept = (StoreInbound(record), AddEvent(New(mid, Direction.IN), mid, EventType.FAILED))
-    route = sender_route(cpa, env)
-    reply = message_error(
-        env, [error], now=now, host=host(route.receive.endpoint if route else None)
-    )
-    # Without a route to the sender there is no channel back either: the
-    # MessageError can only go in the response (replying.answer does that).
-    return answer(cpa, env, route, reply, fields, kept)
