@@ -76,10 +76,19 @@ class InboundProcessor:
         self.clock = clock
         self.receiver = Receiver(
             check_client_certificate=check_client_certificate,
-            #: Party ids this gateway answers for; empty: every party of an imported CPA.
             own_parties=frozenset(p.key() for p in own_parties),
             security=security,
         )
+
+    @property
+    def check_client_certificate(self) -> bool:
+        """Whether the TLS client certificate must be the sender's in the CPA."""
+        return self.receiver.check_client_certificate
+
+    @property
+    def own_parties(self) -> frozenset[str]:
+        """Party ids (``PartyId.key()``) this gateway answers for; empty: every party of a CPA."""
+        return self.receiver.own_parties
 
     def receive(self, request: InboundRequest) -> Decision:
         """Process one request and return what was decided (applied); never raises for bad input."""
