@@ -26,7 +26,7 @@ from gateway.store.database import Cursor
 from gateway.store.messages import StoredMessage
 from gateway.trust import CertificateRejected
 
-__all__ = ["AckTrust", "AckVerifier", "check_signed_ack"]
+__all__ = ["AckTrust", "AckVerifier", "check_signed_ack", "signed_ack_asked"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,15 @@ def _ack_route(cpa: Cpa, ack: Envelope) -> Route:
     )
 
 
+def signed_ack_asked(ours: StoredMessage) -> bool | str:
+    """Whether ``ours`` asked for a signed acknowledgment; a string: why that is unknown."""
+    try:
+        sent, _ = parse_envelope(ours.envelope)
+    except EnvelopeError:
+        return "our stored message is unreadable"
+    return sent.ack_requested is not None and sent.ack_requested.signed
+
+
 def check_signed_ack(
     security: MessageSecurity | None,
     trust: AckTrust,
@@ -59,12 +68,9 @@ def check_signed_ack(
     body: bytes,
 ) -> str | None:
     """None when the ack ``body`` may settle ``ours``, else why it may not."""
-    try:
-        sent, _ = parse_envelope(ours.envelope)
-    except EnvelopeError:
-        return "our stored message is unreadable"
-    if sent.ack_requested is None or not sent.ack_requested.signed:
-        return None
+    asked = signed_ack_asked(ours)
+    if asked is not True:
+        return asked or None
     if security is None or security.trust is None:
         return "a signed acknowledgment was asked for, but [security] is not configured"
     if trust.cpa is None:
@@ -113,5 +119,11 @@ class AckVerifier:
         return AckTrust(cpa, CertificateMap(certificate_map(cur, ours.cpa_id)))
 
     def __call__(self, cur: Cursor, ours: StoredMessage, ack: Envelope, body: bytes) -> str | None:
-        """None when the ack is acceptable, else why it is not."""
+        """None when the ack is acceptable, else why it is not.
+
+        The CPA is read only for a message that asked for a signed ack.
+        """
+        asked = signed_ack_asked(ours)
+        if asked is not True:
+            return asked or None
         return check_signed_ack(self.security, self.read(cur, ours), ours, ack, body)

@@ -148,7 +148,9 @@ def accept_sync_reply(
     if not isinstance(screened, SyncReply):
         _write(screened.notes)
         return screened.outcome
-    facts = read_reply(cur, screened.env, body=body, verify=verify_ack, stored_before=True)
+    facts = read_reply(
+        cur, screened.env, body=body, verify=verify_ack, stored_before=True, correlation=False
+    )
     settled = sync_reply(screened, facts, body, content_type)
     _write(settled.notes)
     try:
@@ -174,13 +176,13 @@ def correlate_acknowledgment(
     ack whose signature does not verify: then the message stays unsettled and
     is resent or expires (docs/security.md).
     """
-    facts = read_reply(cur, env, body=body, verify=verify)
+    facts = read_reply(cur, env, body=body, verify=verify, correlation=False)
     return _settle(cur, settle_acknowledgment(env, facts), now)
 
 
 def correlate_error(cur: Cursor, env: Envelope, *, now: datetime) -> str:
     """A MessageError about one of our messages: with severity Error it failed."""
-    return _settle(cur, settle_error(env, read_reply(cur, env)), now)
+    return _settle(cur, settle_error(env, read_reply(cur, env, correlation=False)), now)
 
 
 def _settle(cur: Cursor, settled: Settlement, now: datetime) -> str:

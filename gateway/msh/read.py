@@ -46,19 +46,21 @@ def read_reply(
     body: bytes = b"",
     verify: AckCheck | None = None,
     stored_before: bool = False,
+    correlation: bool = True,
 ) -> ReplyFacts:
     """The facts about a signal that answers one of our messages.
 
     ``verify`` runs only for an acknowledgment that would settle our message
     (ebMS 2.0 §6.3.2.5: a signed ack is checked before it counts).
     ``stored_before``: look for an earlier copy of the signal itself (a
-    synchronous reply the partner repeated).
+    synchronous reply the partner repeated).  ``correlation``: read the
+    referenced message's correlation id (for the inbound log line).
     """
     if stored_before and find_message(cur, env.header.message_id, Direction.IN) is not None:
         return ReplyFacts(duplicate=True)
     action = env.header.action
     if action not in (SignalAction.ACKNOWLEDGMENT.value, SignalAction.MESSAGE_ERROR.value):
-        return ReplyFacts(correlation_id=_correlation(cur, env))
+        return ReplyFacts(correlation_id=_correlation(cur, env) if correlation else None)
     ref = referenced_id(env)
     ours = find_message(cur, ref, Direction.OUT) if ref else None
     refusal = None
@@ -70,7 +72,7 @@ def read_reply(
         and ours.status == OutboundStatus.CREATED.value
     ):
         refusal = verify(cur, ours, env, body)
-    return ReplyFacts(ours, refusal, _correlation(cur, env))
+    return ReplyFacts(ours, refusal, _correlation(cur, env) if correlation else None)
 
 
 def _correlation(cur: Cursor, env: Envelope) -> str | None:
