@@ -8,6 +8,8 @@ and the HTTP status is the edge's table (:mod:`gateway.http.replies`).
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -16,19 +18,32 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from cpa.model import Cpa
 from cpa.parse import parse_cpa
 from gateway.ebms.envelope import Envelope, build_envelope, parse_envelope
 from gateway.ebms.model import (
+    AckRequested,
     EbmsError,
     ErrorCode,
+    ManifestReference,
     MessageHeader,
     PartyId,
     Service,
     Severity,
+    SyncReply,
 )
 from gateway.ebms.signals import acknowledgment, message_error, pong
+from gateway.ebms.xmldsig import (
+    RSA_SHA256,
+    SHA256,
+    SignaturePolicy,
+    SigningKey,
+    cid_uri,
+    digest_stream,
+    sign_envelope,
+)
 from gateway.http.replies import http_reply, status_of
 from gateway.msh.correlate import screen_sync_reply, sync_reply
 from gateway.msh.effects import (
@@ -81,6 +96,7 @@ def world(cpa_xml, pki: Path) -> World:
             "be": cpa(profile="osb-be"),
             "rm-s": cpa(profile="osb-rm-s", sync_reply=True),
             "rm-e": cpa(profile="osb-rm-e", sync_reply=True),
+            "rm-s-ack": cpa(profile="osb-rm-s", sync_reply=True, ack_signed=True),
         },
         gemeente_tls=load_cert(pki / "gemeente-voorbeeld" / "tls-client.pem"),
         node_tls=load_cert(pki / "ggk-rinis-test" / "tls-client.pem"),
@@ -427,9 +443,7 @@ def test_mapped_tls_certificate_is_accepted_beside_the_cpas(world: World) -> Non
     party = cpa.party_by_ids((PartyId(GEMEENTE_OIN, "urn:osb:oin"),))
     assert party is not None
     (named,) = party.tls_client_certificates()
-    node_der = world.node_tls.public_bytes(
-        __import__("cryptography").hazmat.primitives.serialization.Encoding.DER
-    )
+    node_der = world.node_tls.public_bytes(Encoding.DER)
     mapped = CertificateMap({named: node_der})
     given = Given(render("EbMSMessage"), peer="node", facts={"certificates": mapped})
     check(decide_for(world, given), Answer(200, "Acknowledgment", outcome="received"))
@@ -612,8 +626,6 @@ def test_row_37_no_error_about_an_acknowledgment(world: World) -> None:
 def test_signed_ack_check_refuses_without_security(world: World) -> None:
     """Our message asked for a signed ack; without [security] the ack may not settle it."""
     sent = _ours_env()
-    from gateway.ebms.model import AckRequested
-
     signed = replace(sent, ack_requested=AckRequested(signed=True))
     ours = _ours(envelope=build_envelope(signed))
     decision = decide_for(
@@ -688,9 +700,6 @@ def test_decisions_take_the_clock_they_are_given(world: World) -> None:
 
 def test_the_decision_layer_imports_no_twisted() -> None:
     """gateway/msh's decisions, the trust checks and the edge's status table stay pure."""
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
         "import gateway.msh.receive, gateway.msh.correlate, gateway.msh.apply\n"
@@ -702,3 +711,91 @@ def test_the_decision_layer_imports_no_twisted() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+# -- signed messages (osb-rm-s) ----------------------------------------------------------
+
+
+def _signed_business(world: World) -> tuple[bytes, AttachmentRecord]:
+    """A WMO301 from the municipality, signed with its signing key, asking a signed ack."""
+    base = world.pki / "gemeente-voorbeeld"
+    key = SigningKey.from_pem(
+        (base / "signing.key").read_bytes(), (base / "signing.pem").read_bytes()
+    )
+    header = replace(
+        _ours_env().header,
+        from_ids=(PartyId(GEMEENTE_OIN, "urn:osb:oin"),),
+        to_ids=(PartyId(NODE_OIN, "urn:osb:oin"),),
+        action="WMO301",
+        message_id="signed-1@gemeente.example",
+        timestamp=datetime.now(UTC),
+        from_role="Gemeente",
+        to_role="GGk",
+    )
+    part = AttachmentRecord("payload-1@gemeente.example", "application/xml", b"<wmo301/>")
+    envelope = build_envelope(
+        Envelope(
+            header=header,
+            ack_requested=AckRequested(signed=True),
+            sync_reply=SyncReply(),
+            manifest=(ManifestReference(cid_uri(part.content_id)),),
+        )
+    )
+    digest = digest_stream(SHA256, b"<wmo301/>")
+    policy = SignaturePolicy(RSA_SHA256, SHA256)
+    return sign_envelope(envelope, [(part.content_id, digest)], key, policy), part
+
+
+def _node_security(world: World, *, signing: bool) -> MessageSecurity:
+    trust = _trust(world, "off").trust
+    if not signing:
+        return MessageSecurity(trust=trust)
+    base = world.pki / "ggk-rinis-test"
+    key = SigningKey.from_pem(
+        (base / "signing.key").read_bytes(), (base / "signing.pem").read_bytes()
+    )
+    return MessageSecurity(signing_key=key, trust=trust)
+
+
+def test_row_38_signed_message_gets_a_signed_acknowledgment(world: World) -> None:
+    xml, part = _signed_business(world)
+    receiver = Receiver(security=_node_security(world, signing=True))
+    decision = decide_for(world, Given(xml, cpa="rm-s-ack", attachments=(part,), receiver=receiver))
+    check(decision, Answer(200, "Acknowledgment", outcome="received", effects=REFUSED_SYNC))
+    assert isinstance(decision.reply, SignalReply) and b"SignatureValue" in decision.reply.body
+
+
+def test_row_39_acknowledgment_that_cannot_be_signed(world: World) -> None:
+    """The message verifies and is kept; without our signing key the ack is not sent."""
+    xml, part = _signed_business(world)
+    receiver = Receiver(security=_node_security(world, signing=False))
+    decision = decide_for(world, Given(xml, cpa="rm-s-ack", attachments=(part,), receiver=receiver))
+    check(decision, Answer(204, None, outcome="received", effects=(StoreInbound, AddEvent)))
+    assert decision.log["reply"] == "none"
+    assert [n.message for n in decision.notes] == ["cannot sign the acknowledgment of %s: %s"]
+
+
+def test_row_36_mapped_signing_certificate_and_a_tampered_message(world: World) -> None:
+    """The CPA's signing certificate mapped to another one: the CPA's own still verifies.
+
+    docs/operations.md, "Certificate rotation"; a header changed after signing does not.
+    """
+    xml, part = _signed_business(world)
+    party = world.cpas["rm-s-ack"].party_by_ids((PartyId(GEMEENTE_OIN, "urn:osb:oin"),))
+    assert party is not None
+    other = (world.pki / "ggk-rinis-test" / "signing.pem").read_bytes()
+    other_der = x509.load_pem_x509_certificate(other).public_bytes(Encoding.DER)
+    mapped = CertificateMap({bytes(c.der): other_der for c in party.certificates.values() if c.der})
+    receiver = Receiver(security=_node_security(world, signing=True))
+    given = Given(
+        xml, cpa="rm-s-ack", attachments=(part,), receiver=receiver, facts={"certificates": mapped}
+    )
+    decision = decide_for(world, given)
+    # During a rollover the CPA's own certificate is still accepted beside the mapped one.
+    check(decision, Answer(200, "Acknowledgment", outcome="received"))
+    tampered = xml.replace(b"conv-1", b"conv-2")  # the ConversationId, after signing
+    assert tampered != xml
+    check(
+        decide_for(world, replace(given, xml=tampered)),
+        Answer(200, ERROR, "SecurityFailure", outcome="refused", effects=REFUSED_SYNC),
+    )
