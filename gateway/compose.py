@@ -30,7 +30,7 @@ from adapters.filedrop import FileDrop
 from adapters.stuf.relay import Relay
 from adapters.stuf.service import RelayService
 from adapters.webhooks import WebhookDispatcher
-from gateway.crl import CrlRefresher
+from gateway.crl_refresh import CrlRefresher
 from gateway.delivery import DeliveryWorker
 from gateway.http.admin import admin_site
 from gateway.http.client import EbmsClient, server_pin

@@ -28,9 +28,10 @@ from gateway.http.channel import EbmsChannel
 from gateway.http.channel import show as _show
 from gateway.http.connections import TrackingSite
 from gateway.http.deadlines import Deadlines, guard_site
+from gateway.http.replies import HttpReply, http_reply
 from gateway.http.reply import PendingReply
 from gateway.logfmt import log_event
-from gateway.msh.inbound import HttpReply, InboundProcessor, InboundRequest
+from gateway.msh.inbound import InboundProcessor, InboundRequest
 from gateway.store.messages import CHUNK_BYTES, AttachmentRecord
 from gateway.tls import peer_certificate
 
@@ -250,7 +251,7 @@ class EbmsResource(resource.Resource):
                 500, log={"outcome": "bad-envelope", "reason": str(exc), "size": str(size)}
             )
         try:
-            reply = self.processor.handle(
+            decision = self.processor.receive(
                 InboundRequest(
                     soap_action=soap_action,
                     content_type=content_type,
@@ -262,6 +263,8 @@ class EbmsResource(resource.Resource):
         finally:
             for a in attachments:
                 a.close()
+        # The MSH said what to answer; the status is this edge's (gateway/http/replies.py).
+        reply = http_reply(decision)
         reply.log["size"] = str(size)
         reply.log["parts"] = str(len(attachments))
         return reply

@@ -26,36 +26,15 @@ stored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from cpa.model import MSH_SERVICE, Certificate, Cpa, NonRepudiation, PartyId, Service
-from cpa.resolve import ResolutionError, Route, resolve
-from gateway.config import SecurityConfig
+from cpa.resolve import Route
 from gateway.ebms.checks import CheckFailed
-from gateway.ebms.envelope import Envelope, EnvelopeError, parse_envelope
-from gateway.ebms.model import EbmsError, ErrorCode, SignalAction
-from gateway.ebms.xmldsig import (
-    C14N_EXCLUSIVE,
-    RSA_SHA1,
-    SHA1,
-    SHA224,
-    PartOpener,
-    SignatureError,
-    SignaturePolicy,
-    SigningKey,
-    check_ack_references,
-    digest_stream,
-    read_references,
-    sign_envelope,
-    verify_envelope,
-)
+from gateway.ebms.envelope import Envelope
+from gateway.ebms.model import EbmsError, ErrorCode
+from gateway.ebms.xmldsig import SignatureError, digest_stream, sign_envelope
 from gateway.ebms.xmlenc import (
     DATA_ALGORITHMS,
     DEFAULT_MAX_ENCRYPTED_BYTES,
@@ -68,11 +47,13 @@ from gateway.ebms.xmlenc import (
     encrypt_part,
     looks_encrypted,
 )
-from gateway.store.certmap import resolve_certificate
-from gateway.store.cpas import CpaRegistry
+from gateway.msh.ack_check import AckVerifier
+from gateway.msh.facts import CertificateMap
+from gateway.msh.keys import MessageSecurity, SecurityUnavailable, verify_with_any
+from gateway.store.certmap import certificate_map
 from gateway.store.database import Cursor
-from gateway.store.messages import AttachmentRecord, StoredMessage, fingerprint
-from gateway.trust import CertificateRejected, TrustStore
+from gateway.store.messages import AttachmentRecord, fingerprint
+from gateway.trust import CertificateRejected
 
 log = logging.getLogger("dkgw.security")
 
@@ -82,141 +63,12 @@ __all__ = [
     "SecurityUnavailable",
     "decrypted_fingerprint",
     "open_inbound",
+    "protect",
     "protect_outbound",
     "sign_acknowledgment",
 ]
 
-#: Algorithms only the legacy switch admits [DK SIGN001-004]; each use is logged.
-LEGACY_SIGNING = frozenset({SHA1, SHA224, RSA_SHA1})
 _LOC_SIGNATURE = "//Header/Signature"
-
-
-class SecurityUnavailable(ValueError):
-    """A message cannot be signed or encrypted as its CPA demands; the text says why."""
-
-
-@dataclass(frozen=True)
-class MessageSecurity:
-    """Our keys and trust decisions for message-level security (``[security]``)."""
-
-    signing_key: SigningKey | None = None
-    encryption_key: rsa.RSAPrivateKey | None = None
-    trust: TrustStore | None = None
-    legacy: bool = False
-    c14n: str = C14N_EXCLUSIVE
-    """Sending choice; receivers accept both (docs/security.md)."""
-
-    @classmethod
-    def load(
-        cls,
-        config: SecurityConfig,
-        *,
-        default_anchors: Sequence[Path],
-        default_intermediates: Sequence[Path] = (),
-    ) -> MessageSecurity:
-        """Read the keys and build the trust store; raises ValueError naming what is wrong.
-
-        ``default_anchors`` and ``default_intermediates`` (the TLS trust anchors
-        and chain) apply when ``[security]`` names none.  A key must belong to
-        its certificate: a mismatch found at start beats a partner refusing
-        every message.
-        """
-        signing = None
-        if config.signing_certificate is not None and config.signing_key is not None:
-            try:
-                signing = SigningKey.from_pem(
-                    config.signing_key.read_bytes(), config.signing_certificate.read_bytes()
-                )
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"[security] signing key/certificate: {exc}") from None
-        encryption = None
-        if config.encryption_certificate is not None and config.encryption_key is not None:
-            encryption = _load_encryption_key(config.encryption_key, config.encryption_certificate)
-        settings = config.trust
-        if not settings.intermediates and default_intermediates:
-            settings = replace(settings, intermediates=tuple(default_intermediates))
-        trust = TrustStore.from_settings(settings, default_anchors=default_anchors)
-        return cls(signing, encryption, trust, legacy=config.legacy_crypto)
-
-    # -- helpers ------------------------------------------------------------------------
-
-    def policy(self, non_repudiation: NonRepudiation, what: str) -> SignaturePolicy:
-        """The signature policy of a channel; logs a warning when it is a legacy one."""
-        policy = SignaturePolicy.from_cpa(non_repudiation, legacy=self.legacy)
-        legacy = {policy.signature_method, policy.digest_method} & LEGACY_SIGNING
-        if legacy and self.legacy:
-            log.warning("legacy algorithm %s used for %s", ", ".join(sorted(legacy)), what)
-        return policy
-
-
-def _load_encryption_key(key_path: Path, cert_path: Path) -> rsa.RSAPrivateKey:
-    try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except ValueError as exc:
-        raise ValueError(f"[security] encryption key/certificate: {exc}") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("[security] encryption_key: the profile encrypts with RSA keys only")
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
-        raise ValueError("[security] encryption_key does not belong to encryption_certificate")
-    return key
-
-
-def _cpa_certificate(cur: Cursor, cert: Certificate | None, cpa_id: str) -> x509.Certificate:
-    """A certificate the CPA names, after the operator's certificate mapping."""
-    if cert is None or cert.der is None:
-        raise LookupError("the CPA names no such certificate")
-    return x509.load_der_x509_certificate(resolve_certificate(cur, cert.der, cpa_id))
-
-
-def _signing_certificates(
-    cur: Cursor, cert: Certificate | None, cpa_id: str
-) -> list[x509.Certificate]:
-    """The certificates a partner's signature may verify against: the mapped one first.
-
-    During a rollover (docs/operations.md, "Certificate rotation") the operator
-    maps the CPA's signing certificate to the partner's new one; messages signed
-    with the old key are still on their way, so the CPA's certificate is
-    accepted beside its successor until the mapping and the CPA are replaced.
-    """
-    if cert is None or cert.der is None:
-        raise LookupError("the CPA names no such certificate")
-    mapped = resolve_certificate(cur, cert.der, cpa_id)
-    ders = [mapped] if mapped == bytes(cert.der) else [mapped, bytes(cert.der)]
-    return [x509.load_der_x509_certificate(der) for der in ders]
-
-
-def _verify_with_any(
-    envelope: bytes,
-    parts: Mapping[str, PartOpener],
-    certificates: Sequence[x509.Certificate],
-    policy: SignaturePolicy,
-) -> x509.Certificate:
-    """The first certificate the signature verifies with; else the first one's error."""
-    first: SignatureError | None = None
-    for certificate in certificates:
-        try:
-            verify_envelope(envelope, parts, certificate, policy)
-        except SignatureError as exc:
-            first = first or exc
-            continue
-        return certificate
-    assert first is not None
-    raise first
-
-
-def _signal_route(cpa: Cpa, from_ids: Sequence[PartyId], to_ids: Sequence[PartyId]) -> Route:
-    return resolve(
-        cpa,
-        from_ids=tuple(from_ids),
-        from_role=None,
-        to_ids=tuple(to_ids),
-        to_role=None,
-        service=Service(MSH_SERVICE),
-        action=SignalAction.ACKNOWLEDGMENT.value,
-    )
 
 
 # -- outbound -------------------------------------------------------------------------
@@ -231,9 +83,27 @@ def protect_outbound(
     *,
     now: datetime,
 ) -> tuple[bytes, tuple[AttachmentRecord, ...]]:
+    """:func:`protect`, with the CPA's certificate mappings read in ``cur``'s transaction."""
+    if route.encryption is None:
+        certificates = CertificateMap()
+    else:
+        certificates = CertificateMap(certificate_map(cur, route.cpa.cpa_id))
+    return protect(route, envelope, parts, security, certificates, now=now)
+
+
+def protect(
+    route: Route,
+    envelope: bytes,
+    parts: Sequence[AttachmentRecord],
+    security: MessageSecurity | None,
+    certificates: CertificateMap,
+    *,
+    now: datetime,
+) -> tuple[bytes, tuple[AttachmentRecord, ...]]:
     """The envelope and parts to store and send: signed, then encrypted, as the route says.
 
-    Unsigned routes get their input back.  Raises :class:`SecurityUnavailable`.
+    Unsigned routes get their input back; the encryption certificate is the
+    CPA's after ``certificates``.  Raises :class:`SecurityUnavailable`.
     """
     if route.signing is None and route.encryption is None:
         return envelope, tuple(parts)
@@ -255,22 +125,22 @@ def protect_outbound(
         except ValueError as exc:
             raise SecurityUnavailable(f"cannot sign under CPA {cpa_id}: {exc}") from None
     if route.encryption is not None:
-        parts = _encrypt(cur, route, parts, security, now)
+        parts = _encrypt(route, parts, security, certificates, now)
     return envelope, tuple(parts)
 
 
 def _encrypt(
-    cur: Cursor,
     route: Route,
     parts: Sequence[AttachmentRecord],
     security: MessageSecurity,
+    certificates: CertificateMap,
     now: datetime,
 ) -> list[AttachmentRecord]:
     envelope = route.encryption
     assert envelope is not None
     cpa_id = route.cpa.cpa_id
     try:
-        recipient = _cpa_certificate(cur, route.encryption_certificate, cpa_id)
+        recipient = certificates.certificate(route.encryption_certificate)
     except (LookupError, ValueError):
         raise SecurityUnavailable(
             f"CPA {cpa_id} gives {route.to_party.party_name!r} no usable encryption certificate"
@@ -369,14 +239,17 @@ def _decrypt(
 
 
 def open_inbound(
-    cur: Cursor,
     route: Route,
     env: Envelope,
     envelope: bytes,
     payloads: Sequence[AttachmentRecord],
     security: MessageSecurity | None,
+    certificates: CertificateMap,
 ) -> tuple[AttachmentRecord, ...]:
     """Decrypt and verify a received business message; returns the plaintext payloads.
+
+    The signature is checked with the sender's signing certificate in the CPA,
+    after ``certificates`` (both during a rollover).
 
     Raises :class:`~gateway.ebms.checks.CheckFailed` with a ``SecurityFailure``.
     Unsigned, unencrypted routes get their payloads back untouched.
@@ -389,13 +262,13 @@ def open_inbound(
     if security is None or security.trust is None:
         raise _failure("this gateway cannot verify signatures", _LOC_SIGNATURE)
     try:
-        candidates = _signing_certificates(cur, route.signing_certificate, cpa_id)
+        candidates = certificates.signing_candidates(route.signing_certificate)
     except (LookupError, ValueError):
         raise _failure("the CPA names no usable signing certificate", _LOC_SIGNATURE) from None
     policy = security.policy(route.signing, f"verifying in CPA {cpa_id}")
     parts = {p.content_id: p.open for p in payloads}
     try:
-        certificate = _verify_with_any(envelope, parts, candidates, policy)
+        certificate = verify_with_any(envelope, parts, candidates, policy)
     except SignatureError as exc:
         raise CheckFailed(exc.to_error()) from None
     try:
@@ -427,55 +300,3 @@ def decrypted_fingerprint(
         return None
     by_id = {p.content_id: p for p in plain}
     return fingerprint(envelope, [by_id.get(a.content_id, a) for a in attachments])
-
-
-# -- signed acknowledgments, on the sending side -----------------------------------------
-
-
-class AckVerifier:
-    """Decides whether an acknowledgment of one of our messages may settle it.
-
-    Only messages that asked for a signed acknowledgment are checked (ebMS 2.0
-    §6.3.2.5): the ack's signature must verify with the
-    acking party's signing certificate from the CPA, that certificate must be
-    trusted at the ack's Timestamp, and its ``ds:Reference`` elements must be
-    those of the signature we sent.
-    """
-
-    def __init__(self, registry: CpaRegistry, security: MessageSecurity | None) -> None:
-        self.registry = registry
-        self.security = security
-
-    def __call__(self, cur: Cursor, ours: StoredMessage, ack: Envelope, body: bytes) -> str | None:
-        """None when the ack is acceptable, else why it is not."""
-        try:
-            sent, _ = parse_envelope(ours.envelope)
-        except EnvelopeError:
-            return "our stored message is unreadable"
-        if sent.ack_requested is None or not sent.ack_requested.signed:
-            return None
-        if self.security is None or self.security.trust is None:
-            return "a signed acknowledgment was asked for, but [security] is not configured"
-        try:
-            cpa = self.registry.get_cpa(ours.cpa_id, cur)
-            route = _signal_route(cpa, ack.header.from_ids, ack.header.to_ids)
-        except (LookupError, ResolutionError) as exc:
-            return f"no CPA channel for the acknowledgment: {exc}"
-        if route.signing is None:
-            return "the CPA names no signing certificate for the acknowledging party"
-        try:
-            candidates = _signing_certificates(cur, route.signing_certificate, ours.cpa_id)
-        except (LookupError, ValueError):
-            return "the CPA names no usable signing certificate for the acknowledging party"
-        policy = self.security.policy(route.signing, f"a signed acknowledgment in CPA {cpa.cpa_id}")
-        try:
-            certificate = _verify_with_any(body, {}, candidates, policy)
-            check_ack_references(body, read_references(ours.envelope))
-            self.security.trust.check_certificate(
-                certificate, purpose="signing", at=ack.header.timestamp.astimezone(UTC)
-            )
-        except SignatureError as exc:
-            return f"{exc.description} at {exc.location}"
-        except CertificateRejected as exc:
-            return f"signing certificate refused: {exc.reason}"
-        return None

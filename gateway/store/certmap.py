@@ -31,6 +31,7 @@ from gateway.store.timeutil import from_db, to_db, utcnow
 
 __all__ = [
     "CertificateMapping",
+    "certificate_map",
     "delete_mapping",
     "list_mappings",
     "resolve_certificate",
@@ -200,3 +201,22 @@ def resolve_certificate(cur: Cursor, der: bytes, cpa_id: str | None) -> bytes:
         if bytes(source) == data:
             return bytes(destination)
     return data
+
+
+def certificate_map(cur: Cursor, cpa_id: str) -> dict[bytes, bytes]:
+    """Every mapping that applies under ``cpa_id``: source DER -> destination DER.
+
+    What :func:`resolve_certificate` answers for each source, read in one query
+    so that the checks which use it need no cursor: a mapping for this CPA wins
+    over a global one.
+    """
+    rows = cur.execute(
+        "SELECT source, destination, cpa_id FROM certificate_mapping "
+        "WHERE cpa_id = ? OR cpa_id IS NULL",
+        (cpa_id,),
+    ).fetchall()
+    mapped: dict[bytes, bytes] = {}
+    for source, destination, _scope in sorted(rows, key=lambda row: row[2] is not None):
+        # Global rows first, so the CPA's own mapping of the same source overwrites them.
+        mapped[bytes(source)] = bytes(destination)
+    return mapped

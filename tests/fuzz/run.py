@@ -54,6 +54,13 @@ MODULES: dict[str, tuple[str, ...]] = {
     "upload": ("adapters.upload",),
     "inbound": (
         "gateway.msh.inbound",
+        "gateway.msh.screen",
+        "gateway.msh.receive",
+        "gateway.msh.refusals",
+        "gateway.msh.replying",
+        "gateway.msh.correlate",
+        "gateway.msh.read",
+        "gateway.msh.apply",
         "gateway.msh.security",
         "gateway.ebms.checks",
         "gateway.ebms.envelope",
