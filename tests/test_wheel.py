@@ -11,6 +11,7 @@ by the back-office API.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -43,8 +44,18 @@ def _run(*args: str | Path, cwd: Path, timeout: float = 600) -> subprocess.Compl
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``bin`` folder of a fresh virtualenv with the built wheel installed."""
     base = tmp_path_factory.mktemp("wheel")
+    # Built from a copy without the checkout's build/ and egg-info: setuptools reuses
+    # build/lib, so a file moved or deleted since an earlier build would still ship.
+    source = base / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "var", ".tox"
+        ),
+    )
     built = _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", base / "dist",
-                 REPO, cwd=base)  # fmt: skip
+                 source, cwd=base)  # fmt: skip
     assert built.returncode == 0, built.stderr
     (wheel,) = (base / "dist").glob("dkgw-*.whl")
     made = _run(sys.executable, "-m", "venv", base / "venv", cwd=base)
