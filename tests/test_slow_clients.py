@@ -12,6 +12,7 @@ seconds"): the machine running them is small and shared.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 import socket
@@ -424,7 +425,12 @@ def test_a_listener_over_its_connection_cap_closes_new_connections(gateway: Gate
 def test_the_ebms_listener_over_its_cap_closes_new_connections(gateway: Gateway) -> None:
     # TCP connections that never start their TLS handshake fill the cap; the
     # header deadline ends them after 2 s, so the log line is the evidence.
-    held = [gateway.tls(handshake=False) for _ in range(EBMS_MAX_CONNECTIONS + 2)]
+    held = [gateway.tls(handshake=False) for _ in range(EBMS_MAX_CONNECTIONS)]
+    for _ in range(2):
+        # Over the cap the gateway closes at once: on a busy machine the reset can
+        # reach this client before its connect() returns.
+        with contextlib.suppress(ConnectionResetError):
+            held.append(gateway.tls(handshake=False))
     try:
         line = gateway.wait_log(
             rf"event=connections-full listener=ebms .*limit={EBMS_MAX_CONNECTIONS}"
