@@ -42,7 +42,8 @@ from gateway.monitor.pinger import PingScheduler, PingSettings
 from gateway.monitor.purger import PurgeScheduler
 from gateway.monitor.status import status_document
 from gateway.msh.inbound import InboundProcessor
-from gateway.msh.security import AckVerifier, MessageSecurity
+from gateway.msh.read import AckVerifier
+from gateway.msh.security import MessageSecurity
 from gateway.services.listener import ListenerService
 from gateway.services.loop import LoopService
 from gateway.services.ordered import OnStop

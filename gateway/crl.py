@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Literal, TypeAlias, get_args
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -491,19 +491,3 @@ class CrlStore:
                 self._warned.add(marker)
                 log.warning("revocation not checked (crl_mode best-effort): %s", problem)
         return RevocationStatus(problem=problem, record=stale)
-
-
-# -- the Twisted fetcher lives in gateway/crl_refresh.py ---------------------------------
-
-
-def __getattr__(name: str) -> Any:
-    """The fetching names, from :mod:`gateway.crl_refresh`, for callers that import them here.
-
-    Imported on first use, so that importing this module (and :mod:`gateway.trust`)
-    never imports Twisted.
-    """
-    if name in ("CrlRefresher", "CrlTooLarge", "Fetcher", "fetch_crl"):
-        from gateway import crl_refresh
-
-        return getattr(crl_refresh, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -373,7 +373,7 @@ class TrustStore:
 
         ``default_anchors`` is used when the settings name no trust anchors (the TLS
         trust anchors).  CRL URLs are not fetched here: start a
-        :class:`gateway.crl.CrlRefresher` on :attr:`crls` for that.
+        :class:`gateway.crl_refresh.CrlRefresher` on :attr:`crls` for that.
         """
         store = cls.from_files(
             settings.trust_anchors or tuple(default_anchors),

@@ -36,7 +36,8 @@ from gateway.ebms.model import DS_NS
 from gateway.ebms.xmldsig import EBMS_XPATH, SigningKey
 from gateway.ebms.xmlenc import AES256_CBC, encrypt_part, looks_encrypted
 from gateway.msh.outbound import Payload, SendError, send_message
-from gateway.msh.security import AckVerifier, MessageSecurity
+from gateway.msh.read import AckVerifier
+from gateway.msh.security import MessageSecurity
 from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.messages import Direction, StoredMessage, find_message, load_attachments

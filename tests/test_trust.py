@@ -26,7 +26,8 @@ from twisted.internet import reactor, task
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from gateway.crl import CrlError, CrlRefresher, CrlStore
+from gateway.crl import CrlError, CrlStore
+from gateway.crl_refresh import CrlRefresher
 from gateway.trust import (
     CertificateRejected,
     RejectReason,

@@ -5,7 +5,7 @@ Only messages that asked for a signed acknowledgment are checked (ebMS 2.0
 certificate from the CPA (after certificate mapping), that certificate must be
 trusted at the ack's Timestamp, and its ``ds:Reference`` elements must be those
 of the signature we sent (docs/security.md).  :func:`check_signed_ack` decides
-from values; :class:`AckVerifier` reads them from the store first.
+from values; :class:`gateway.msh.read.AckVerifier` reads them from the store first.
 """
 
 from __future__ import annotations
@@ -20,13 +20,10 @@ from gateway.ebms.model import SignalAction
 from gateway.ebms.xmldsig import SignatureError, check_ack_references, read_references
 from gateway.msh.facts import CertificateMap
 from gateway.msh.keys import MessageSecurity, verify_with_any
-from gateway.store.certmap import certificate_map
-from gateway.store.cpas import CpaRegistry
-from gateway.store.database import Cursor
-from gateway.store.messages import StoredMessage
+from gateway.store.records import StoredMessage
 from gateway.trust import CertificateRejected
 
-__all__ = ["AckTrust", "AckVerifier", "check_signed_ack", "signed_ack_asked"]
+__all__ = ["AckTrust", "check_signed_ack", "signed_ack_asked"]
 
 
 @dataclass(frozen=True)
@@ -97,33 +94,3 @@ def check_signed_ack(
     except CertificateRejected as exc:
         return f"signing certificate refused: {exc.reason}"
     return None
-
-
-class AckVerifier:
-    """Decides whether an acknowledgment of one of our messages may settle it.
-
-    Called in the transaction that takes the acknowledgment in: reads the CPA
-    and certificate mappings of ``ours``, then :func:`check_signed_ack`.
-    """
-
-    def __init__(self, registry: CpaRegistry, security: MessageSecurity | None) -> None:
-        self.registry = registry
-        self.security = security
-
-    def read(self, cur: Cursor, ours: StoredMessage) -> AckTrust:
-        """The facts :func:`check_signed_ack` needs about ``ours``."""
-        try:
-            cpa = self.registry.get_cpa(ours.cpa_id, cur)
-        except LookupError as exc:
-            return AckTrust(None, CertificateMap(), str(exc))
-        return AckTrust(cpa, CertificateMap(certificate_map(cur, ours.cpa_id)))
-
-    def __call__(self, cur: Cursor, ours: StoredMessage, ack: Envelope, body: bytes) -> str | None:
-        """None when the ack is acceptable, else why it is not.
-
-        The CPA is read only for a message that asked for a signed ack.
-        """
-        asked = signed_ack_asked(ours)
-        if asked is not True:
-            return asked or None
-        return check_signed_ack(self.security, self.read(cur, ours), ours, ack, body)

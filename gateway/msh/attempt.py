@@ -59,7 +59,7 @@ from gateway.msh.attempt_facts import (
 )
 
 # The state enums only: nothing here reads or writes the store.
-from gateway.store.messages import EventType, OutboundStatus, TaskOutcome
+from gateway.msh.states import EventType, OutboundStatus, TaskOutcome
 
 __all__ = [
     "FINAL_SERVER_ERRORS",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 # The state enums only: nothing here reads or writes the store.
-from gateway.store.messages import EventType, OutboundStatus, TaskOutcome
+from gateway.msh.states import EventType, OutboundStatus, TaskOutcome
 
 __all__ = [
     "AttemptEffect",

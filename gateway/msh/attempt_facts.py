@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 # The state enums only: nothing here reads or writes the store.
-from gateway.store.messages import TaskOutcome
+from gateway.msh.states import TaskOutcome
 
 __all__ = [
     "Answered",

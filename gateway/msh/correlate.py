@@ -26,7 +26,8 @@ from gateway.ebms.model import Severity, SignalAction
 from gateway.msh.effects import Effect, LogLine, SettleReferenced, StoreInbound
 from gateway.msh.facts import ReplyFacts
 from gateway.msh.records import parties, sync_reply_record
-from gateway.store.messages import EventType, OutboundStatus, StoredMessage, TaskOutcome
+from gateway.msh.states import EventType, OutboundStatus, TaskOutcome
+from gateway.store.records import StoredMessage
 
 __all__ = [
     "AckRefusal",

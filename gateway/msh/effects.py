@@ -18,14 +18,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeAlias
 
-from gateway.store.messages import (
-    AttachmentRecord,
-    Direction,
-    EventType,
-    MessageRecord,
-    OutboundStatus,
-    TaskOutcome,
-)
+from gateway.msh.states import EventType, OutboundStatus, TaskOutcome
+from gateway.store.records import AttachmentRecord, Direction, MessageRecord
 
 __all__ = [
     "AddEvent",

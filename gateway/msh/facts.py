@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from cpa.model import Certificate, Cpa
-from gateway.store.messages import StoredMessage
+from gateway.store.records import StoredMessage
 
 __all__ = ["CertificateMap", "Duplicate", "InboundFacts", "ReplyFacts"]
 

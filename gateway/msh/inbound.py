@@ -38,11 +38,10 @@ from gateway.msh.correlate import (
 )
 from gateway.msh.effects import Decision, LogLine
 from gateway.msh.keys import MessageSecurity
-from gateway.msh.read import AckCheck, read_inbound, read_reply
+from gateway.msh.read import AckCheck, AckVerifier, read_inbound, read_reply
 from gateway.msh.receive import Received, Receiver, decide, screen
 from gateway.msh.receive import Request as InboundRequest
 from gateway.msh.replying import REPLY_ACTIONS, SIGNAL_ATTEMPTS, SIGNAL_RETRY_INTERVAL
-from gateway.msh.security import AckVerifier
 from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Cursor, Database, IntegrityConflict
 from gateway.store.timeutil import utcnow

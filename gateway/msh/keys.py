@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cpa.model import NonRepudiation
-from gateway.config import SecurityConfig
 from gateway.ebms.xmldsig import (
     C14N_EXCLUSIVE,
     RSA_SHA1,
@@ -31,6 +30,7 @@ from gateway.ebms.xmldsig import (
     SigningKey,
     verify_envelope,
 )
+from gateway.settings.security import SecurityConfig
 from gateway.trust import TrustStore
 
 log = logging.getLogger("dkgw.security")

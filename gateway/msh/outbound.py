@@ -18,9 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from cpa.model import PartyId, parse_party
+from cpa.resolve import Route
 from gateway.ebms.envelope import Envelope, build_envelope
 from gateway.ebms.model import MessageHeader
 from gateway.msh.addressing import Refusal, SendError, SendRoute
+from gateway.msh.facts import CertificateMap
 from gateway.msh.plan import (
     OutboundPlan,
     Payload,
@@ -28,7 +30,8 @@ from gateway.msh.plan import (
     plan_message,
     plan_signal,
 )
-from gateway.msh.security import MessageSecurity, SecurityUnavailable, protect_outbound
+from gateway.msh.security import MessageSecurity, SecurityUnavailable, protect
+from gateway.store.certmap import certificate_map
 from gateway.store.database import Cursor
 from gateway.store.messages import (
     AttachmentRecord,
@@ -174,3 +177,20 @@ __all__ = [
     "queue_message",
     "queue_signal",
 ]
+
+
+def protect_outbound(
+    cur: Cursor,
+    route: Route,
+    envelope: bytes,
+    parts: Sequence[AttachmentRecord],
+    security: MessageSecurity | None,
+    *,
+    now: datetime,
+) -> tuple[bytes, tuple[AttachmentRecord, ...]]:
+    """:func:`protect`, with the CPA's certificate mappings read in ``cur``'s transaction."""
+    if route.encryption is None:
+        certificates = CertificateMap()
+    else:
+        certificates = CertificateMap(certificate_map(cur, route.cpa.cpa_id))
+    return protect(route, envelope, parts, security, certificates, now=now)

@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 from gateway.ebms.envelope import Envelope
 from gateway.ebms.model import AckRequested, ManifestReference, MessageHeader, SyncReply
 from gateway.msh.addressing import SendRoute
-from gateway.store.messages import AttachmentRecord, OutboundStatus, PayloadFile
+from gateway.msh.states import OutboundStatus
+from gateway.store.records import AttachmentRecord, PayloadFile
 
 __all__ = [
     "OutboundPlan",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.ebms.envelope import Envelope
 from gateway.ebms.model import SignalAction
+from gateway.msh.ack_check import AckTrust, check_signed_ack, signed_ack_asked
 from gateway.msh.correlate import acknowledges, referenced_id
 from gateway.msh.facts import CertificateMap, Duplicate, InboundFacts, ReplyFacts
 from gateway.msh.keys import MessageSecurity
@@ -32,10 +33,10 @@ from gateway.store.messages import (
     fingerprint,
 )
 
-__all__ = ["AckCheck", "read_inbound", "read_reply"]
+__all__ = ["AckCheck", "AckVerifier", "read_inbound", "read_reply"]
 
 #: Checks an acknowledgment before it settles our message: None, or why it may not
-#: (:class:`~gateway.msh.ack_check.AckVerifier`).  Given the ack's bytes.
+#: (:class:`AckVerifier`).  Given the ack's bytes.
 AckCheck = Callable[[Cursor, StoredMessage, Envelope, bytes], "str | None"]
 
 
@@ -127,3 +128,33 @@ def read_inbound(
         or find_message(cur, ref, Direction.IN) is not None
     )
     return InboundFacts(cpa, certificates, ref_known=ref_known)
+
+
+class AckVerifier:
+    """Decides whether an acknowledgment of one of our messages may settle it.
+
+    Called in the transaction that takes the acknowledgment in: reads the CPA
+    and certificate mappings of ``ours``, then :func:`check_signed_ack`.
+    """
+
+    def __init__(self, registry: CpaRegistry, security: MessageSecurity | None) -> None:
+        self.registry = registry
+        self.security = security
+
+    def read(self, cur: Cursor, ours: StoredMessage) -> AckTrust:
+        """The facts :func:`check_signed_ack` needs about ``ours``."""
+        try:
+            cpa = self.registry.get_cpa(ours.cpa_id, cur)
+        except LookupError as exc:
+            return AckTrust(None, CertificateMap(), str(exc))
+        return AckTrust(cpa, CertificateMap(certificate_map(cur, ours.cpa_id)))
+
+    def __call__(self, cur: Cursor, ours: StoredMessage, ack: Envelope, body: bytes) -> str | None:
+        """None when the ack is acceptable, else why it is not.
+
+        The CPA is read only for a message that asked for a signed ack.
+        """
+        asked = signed_ack_asked(ours)
+        if asked is not True:
+            return asked or None
+        return check_signed_ack(self.security, self.read(cur, ours), ours, ack, body)

@@ -45,13 +45,8 @@ from gateway.msh.refusals import duplicate, refuse
 from gateway.msh.replying import answer, ping, signal_route, status
 from gateway.msh.screen import Received, Request, fault, screen
 from gateway.msh.security import open_inbound, sign_acknowledgment
-from gateway.store.messages import (
-    AttachmentRecord,
-    Direction,
-    EventType,
-    InboundStatus,
-    StoredMessage,
-)
+from gateway.msh.states import EventType, InboundStatus
+from gateway.store.records import AttachmentRecord, Direction, StoredMessage
 from gateway.trust import CertificateRejected
 
 __all__ = ["Received", "Receiver", "Request", "decide", "persist_until", "screen"]

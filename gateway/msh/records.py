@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from cpa.model import PartyId
 from gateway.ebms.envelope import Envelope
-from gateway.store.messages import Direction, MessageRecord
+from gateway.store.records import Direction, MessageRecord
 
 __all__ = ["XML", "host", "inbound_record", "parties", "reply_record", "sync_reply_record"]
 

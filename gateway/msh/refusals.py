@@ -30,7 +30,8 @@ from gateway.msh.facts import Duplicate
 from gateway.msh.records import host, inbound_record
 from gateway.msh.replying import SIGNAL_ATTEMPTS, answer, sender_route
 from gateway.msh.screen import Request
-from gateway.store.messages import Direction, EventType, InboundStatus
+from gateway.msh.states import EventType, InboundStatus
+from gateway.store.records import Direction
 
 __all__ = ["duplicate", "refuse"]
 

@@ -28,7 +28,8 @@ from gateway.msh.effects import (
     StoreReply,
 )
 from gateway.msh.records import host, reply_record
-from gateway.store.messages import Direction, InboundStatus, StoredMessage
+from gateway.msh.states import InboundStatus
+from gateway.store.records import Direction, StoredMessage
 
 __all__ = [
     "REPLY_ACTIONS",

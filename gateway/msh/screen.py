@@ -21,7 +21,7 @@ from gateway.ebms.faults import CLIENT, MUST_UNDERSTAND, soap_fault
 from gateway.ebms.model import EbmsError
 from gateway.msh.effects import Decision, FaultReply, LogLine, Refusal
 from gateway.msh.records import parties
-from gateway.store.messages import AttachmentRecord
+from gateway.store.records import AttachmentRecord
 
 __all__ = ["Received", "Request", "fault", "screen"]
 

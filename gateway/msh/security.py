@@ -47,24 +47,19 @@ from gateway.ebms.xmlenc import (
     encrypt_part,
     looks_encrypted,
 )
-from gateway.msh.ack_check import AckVerifier
 from gateway.msh.facts import CertificateMap
 from gateway.msh.keys import MessageSecurity, SecurityUnavailable, verify_with_any
-from gateway.store.certmap import certificate_map
-from gateway.store.database import Cursor
-from gateway.store.messages import AttachmentRecord, fingerprint
+from gateway.store.records import AttachmentRecord, fingerprint
 from gateway.trust import CertificateRejected
 
 log = logging.getLogger("dkgw.security")
 
 __all__ = [
-    "AckVerifier",
     "MessageSecurity",
     "SecurityUnavailable",
     "decrypted_fingerprint",
     "open_inbound",
     "protect",
-    "protect_outbound",
     "sign_acknowledgment",
 ]
 
@@ -72,23 +67,6 @@ _LOC_SIGNATURE = "//Header/Signature"
 
 
 # -- outbound -------------------------------------------------------------------------
-
-
-def protect_outbound(
-    cur: Cursor,
-    route: Route,
-    envelope: bytes,
-    parts: Sequence[AttachmentRecord],
-    security: MessageSecurity | None,
-    *,
-    now: datetime,
-) -> tuple[bytes, tuple[AttachmentRecord, ...]]:
-    """:func:`protect`, with the CPA's certificate mappings read in ``cur``'s transaction."""
-    if route.encryption is None:
-        certificates = CertificateMap()
-    else:
-        certificates = CertificateMap(certificate_map(cur, route.cpa.cpa_id))
-    return protect(route, envelope, parts, security, certificates, now=now)
 
 
 def protect(

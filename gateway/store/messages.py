@@ -16,9 +16,7 @@ tasks :mod:`gateway.store.tasks`; their names are importable from here too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
 from gateway.msh.states import (
     EVENT_ON_ENTRY,
@@ -42,6 +40,7 @@ from gateway.store.payloads import (
     insert_attachment,
     load_attachments,
 )
+from gateway.store.records import Direction, MessageRecord, StoredMessage
 from gateway.store.tasks import (
     Task,
     claim_due_tasks,
@@ -90,77 +89,6 @@ __all__ = [
     "task_for_message",
     "unclaim_task",
 ]
-
-
-class Direction(StrEnum):
-    """Which way a message travelled."""
-
-    IN = "in"
-    OUT = "out"
-
-
-@dataclass(frozen=True)
-class MessageRecord:
-    """The row to store for one message (signals included)."""
-
-    message_id: str
-    direction: Direction
-    cpa_id: str
-    conversation_id: str
-    from_party: str | Parties
-    """The sender's PartyIds, or their stored text (:mod:`gateway.store.parties`)."""
-    to_party: str | Parties
-    service: str
-    action: str
-    sent_at: datetime
-    content_type: str
-    envelope: bytes
-    ref_to_message_id: str | None = None
-    from_role: str | None = None
-    to_role: str | None = None
-    time_to_live: datetime | None = None
-    persist_until: datetime | None = None
-    status: str | None = None
-    correlation_id: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    """A stored message without its payloads."""
-
-    pk: int
-    message_id: str
-    direction: Direction
-    cpa_id: str
-    conversation_id: str
-    ref_to_message_id: str | None
-    from_party: str
-    from_role: str | None
-    to_party: str
-    to_role: str | None
-    service: str
-    action: str
-    sent_at: datetime
-    time_to_live: datetime | None
-    persist_until: datetime | None
-    status: str | None
-    status_at: datetime | None
-    content_type: str
-    envelope: bytes
-    fingerprint: str
-    created_at: datetime
-    correlation_id: str | None = None
-    """The back office's id for the request that made this message (logs only)."""
-
-    @property
-    def from_ids(self) -> Parties:
-        """The sender's PartyIds, read back from ``from_party``."""
-        return parties.decode(self.from_party)
-
-    @property
-    def to_ids(self) -> Parties:
-        """The receiver's PartyIds, read back from ``to_party``."""
-        return parties.decode(self.to_party)
 
 
 def _opt(value: datetime | None) -> str | None:

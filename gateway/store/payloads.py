@@ -13,14 +13,14 @@ the caller's transaction.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import IO, Protocol
-
 from gateway.store.database import Cursor
+from gateway.store.records import (
+    CHUNK_BYTES,
+    AttachmentRecord,
+    PayloadFile,
+    SpooledPayload,
+    fingerprint,
+)
 
 __all__ = [
     "CHUNK_BYTES",
@@ -31,153 +31,6 @@ __all__ = [
     "insert_attachment",
     "load_attachments",
 ]
-
-
-CHUNK_BYTES = 1 << 20
-"""Payloads above this size are stored as rows of this many bytes (``ebms_payload_chunk``).
-
-A chunk is what one statement binds or returns, so storing or loading a
-payload of any size holds about this much of it in memory at a time.
-"""
-
-
-class PayloadFile(Protocol):
-    """A payload kept on disk rather than in memory, with its size and digest known.
-
-    :class:`gateway.ebms.mime.ReceivedPart` (a spooled received part) is one.
-    """
-
-    size: int
-    sha256: str
-
-    def open(self) -> IO[bytes]:
-        """The content positioned at the start (shared: read it, do not close it)."""
-        ...
-
-    def close(self) -> None:
-        """Drop the content."""
-        ...
-
-
-class SpooledPayload:
-    """A payload copied into a temporary file, hashed on the way in."""
-
-    def __init__(self) -> None:
-        # Small payloads stay in memory; the file only appears above one chunk.
-        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=CHUNK_BYTES)  # noqa: SIM115
-        self._digest = hashlib.sha256()
-        self.size = 0
-        self.sha256 = self._digest.hexdigest()
-
-    @classmethod
-    def copy_of(cls, source: IO[bytes]) -> SpooledPayload:
-        """A spooled copy of ``source``, read from where it stands in chunks."""
-        payload = cls()
-        while chunk := source.read(CHUNK_BYTES):
-            payload.write(chunk)
-        return payload
-
-    def write(self, chunk: bytes) -> None:
-        """Append ``chunk``."""
-        self._file.write(chunk)
-        self._digest.update(chunk)
-        self.size += len(chunk)
-        self.sha256 = self._digest.hexdigest()
-
-    def open(self) -> IO[bytes]:
-        """The content positioned at the start (shared: read it, do not close it)."""
-        self._file.seek(0)
-        return self._file
-
-    def close(self) -> None:
-        """Drop the temporary file."""
-        self._file.close()
-
-
-@dataclass(frozen=True, eq=False)
-class AttachmentRecord:
-    """One payload part as stored.
-
-    ``content`` is the bytes themselves, or a :class:`PayloadFile` for a large
-    payload, which then is never read into memory whole: the store writes it
-    and reads it back in :data:`CHUNK_BYTES` pieces.
-    """
-
-    content_id: str
-    content_type: str
-    content: bytes | PayloadFile
-    filename: str | None = None
-
-    def __eq__(self, other: object) -> bool:
-        # Equal content, not the same object: a payload loaded back from the
-        # store equals the one stored, whether in memory or spooled.
-        if not isinstance(other, AttachmentRecord):
-            return NotImplemented
-        return (self.content_id, self.content_type, self.filename, self.size, self.sha256) == (
-            other.content_id,
-            other.content_type,
-            other.filename,
-            other.size,
-            other.sha256,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.content_id, self.content_type, self.filename, self.size))
-
-    @property
-    def size(self) -> int:
-        """Length of the content in bytes."""
-        return len(self.content) if isinstance(self.content, bytes) else self.content.size
-
-    @property
-    def sha256(self) -> str:
-        """Hex SHA-256 of the content."""
-        if isinstance(self.content, bytes):
-            return hashlib.sha256(self.content).hexdigest()
-        return self.content.sha256
-
-    def open(self) -> IO[bytes]:
-        """The content as a file positioned at the start (shared: do not close it)."""
-        if isinstance(self.content, bytes):
-            return io.BytesIO(self.content)
-        return self.content.open()
-
-    def head(self, n: int) -> bytes:
-        """The first ``n`` bytes, without reading the rest."""
-        if isinstance(self.content, bytes):
-            return self.content[:n]
-        return self.content.open().read(n)
-
-    def data(self) -> bytes:
-        """The whole content in memory: only for parts known to be small (encrypted ones)."""
-        if isinstance(self.content, bytes):
-            return self.content
-        return self.content.open().read()
-
-    def close(self) -> None:
-        """Drop a spooled content; bytes need nothing."""
-        if not isinstance(self.content, bytes):
-            self.content.close()
-
-
-def fingerprint(envelope: bytes, attachments: Iterable[AttachmentRecord]) -> str:
-    """SHA-256 over the envelope and every payload, in order.
-
-    Tells a true duplicate (the sender's resend, same bytes) from a MessageId
-    reused for different content (ebMS 2.0 §6.5 and §6.4.1).
-    """
-    digest = hashlib.sha256()
-    digest.update(len(envelope).to_bytes(8, "big"))
-    digest.update(envelope)
-    for a in attachments:
-        digest.update(a.size.to_bytes(8, "big"))
-        if isinstance(a.content, bytes):
-            digest.update(a.content)
-            continue
-        source = a.content.open()
-        while chunk := source.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def insert_attachment(cur: Cursor, pk: int, order_nr: int, a: AttachmentRecord) -> None:

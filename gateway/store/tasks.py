@@ -13,7 +13,6 @@ the caller's transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from gateway.msh.states import (
@@ -27,6 +26,7 @@ from gateway.store import leases
 from gateway.store.database import Cursor
 from gateway.store.guards import in_states, literal
 from gateway.store.leases import DELIVERY_TASKS
+from gateway.store.records import Task
 from gateway.store.timeutil import from_db, to_db
 
 __all__ = [
@@ -49,26 +49,6 @@ RELEASE_EVENTS: dict[TaskOutcome, TaskEvent] = {
     TaskOutcome.EXPIRED: TaskEvent.LAPSED,
 }
 """How :func:`release_task` ends a task from outside the worker, by outcome."""
-
-
-@dataclass(frozen=True)
-class Task:
-    """A claimed delivery task."""
-
-    id: int
-    message_pk: int
-    url: str
-    attempts: int  # including the one just claimed
-    max_attempts: int
-
-    @property
-    def exhausted(self) -> bool:
-        """No attempt left: the claim only ends the final wait for an acknowledgment."""
-        return self.attempts > self.max_attempts
-
-    retry_interval: timedelta | None
-    expires_at: datetime | None
-    lease_until: datetime
 
 
 def _opt(value: datetime | None) -> str | None:
