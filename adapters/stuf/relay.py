@@ -71,9 +71,11 @@ from gateway.config import StufConfig
 from gateway.logfmt import log_event
 from gateway.msh.security import MessageSecurity
 from gateway.msh.service import Addressing, Payload, Refusal, SendError, queue
+from gateway.msh.states import OUTBOUND, InboundStatus, OutboundStatus
 from gateway.store.backoffice import process_message
 from gateway.store.cpas import CpaNotFound, CpaRegistry
 from gateway.store.database import Cursor, Database
+from gateway.store.guards import in_states
 from gateway.store.messages import (
     Direction,
     EventType,
@@ -458,7 +460,7 @@ class Relay:
                 str(row[0])
                 for row in cur.execute(
                     "SELECT message_id FROM ebms_message WHERE direction = 'in' "
-                    "AND status = 'RECEIVED' "
+                    f"AND {in_states('status', (InboundStatus.RECEIVED,))} "
                     f"AND cpa_id IN ({', '.join('?' for _ in cpas)}) "
                     f"AND service IN ({', '.join('?' for _ in services)}) "
                     f"AND action IN ({', '.join('?' for _ in actions)}) "
@@ -506,7 +508,7 @@ class Relay:
 
     def _process_one(self, cur: Cursor, message_id: str) -> None:
         message = find_message(cur, message_id, Direction.IN)
-        if message is None or message.status != "RECEIVED":
+        if message is None or message.status != InboundStatus.RECEIVED:
             return
         parts = load_attachments(cur, message.pk)
         try:
@@ -764,8 +766,9 @@ class Relay:
             rows = cur.execute(
                 "SELECT DISTINCT s.ebms_message_id, m.status FROM stuf_message s "
                 "JOIN ebms_message m ON m.message_id = s.ebms_message_id AND m.direction = 'out' "
-                "WHERE s.status = 'sent' AND m.status IN ('DELIVERED', 'DELIVERY_FAILED', "
-                "'EXPIRED') LIMIT 500"
+                "WHERE s.status = 'sent' AND "
+                + in_states("m.status", OUTBOUND.table[OutboundStatus.CREATED].values())
+                + " LIMIT 500"
             ).fetchall()
             for ebms_id, status in rows:
                 try:
@@ -776,7 +779,7 @@ class Relay:
         return moved
 
     def _apply_outcome(self, cur: Cursor, ebms_id: str, status: str) -> int:
-        if status == "DELIVERED":
+        if status == OutboundStatus.DELIVERED:
             return mark_by_ebms_id(cur, ebms_id, StufStatus.DELIVERED, now=self.clock())
         return mark_by_ebms_id(
             cur, ebms_id, StufStatus.FAILED, reason_code=status[:20],

@@ -57,6 +57,7 @@ from adapters.webhooks import store
 from gateway.config import WebhookConfig
 from gateway.http.body import read_body
 from gateway.logfmt import log_event
+from gateway.msh.states import WebhookState
 from gateway.services.loop import LoopService
 from gateway.store.database import Database
 from gateway.store.timeutil import to_db, utcnow
@@ -482,9 +483,9 @@ class WebhookDispatcher(LoopService):
             # The lease ran out meanwhile and another node took the delivery over.
             self._log(delivery, "lease-lost", status, error, started)
             return
-        if finished.state == "done":
+        if finished.state == WebhookState.DONE:
             self._log(delivery, "delivered", status, None, started)
-        elif finished.state == "pending":
+        elif finished.state == WebhookState.PENDING:
             self._log(delivery, "retry", status, error, started, finished.next_attempt_at)
             if finished.next_attempt_at is not None:
                 self._wake_at(finished.next_attempt_at)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.msh.states import EventType
 from gateway.settings.options import (
     EXISTING_PATH,
     POSITIVE,
@@ -18,7 +19,7 @@ from gateway.settings.options import (
 )
 from gateway.settings.registry import Section, register
 
-EVENT_TYPES = ("RECEIVED", "DELIVERED", "FAILED", "EXPIRED")
+EVENT_TYPES = tuple(e.value for e in EventType)
 
 _POSITIVE = "{where} timeout, initial_backoff and max_age must be positive"
 

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from cpa.generate import ActionSpec, CpaSpec, PartySpec, make_cpa
 from gateway.commands.common import default_data_dir, load_party
+from gateway.msh.states import InboundStatus, OutboundStatus
 from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Database
 from gateway.store.migrate import apply_migrations
@@ -570,7 +571,7 @@ gemeentecodes = ["{GEMEENTECODE}"]
             return 1
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if _message_status(gemeente, message_id, "out") != "CREATED":
+            if _message_status(gemeente, message_id, "out") != OutboundStatus.CREATED:
                 break
             time.sleep(0.1)
         out_status = _message_status(gemeente, message_id, "out")
@@ -585,7 +586,7 @@ gemeentecodes = ["{GEMEENTECODE}"]
         for gw in (gemeente, node):
             for line in gw.log_lines(message_id)[:4]:
                 print(f"     {gw.label:8} {_summary(line)}")
-        ok = ok and out_status == "DELIVERED" and in_status == "RECEIVED"
+        ok = ok and out_status == OutboundStatus.DELIVERED and in_status == InboundStatus.RECEIVED
         ok = _show_monitoring(gemeente) and ok
         ok = _show_relay(gemeente, node, base) and ok
         if args.keep_running:

@@ -26,6 +26,7 @@ from gateway.msh.answers import Outcome
 from gateway.msh.plan import Payload
 from gateway.msh.security import MessageSecurity
 from gateway.msh.service import Addressing, MshService, SendError
+from gateway.msh.states import TaskState
 from gateway.msh.waiting import wait
 from gateway.store.cpas import CpaRegistry
 from gateway.store.database import Cursor, Database, Row
@@ -184,7 +185,7 @@ def _wait_for_pong(db: Database, ping_id: str, timeout: float) -> tuple[int, str
         return 0, f"Pong {answer.answer_id}"
     if answer.outcome is Outcome.ERROR:
         return EXIT_NO_ANSWER, f"the partner answered with a MessageError {answer.answer_id}"
-    task_state = answer.task_state or "failed"
+    task_state = answer.task_state or TaskState.FAILED
     return EXIT_NO_ANSWER, f"Ping not delivered ({ping_failure(task_state, answer.last_error)})"
 
 

@@ -30,6 +30,7 @@ from cpa.model import PartyId, in_force, parse_party
 from gateway.logfmt import log_event
 from gateway.monitor.links import links_for
 from gateway.msh.service import SendError, queue_ping
+from gateway.msh.states import TASK_UNDELIVERED, TaskState
 from gateway.services.loop import LoopService
 from gateway.store.cpas import CpaNotFound, CpaRegistry, select_all
 from gateway.store.database import Cursor, Database
@@ -160,12 +161,12 @@ def _verdict_for(
         return "up", max((found.pong_at - start).total_seconds(), 0.0), None
     if found.task_state is None:
         return "down", None, "the Ping is no longer in the store"
-    if found.task_state in ("failed", "expired"):
+    if found.task_state in TASK_UNDELIVERED:
         # "Ping expired: partner rejected our client certificate (...)": the last
         # attempt's failure says why, not only that the Ping ran out of time.
         return "down", None, ping_failure(found.task_state, found.last_error)
     if (now - queued_at).total_seconds() > timeout:
-        if found.task_state == "done":
+        if found.task_state == TaskState.DONE:
             return "down", None, f"no Pong within {timeout:g} s"
         return "down", None, f"Ping not delivered within {timeout:g} s"
     return None

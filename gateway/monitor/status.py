@@ -13,8 +13,11 @@ from typing import Any
 
 from cpa.certificates import facts, load_der
 from cpa.model import in_force
+from gateway.msh.states import TASK_BUSY, TaskState
+from gateway.msh.states import WebhookState as WS
 from gateway.store.cpas import CpaNotFound, CpaRegistry, select_all
 from gateway.store.database import Cursor
+from gateway.store.guards import in_states
 from gateway.store.pings import LinkStatus, link_statuses
 from gateway.store.retention import store_bytes
 from gateway.store.timeutil import from_db, to_db
@@ -116,15 +119,15 @@ _CERTIFICATES = _CertificateCache()
 
 
 def _queue(cur: Cursor) -> QueueInfo:
-    counts = dict.fromkeys(("pending", "sending"), 0)
+    counts = dict.fromkeys((TaskState.PENDING, TaskState.SENDING), 0)
     for state, count in cur.execute(
-        "SELECT state, COUNT(*) FROM delivery_task WHERE state IN ('pending', 'sending') "
+        f"SELECT state, COUNT(*) FROM delivery_task WHERE {in_states('state', TASK_BUSY)} "
         "GROUP BY state"
     ).fetchall():
         counts[state] = int(count)
     oldest = cur.execute(
         "SELECT MIN(m.created_at) FROM delivery_task t JOIN ebms_message m "
-        "ON m.id = t.message_pk WHERE t.state IN ('pending', 'sending')"
+        f"ON m.id = t.message_pk WHERE {in_states('t.state', TASK_BUSY)}"
     ).fetchone()
     events = cur.execute(
         "SELECT COUNT(*), MIN(created_at) FROM message_event WHERE processed_at IS NULL"
@@ -134,13 +137,14 @@ def _queue(cur: Cursor) -> QueueInfo:
         (str(name), str(state), int(count))
         for name, state, count in cur.execute(
             "SELECT webhook, state, COUNT(*) FROM webhook_delivery "
-            "WHERE state IN ('pending', 'sending', 'failed') GROUP BY webhook, state "
+            f"WHERE {in_states('state', (WS.PENDING, WS.SENDING, WS.FAILED))} "
+            "GROUP BY webhook, state "
             "ORDER BY webhook, state"
         ).fetchall()
     )
     return QueueInfo(
-        pending=counts["pending"],
-        sending=counts["sending"],
+        pending=counts[TaskState.PENDING],
+        sending=counts[TaskState.SENDING],
         oldest_pending=from_db(oldest[0]) if oldest and oldest[0] else None,
         events_unprocessed=int(events[0]),
         oldest_event=from_db(events[1]) if events[1] else None,

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from gateway.msh.states import TASK_UNDELIVERED
+
 __all__ = [
     "Answer",
     "AnswerFacts",
@@ -27,8 +29,8 @@ __all__ = [
     "verdict",
 ]
 
-#: Task states after which a request will never be delivered (gateway.store.messages).
-UNDELIVERED_STATES = ("failed", "expired")
+#: Task states after which a request will never be delivered.
+UNDELIVERED_STATES = TASK_UNDELIVERED
 #: The first pause between two looks at the store, and the longest.
 FIRST_DELAY = 0.02
 MAX_DELAY = 0.25

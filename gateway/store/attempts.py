@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from gateway.msh.states import TaskState
 from gateway.store.database import Cursor
+from gateway.store.guards import in_states
 from gateway.store.timeutil import to_db
 
 __all__ = ["end_task", "message_head", "record_attempt", "reschedule_task"]
@@ -82,7 +84,8 @@ def _release(
         "UPDATE delivery_task SET state = ?, next_attempt_at = ?, locked_by = NULL, "
         "lease_until = NULL, last_error = "
         + ("COALESCE(?, last_error)" if keep_last_error else "?")
-        + ", updated_at = ? WHERE id = ? AND locked_by = ? AND state = 'sending'",
+        + ", updated_at = ? WHERE id = ? AND locked_by = ? AND "
+        + in_states("state", (TaskState.SENDING,)),
         (state, to_db(next_attempt_at), error, to_db(now), task_id, node),
     )
     return cur.rowcount == 1
@@ -96,7 +99,7 @@ def reschedule_task(
         cur,
         task_id=task_id,
         node=node,
-        state="pending",
+        state=TaskState.PENDING,
         next_attempt_at=at,
         error=error,
         keep_last_error=False,
