@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -275,7 +276,8 @@ class Pair:
 #: binds it.  Without a worker (one process) the first block serves.
 _PORT_BLOCK = 1500
 _PORT_BASE = 20000
-_next_port = itertools.count()
+# A random start in the block keeps two suites on one machine (two checkouts) apart too.
+_next_port = itertools.count(random.randrange(_PORT_BLOCK))
 
 
 def free_port() -> int:

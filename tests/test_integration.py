@@ -201,11 +201,12 @@ async def test_receiver_never_up_expires_with_an_event(pair_factory) -> None:
         start_b=False,
         profile="osb-rm",
         retries=2,
-        retry_interval=timedelta(seconds=1),
+        # TimeToLive is 3 intervals: 2 s each leaves a loaded machine time for the third try.
+        retry_interval=timedelta(seconds=2),
         persist_duration=timedelta(hours=1),
     )
     queued = await pair.send()
-    await wait_until(lambda: pair.a.status(queued.message_id, "out") == "EXPIRED", timeout=15)
+    await wait_until(lambda: pair.a.status(queued.message_id, "out") == "EXPIRED", timeout=20)
     assert events(pair.a, queued.message_id) == ["EXPIRED"]
     attempts = pair.a.rows(
         "SELECT count(*) FROM delivery_attempt a JOIN delivery_task t ON t.id = a.task_id "
