@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from adapters.stuf import relay as relay_module
+from adapters.stuf import receiving as receiving_module
+from adapters.stuf import upkeep as upkeep_module
 from adapters.stuf.bare import read_bare, wrap_bare
 from adapters.stuf.envelope import Envelope, Systeem, unwrap, wrap
 from adapters.stuf.fo01 import fo01_for, parse_fo01
@@ -356,7 +357,7 @@ def test_a_duplicate_that_slips_past_the_early_check_is_still_refused(
     assert changed != env_bytes
     first = node.receive(env_bytes, action="WMO301")
     second = node.receive(changed, action="WMO301")
-    monkeypatch.setattr(relay_module, "reference_used", lambda cur, org, ref: False)
+    monkeypatch.setattr(receiving_module, "reference_used", lambda cur, org, ref: False)
     assert node.relay.process_received() == 2
     assert node.status(first) == "PROCESSED"
     assert node.status(second) == "PROCESSED"
@@ -657,14 +658,14 @@ def test_a_message_whose_file_cannot_be_written_fails_alone(
                            action="JW302")  # fmt: skip
     good = gemeente.receive(envelope_of("ijw/3.2/JW302.xml", cross_ref=str(uuid.uuid4())),
                             action="JW302")  # fmt: skip
-    deliver = gemeente.relay._deliver_to_inbox
+    deliver = gemeente.relay.receiving._deliver_to_inbox
 
     def deliver_or_fail(folder: Path, name: str, env: Envelope, message: Any) -> None:
         if message.message_id == bad:
             raise PermissionError(13, "Permission denied", str(folder / name))
         deliver(folder, name, env, message)
 
-    monkeypatch.setattr(gemeente.relay, "_deliver_to_inbox", deliver_or_fail)
+    monkeypatch.setattr(gemeente.relay.receiving, "_deliver_to_inbox", deliver_or_fail)
     assert gemeente.relay.process_received() == 2
     _failed_alone(gemeente, bad, "A file could not be read or written (Permission denied).")
     assert gemeente.status(good) == "PROCESSED"
@@ -729,14 +730,14 @@ def test_an_outcome_that_cannot_be_applied_fails_its_row_alone(
 ) -> None:
     bad = node.relay.send(sample("iwmo/3.2/WMO315.xml"))
     good = node.relay.send(sample("iwmo/3.2/WMO317.xml"))
-    mark = relay_module.mark_by_ebms_id
+    mark = upkeep_module.mark_by_ebms_id
 
     def mark_or_fail(cur: Any, ebms_id: str, *args: Any, **kw: Any) -> int:
         if ebms_id == bad.message_id:
             raise LookupError("inconsistent")
         return mark(cur, ebms_id, *args, **kw)
 
-    monkeypatch.setattr(relay_module, "mark_by_ebms_id", mark_or_fail)
+    monkeypatch.setattr(upkeep_module, "mark_by_ebms_id", mark_or_fail)
     node.set_ebms_status(bad.message_id, "DELIVERED")
     node.set_ebms_status(good.message_id, "DELIVERY_FAILED")
     assert node.relay.sync_statuses() == 2
