@@ -19,7 +19,9 @@ the start order; the stop order is its reverse
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -38,7 +40,7 @@ from gateway.http.connections import TrackingSite
 from gateway.http.deadlines import Deadlines
 from gateway.http.server import ebms_site
 from gateway.monitor.metrics import CONTENT_TYPE, GatewayMetrics
-from gateway.monitor.pinger import PingScheduler, PingSettings
+from gateway.monitor.pinger import PingScheduler, PingSettings, TickReport
 from gateway.monitor.purger import PurgeScheduler
 from gateway.monitor.status import status_document
 from gateway.msh.inbound import InboundProcessor
@@ -111,6 +113,13 @@ def _deadlines(header_timeout: float, min_body_rate: int, window: float, most: i
     )
 
 
+def _on_pings(metrics: GatewayMetrics, wake: Callable[[], None], report: TickReport) -> None:
+    """Count a Ping round; have the worker send the Pings it queued."""
+    metrics.on_pings(report)
+    if report.queued:
+        wake()
+
+
 def build(gateway: Gateway, db: Database, loaded: Material) -> Parts:
     """Make every part of ``gateway`` over ``db``; add its services in their start order.
 
@@ -153,7 +162,7 @@ def build(gateway: Gateway, db: Database, loaded: Material) -> Parts:
         concurrency=config.delivery.concurrency,
         lease=timedelta(seconds=config.delivery.lease_seconds),
         pin_lookup=pin,
-        on_event=gateway._emit,
+        on_event=gateway.events.emit,
         verify_ack=verify_ack,
     )
     worker.heartbeat = gateway.heartbeats.beater("delivery", config.delivery.poll_interval)
@@ -168,7 +177,7 @@ def build(gateway: Gateway, db: Database, loaded: Material) -> Parts:
         max_request_bytes=http.max_request_bytes,
         idle_timeout=http.idle_timeout,
         on_queued=worker.wake,
-        on_event=gateway._emit,
+        on_event=gateway.events.emit,
         deadlines=_deadlines(
             http.header_timeout, http.min_body_rate, http.body_rate_window, http.max_connections
         ),
@@ -201,7 +210,7 @@ def build(gateway: Gateway, db: Database, loaded: Material) -> Parts:
     admin = None
     if config.admin.port is not None:
         admin_config = config.admin
-        admin = gateway._http_listener(
+        admin = gateway.listener_tls.http_listener(
             admin_config,
             admin_site(
                 run,
@@ -219,7 +228,7 @@ def build(gateway: Gateway, db: Database, loaded: Material) -> Parts:
                     http.body_rate_window,
                     admin_config.max_connections,
                 ),
-                on_event=gateway._emit,
+                on_event=gateway.events.emit,
             ),
             on_listening=lambda: log.info(
                 "event=admin-listening listen=%s:%d",
@@ -242,6 +251,7 @@ def build(gateway: Gateway, db: Database, loaded: Material) -> Parts:
         webhooks.heartbeat = gateway.heartbeats.beater(
             "webhooks", _pass_interval(webhooks.poll_interval)
         )
+        gateway.events.wake_on(webhooks.wake)  # a request or attempt may have added an event
         services.add(webhooks)
     api = None
     if config.api.port is not None:
@@ -264,6 +274,7 @@ def build(gateway: Gateway, db: Database, loaded: Material) -> Parts:
         stuf.heartbeat = gateway.heartbeats.beater(
             "stuf-relay", _pass_interval(config.stuf.poll_interval)
         )
+        gateway.events.wake_on(stuf.wake, event="inbound")  # a StUF message may have arrived
         services.add(stuf)
     filedrops = []
     for exchange in config.filedrops:
@@ -299,7 +310,7 @@ def build(gateway: Gateway, db: Database, loaded: Material) -> Parts:
             node=config.node_id,
             own_ids=config.party_ids,
             client_cert_der=loaded.client_cert_der,
-            on_report=gateway._on_pings,
+            on_report=functools.partial(_on_pings, metrics, gateway.wake),
         )
         pinger.heartbeat = gateway.heartbeats.beater("pings", pinger.settings.tick)
         services.add(pinger)
@@ -337,12 +348,12 @@ def _api_listener(gateway: Gateway, backoffice: BackOffice) -> ListenerService:
         deadlines=_deadlines(
             api.header_timeout, api.min_body_rate, http.body_rate_window, api.max_connections
         ),
-        on_event=gateway._emit,
+        on_event=gateway.events.emit,
     )
     auth = [
         name for name, on in (("mtls", api.client_ca), ("basic", api.users_file)) if on is not None
     ]
-    return gateway._http_listener(
+    return gateway.listener_tls.http_listener(
         api,
         site,
         on_listening=lambda: log.info(
