@@ -43,6 +43,7 @@ from gateway.msh.attempt import (
     classify,
     decide_attempt,
     decide_refusal,
+    needs_last_error,
     nothing_to_send,
     takes_sync_reply,
 )
@@ -417,7 +418,12 @@ class DeliveryWorker(Service):
                 outgoing.claimed,
                 result,
                 reply=reply,
-                last_error=last_task_error(cur, outgoing.task.id),
+                # One read fewer per attempt: the last error only matters for an expiry.
+                last_error=(
+                    last_task_error(cur, outgoing.task.id)
+                    if needs_last_error(outgoing.claimed, result, now)
+                    else None
+                ),
                 node=self.node_id,
                 started=started,
                 now=now,

@@ -21,6 +21,7 @@ from gateway.msh.attempt import (
     classify,
     decide_attempt,
     decide_refusal,
+    needs_last_error,
     nothing_to_send,
     takes_sync_reply,
 )
@@ -504,6 +505,20 @@ def test_every_decision_records_the_attempt_and_moves_the_task_once(
         assert d.state is not RETRY
     # Only the outcome of a RETRY can differ from the task's state (an expiry).
     assert d.outcome is d.state or (d.outcome, d.state) == (RETRY, EXPIRED)
+
+
+@pytest.mark.parametrize(
+    ("claimed", "result", "now"),
+    list(itertools.product(_CLAIMS, [*_RESULTS, NotSent(EXPIRED), NotSent(DONE)], _TIMES)),
+)
+def test_the_last_error_is_read_only_when_the_decision_can_use_it(
+    claimed: Claimed, result: AttemptResult, now: datetime
+) -> None:
+    """The worker reads the task's last failure only when ``needs_last_error``."""
+    with_it = decide(claimed, result, now=now, last_error=LAST)
+    without = decide(claimed, result, now=now, last_error=None)
+    if not needs_last_error(claimed, result, now):
+        assert with_it == without
 
 
 # -- a task that cannot be prepared at the claim -----------------------------------------------

@@ -70,7 +70,9 @@ __all__ = [
     "classify",
     "decide_attempt",
     "decide_refusal",
+    "needs_last_error",
     "nothing_to_send",
+    "past_time_to_live",
     "takes_sync_reply",
 ]
 
@@ -162,6 +164,22 @@ class AttemptDecision:
         return fields
 
 
+def past_time_to_live(claimed: Claimed, now: datetime) -> bool:
+    """Whether the task's TimeToLive has passed: a retry then ends it as expired."""
+    expires_at = claimed.task.expires_at
+    return expires_at is not None and now >= expires_at
+
+
+def needs_last_error(claimed: Claimed, result: AttemptResult, now: datetime) -> bool:
+    """Whether :func:`decide_attempt` may use the task's last failure sentence.
+
+    Only an expiry without a failure of its own repeats it: a claim that found
+    the task over (:class:`NotSent`) or a retry past the TimeToLive.  Any other
+    attempt need not have it read.
+    """
+    return isinstance(result, NotSent) or past_time_to_live(claimed, now)
+
+
 def _first_outcome(result: AttemptResult) -> tuple[TaskOutcome, int | None, str | None]:
     """(outcome, HTTP status, failure sentence) of the attempt on its own."""
     if isinstance(result, NotSent):
@@ -196,8 +214,9 @@ def decide_attempt(
     ``reply`` is the word the synchronous reply in a 2xx answer came to, once
     taken in ("delivered", "delivery-failed", "pong", "bad-reply", ...; None:
     no body); ``last_error`` the task's last failure sentence before this
-    attempt; ``node`` this node's id (the lease the task effects are guarded
-    by); ``started`` when the attempt began and ``now`` when it ended.
+    attempt (needed only when :func:`needs_last_error`); ``node`` this node's
+    id (the lease the task effects are guarded by); ``started`` when the
+    attempt began and ``now`` when it ended.
     """
     message, task = claimed.message, claimed.task
     outcome, status, error = _first_outcome(result)
@@ -221,7 +240,7 @@ def decide_attempt(
     # soon as the next attempt *would* fall after it would cut the final wait
     # short by however long this attempt took.
     state = outcome
-    if outcome is TaskOutcome.RETRY and task.expires_at is not None and now >= task.expires_at:
+    if outcome is TaskOutcome.RETRY and past_time_to_live(claimed, now):
         state = TaskOutcome.EXPIRED
     # An expiry without an error of its own keeps the last failure: "why did
     # this Ping expire" is answered by the attempt before it.
