@@ -4,8 +4,9 @@ Digikoppeling certificates are PKIoverheid certificates, under the "Staat der
 Nederlanden Private Root" for machine-to-machine traffic [PKI005], with the
 holder's OIN in the subject serialNumber [PKI001]; dates and CRL must be checked
 for every peer certificate [PKI002-PKI004] (Digikoppeling Beveiligingsstandaarden).  A signing
-certificate is checked at the message's Timestamp, as ebms-core does (research
-notes §5.3).  :meth:`TrustStore.check_certificate` does all of that for one
+certificate is checked at the message's Timestamp, as ebms-core's
+``EbMSSignatureValidator`` does (docs/security.md, "Receiving").
+:meth:`TrustStore.check_certificate` does all of that for one
 certificate and one purpose and either returns what it found or raises
 :class:`CertificateRejected` with a reason an operator can act on.
 
@@ -402,12 +403,13 @@ class TrustStore:
         """Check ``cert`` for ``purpose`` at the moment ``at``; raise if it is not acceptable.
 
         ``at`` is when the certificate must have been valid: the ebMS Timestamp of a
-        signed message (ebms-core checks the signing certificate there, research
-        notes §5.3), or the current time for TLS and encryption.  Every certificate
-        of the chain must be valid at ``at``.  Revocation is judged against the CRLs
-        held and the current time ``now`` (default: the clock): a revoked certificate
-        is refused whatever the revocation date, since a key compromise is only
-        noticed after the fact and a Timestamp is the sender's claim.
+        signed message (ebms-core's ``EbMSSignatureValidator`` checks the signing
+        certificate there; docs/security.md, "Receiving"), or the current time for
+        TLS and encryption.  Every certificate of the chain must be valid at ``at``.
+        Revocation is judged against the CRLs held and the current time ``now``
+        (default: the clock): a revoked certificate is refused whatever the
+        revocation date, since a key compromise is only noticed after the fact and
+        a Timestamp is the sender's claim.
         ``extra_intermediates`` (from the message, the TLS handshake or the CPA) help
         to build the chain but are never trusted.
 

@@ -2,8 +2,8 @@
 
 The resources, JSON field names, status values and HTTP codes are
 ebms-core's ``CPARestController``, ``URLMappingRestController``,
-``CertificateMappingRestController`` and ``EbMSRestController`` (research
-notes anchors-ebms §1.14): a text answer is ``200 text/plain``, an operation
+``CertificateMappingRestController`` and ``EbMSRestController`` (ebms-core
+2.20; docs/api.md): a text answer is ``200 text/plain``, an operation
 without one ``204``, bad input ``400`` with a readable text, an unknown id
 ``404``.  Two additions: ``GET /openapi.json`` (the document
 :mod:`adapters.api.openapi` builds from :data:`ROUTES`), and a partner that

@@ -281,7 +281,7 @@ class Receiver(RelayPart):
         if self.gemeente:
             if code == codes.NOT_AUTHORISED:
                 # A message for a gemeente we do not serve is a configuration error
-                # here, not the sender's: no Fo01 [research §3].
+                # here, not the sender's: no Fo01 (docs/stuf.md, rule 8).
                 self._log("stuf-misrouted", level=logging.ERROR,
                           message_id=message.message_id, code=code)  # fmt: skip
                 return

@@ -5,8 +5,8 @@ Twisted edge).  What comes in, and what happens to it:
 
 * **gemeente role**, from the back office (REST, the ``[stuf] outbox`` folder,
   ``dkgw upload``): a bare iWmo/iJw message, or an envelope.  It is wrapped
-  (:mod:`adapters.stuf.bare`), checked (:mod:`adapters.stuf.rules`, research
-  §3), logged and queued to the node over ``[stuf] cpa_id`` in one
+  (:mod:`adapters.stuf.bare`), checked (:mod:`adapters.stuf.rules`,
+  docs/stuf.md), logged and queued to the node over ``[stuf] cpa_id`` in one
   transaction, with the CPA service of its standard and its type as action.
 * **gemeente role**, from the node (a received ebMS message): unwrapped and
   written to the ``[stuf] inbox`` folder with a JSON sidecar; a payload that

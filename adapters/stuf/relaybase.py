@@ -41,7 +41,8 @@ log = logging.getLogger("dkgw.stuf")
 BACK_OFFICE = "backoffice"
 #: ... and of the node, for what a gemeente receives.
 NODE = "node"
-#: zender of the Fo01s this gateway makes as the node [research §1.6: IB / GGK].
+#: zender of the Fo01s this gateway makes as the node: organisatie ``IB`` [GGk21 §3.1],
+#: applicatie ``GGK`` as in the published sample ``tests/fixtures/stuf/envelopes/Fo01.xml``.
 NODE_SYSTEEM = Systeem("IB", "GGK")
 GEMEENTECODE = re.compile(r"[0-9]{4}")
 
