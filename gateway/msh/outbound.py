@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cpa.model import PartyId, parse_party
+from cpa.model import parse_party
 from cpa.resolve import Route
 from gateway.ebms.envelope import Envelope, build_envelope
 from gateway.ebms.model import MessageHeader
@@ -30,13 +30,13 @@ from gateway.msh.plan import (
     plan_message,
     plan_signal,
 )
+from gateway.msh.records import header_record
 from gateway.msh.security import MessageSecurity, SecurityUnavailable, protect
 from gateway.store.certmap import certificate_map
 from gateway.store.database import Cursor
 from gateway.store.messages import (
     AttachmentRecord,
     Direction,
-    MessageRecord,
     insert_message,
     insert_task,
 )
@@ -117,23 +117,13 @@ def apply_plan(
     url = plan.route.endpoint
     pk = insert_message(
         cur,
-        MessageRecord(
-            message_id=h.message_id,
-            direction=Direction.OUT,
-            cpa_id=h.cpa_id,
-            conversation_id=h.conversation_id,
-            ref_to_message_id=h.ref_to_message_id,
-            from_party=_parties(h.from_ids),
-            from_role=h.from_role,
-            to_party=_parties(h.to_ids),
-            to_role=h.to_role,
-            service=h.service.key(),
-            action=h.action,
-            sent_at=h.timestamp,
-            time_to_live=h.time_to_live,
+        header_record(
+            plan.envelope,
+            Direction.OUT,
+            plan.content_type,
+            envelope,
+            with_roles=True,
             status=plan.status,
-            content_type=plan.content_type,
-            envelope=envelope,
             correlation_id=plan.correlation_id,
         ),
         parts,
@@ -149,10 +139,6 @@ def apply_plan(
         expires_at=h.time_to_live,
     )
     return Queued(h.message_id, h.conversation_id, url, plan.route.route.profile)
-
-
-def _parties(ids: Sequence[PartyId]) -> str:
-    return ",".join(p.key() for p in ids)
 
 
 def __getattr__(name: str) -> Any:
