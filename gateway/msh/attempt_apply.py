@@ -62,7 +62,7 @@ def apply_effects(cur: Cursor, effects: Iterable[AttemptEffect]) -> bool:
                 cur,
                 task_id=effect.task_id,
                 node=effect.node,
-                state=effect.state.value,
+                state=effect.state,
                 error=effect.error,
                 keep_last_error=effect.keep_last_error,
                 now=effect.now,

@@ -3,9 +3,9 @@
 What an attempt leads to (retry at what time, expire, fail) is decided before
 these are called (:mod:`gateway.msh.attempt`); they only write it down.  The
 task updates are guarded by the lease: the row changes only while ``node``
-still holds the task in ``sending`` (the same guard as
-:func:`gateway.store.messages.finish_attempt`), so an attempt whose lease ran
-out, or whose task an acknowledgment ended meanwhile, changes nothing.
+still holds the task in ``sending`` (:func:`gateway.store.leases.complete`, the
+guard the task table gives), so an attempt whose lease ran out, or whose task an
+acknowledgment ended meanwhile, changes nothing.
 
 Every function takes a :class:`~gateway.store.database.Cursor` and runs inside
 the caller's transaction.
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from gateway.msh.states import TaskState
+from gateway.msh.states import TASK_EVENT_OF_OUTCOME, TaskOutcome
+from gateway.store import leases
 from gateway.store.database import Cursor
-from gateway.store.guards import in_states
+from gateway.store.leases import DELIVERY_TASKS
 from gateway.store.timeutil import to_db
 
 __all__ = ["end_task", "message_head", "record_attempt", "reschedule_task"]
@@ -74,21 +75,24 @@ def _release(
     *,
     task_id: int,
     node: str,
-    state: str,
+    outcome: TaskOutcome,
     next_attempt_at: datetime,
     error: str | None,
     keep_last_error: bool,
     now: datetime,
 ) -> bool:
-    cur.execute(
-        "UPDATE delivery_task SET state = ?, next_attempt_at = ?, locked_by = NULL, "
-        "lease_until = NULL, last_error = "
-        + ("COALESCE(?, last_error)" if keep_last_error else "?")
-        + ", updated_at = ? WHERE id = ? AND locked_by = ? AND "
-        + in_states("state", (TaskState.SENDING,)),
-        (state, to_db(next_attempt_at), error, to_db(now), task_id, node),
+    # The task queue's lease guard and the state the table gives the outcome's event.
+    return leases.complete(
+        cur,
+        DELIVERY_TASKS,
+        task_id,
+        TASK_EVENT_OF_OUTCOME[outcome],
+        node=node,
+        now=now,
+        sets="next_attempt_at = ?, last_error = "
+        + ("COALESCE(?, last_error)" if keep_last_error else "?"),
+        params=(to_db(next_attempt_at), error),
     )
-    return cur.rowcount == 1
 
 
 def reschedule_task(
@@ -99,7 +103,7 @@ def reschedule_task(
         cur,
         task_id=task_id,
         node=node,
-        state=TaskState.PENDING,
+        outcome=TaskOutcome.RETRY,
         next_attempt_at=at,
         error=error,
         keep_last_error=False,
@@ -112,7 +116,7 @@ def end_task(
     *,
     task_id: int,
     node: str,
-    state: str,
+    state: TaskOutcome,
     error: str | None,
     keep_last_error: bool,
     now: datetime,
@@ -126,7 +130,7 @@ def end_task(
         cur,
         task_id=task_id,
         node=node,
-        state=state,
+        outcome=state,
         next_attempt_at=now,
         error=error,
         keep_last_error=keep_last_error,

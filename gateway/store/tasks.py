@@ -23,6 +23,7 @@ from gateway.msh.states import (
     TransitionRefused,
 )
 from gateway.store import leases
+from gateway.store.attempts import end_task, record_attempt, reschedule_task
 from gateway.store.database import Cursor
 from gateway.store.guards import in_states, literal
 from gateway.store.leases import DELIVERY_TASKS
@@ -175,36 +176,27 @@ def finish_attempt(
     # An expiry without an error of its own keeps the last failure: "why did
     # this Ping expire" is answered by the attempt before it.
     keep = effective is TaskOutcome.EXPIRED and error is None
-    cur.execute(
-        "INSERT INTO delivery_attempt (task_id, attempt, node, url, started_at, finished_at, "
-        "http_status, outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            task.id,
-            task.attempts,
-            node,
-            url if url is not None else task.url,
-            to_db(started_at),
-            to_db(now),
-            http_status,
-            outcome.value,
-            error,
-        ),
-    )
-    moved = leases.complete(
+    record_attempt(
         cur,
-        DELIVERY_TASKS,
-        task.id,
-        TASK_EVENT_OF_OUTCOME[effective],
+        task_id=task.id,
+        attempt=task.attempts,
         node=node,
-        now=now,
-        sets="next_attempt_at = ?, last_error = " + ("COALESCE(?, last_error)" if keep else "?"),
-        params=(
-            to_db(next_attempt_at)
-            if effective is TaskOutcome.RETRY and next_attempt_at
-            else to_db(now),
-            error,
-        ),
+        url=url if url is not None else task.url,
+        started_at=started_at,
+        finished_at=now,
+        http_status=http_status,
+        outcome=outcome.value,
+        error=error,
     )
+    if effective is TaskOutcome.RETRY and next_attempt_at is not None:
+        moved = reschedule_task(
+            cur, task_id=task.id, node=node, at=next_attempt_at, error=error, now=now
+        )
+    else:
+        moved = end_task(
+            cur, task_id=task.id, node=node, state=effective, error=error,
+            keep_last_error=keep, now=now,
+        )  # fmt: skip
     return effective if moved else None
 
 
